@@ -1,0 +1,1 @@
+"""latentserve: the public gRPC API (latentserve.v1, generated from proto/) and the `latentserve` CLI."""

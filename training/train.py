@@ -1,0 +1,89 @@
+"""The one training loop: Adam on a model's `loss`, a checkpoint after every epoch, resumable."""
+import json
+import os
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from serving.mnist import Mnist
+from training.grid import save_grid
+from training.registry import build, model_class
+
+PREVIEW_IMAGES = 16
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_model(checkpoint: dict) -> torch.nn.Module:
+    model = build(checkpoint["model"], checkpoint["config"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
+
+
+def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, threads: int = 2) -> Path:
+    """Train `name` into `run_dir/checkpoint.pt`, resuming from it if present. Returns the checkpoint path."""
+    torch.set_num_threads(threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "checkpoint.pt"
+    if path.exists():
+        checkpoint = load_checkpoint(path)
+        if checkpoint["model"] != name or checkpoint["data_sha256"] != data.sha256:
+            raise ValueError(f"{path} holds {checkpoint['model']} trained on data {checkpoint['data_sha256']}")
+        model = load_model(checkpoint)
+        config = model.config.model_copy(update=overrides or {})
+        if config.model_dump(exclude={"epochs"}) != model.config.model_dump(exclude={"epochs"}):
+            raise ValueError(f"{path}: only `epochs` may change when resuming")
+        model.config = config
+        torch.set_rng_state(checkpoint["rng"])
+    else:
+        checkpoint = {"epoch": 0, "step": 0, "history": []}
+        config = model_class(name).Config(**(overrides or {}))
+        torch.manual_seed(config.seed)
+        model = build(name, config.model_dump())
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    if "optimizer" in checkpoint:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+
+    train_images = torch.from_numpy(data.train.images[:, None])
+    valid_images = torch.from_numpy(data.valid.images[:, None])
+    preview = valid_images[:PREVIEW_IMAGES]
+    step, history = checkpoint["step"], checkpoint["history"]
+    for epoch in range(checkpoint["epoch"], config.epochs):
+        model.train()
+        order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(config.seed * 10_000 + epoch))
+        batches = tqdm(order.split(config.batch_size), desc=f"{name} epoch {epoch + 1}/{config.epochs}", leave=False, mininterval=5)
+        for indices in batches:
+            losses = model.loss(train_images[indices])
+            optimizer.zero_grad()
+            losses.total.backward()
+            optimizer.step()
+            step += 1
+            batches.set_postfix(loss=f"{losses.total.item():.2f}", refresh=False)
+        model.eval()
+        with torch.no_grad():
+            valid_loss = sum(model.loss(batch).total.item() * len(batch) for batch in valid_images.split(1000))
+        history.append({"epoch": epoch + 1, "step": step, "valid_loss": valid_loss / len(valid_images)})
+        print(json.dumps(history[-1]), flush=True)
+        save_grid(model.preview(preview), run_dir / "grid.png", columns=PREVIEW_IMAGES)
+        _save_atomically(path, {
+            "model": name,
+            "config": config.model_dump(),
+            "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch + 1,
+            "step": step,
+            "history": history,
+            "rng": torch.get_rng_state(),
+            "data_sha256": data.sha256,
+            "data_source": data.source,
+        })
+    return path
+
+
+def _save_atomically(path: Path, checkpoint: dict) -> None:
+    temporary = path.with_suffix(".tmp")
+    torch.save(checkpoint, temporary)
+    os.replace(temporary, path)

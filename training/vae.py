@@ -1,0 +1,86 @@
+"""VAE (Kingma & Welling 2014) with an MLP encoder and decoder; the encoder mean serves as the code.
+
+Its binary code is the sign of the mean: the prior is centred at zero, so each bit splits the data near
+its median.
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from serving.mnist import Mnist
+from training.autoencoder import encoder_retrieval
+from training.registry import Graph, Losses, TensorSpec, TrainConfig
+
+
+class VAEConfig(TrainConfig):
+    latent_dim: int = 20
+    hidden: int = 400
+
+
+class VAE(nn.Module):
+    Config = VAEConfig
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(784, config.hidden), nn.ReLU())
+        self.mean = nn.Linear(config.hidden, config.latent_dim)
+        self.log_variance = nn.Linear(config.hidden, config.latent_dim)
+        self.decoder = nn.Sequential(
+            nn.Linear(config.latent_dim, config.hidden), nn.ReLU(), nn.Linear(config.hidden, 784), nn.Unflatten(1, (1, 28, 28))
+        )
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.hidden(images)
+        return self.mean(h), self.log_variance(h)
+
+    def reparameterize(self, mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
+        return mean + torch.randn_like(mean) * torch.exp(0.5 * log_variance)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(latent))
+
+    def loss(self, images: torch.Tensor) -> Losses:
+        """Negative ELBO per image: Bernoulli reconstruction + KL(q(z|x) || N(0, I))."""
+        mean, log_variance = self.encode(images)
+        logits = self.decoder(self.reparameterize(mean, log_variance))
+        reconstruction = F.binary_cross_entropy_with_logits(logits, images, reduction="sum") / len(images)
+        kl = -0.5 * torch.sum(1 + log_variance - mean**2 - log_variance.exp()) / len(images)
+        return Losses(reconstruction + kl, {"reconstruction": reconstruction.item(), "kl": kl.item()})
+
+    @torch.no_grad()
+    def preview(self, images: torch.Tensor) -> torch.Tensor:
+        """Rows: inputs, reconstructions from the mean, samples from the prior (fixed seed)."""
+        generator = torch.Generator().manual_seed(0)
+        prior = torch.randn(len(images), self.config.latent_dim, generator=generator)
+        return torch.cat([images, self.decode(self.encode(images)[0]), self.decode(prior)])
+
+    def graphs(self) -> dict[str, Graph]:
+        dim = self.config.latent_dim
+        return {
+            "encoder": Graph(
+                module=_EncoderGraph(self),
+                inputs=(TensorSpec("image", "float32", (1, 28, 28)),),
+                outputs=(TensorSpec("code", "float32", (dim,)), TensorSpec("binary_code", "uint8", (dim,))),
+                capability="encode",
+            )
+        }
+
+    @torch.no_grad()
+    def evaluate(self, data: Mnist) -> dict[str, float]:
+        test = torch.from_numpy(data.test.images[:, None])
+        generator_state = torch.get_rng_state()
+        torch.manual_seed(0)
+        negative_elbo = sum(self.loss(batch).total.item() * len(batch) for batch in test.split(1000)) / len(test)
+        torch.set_rng_state(generator_state)
+        return {"test_negative_elbo": negative_elbo, **encoder_retrieval(_EncoderGraph(self), data)}
+
+
+class _EncoderGraph(nn.Module):
+    def __init__(self, model: VAE):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        mean, _ = self.model.encode(image)
+        return mean, (mean > 0).to(torch.uint8)
