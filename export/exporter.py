@@ -1,0 +1,188 @@
+"""Checkpoint -> new numeric version of each of the model's graphs in the model repository.
+
+Each version holds model.onnx (dynamic batch axis), model.pt (TorchScript), model.py (Triton Python
+backend) and card.json. It is written to a staging directory beside the versions and renamed into place,
+so a half-written version is never seen. Parity against PyTorch on real and random images must hold
+within the tolerances below, or the export fails and nothing is written.
+"""
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import torch
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from serving import repository
+from serving.mnist import Mnist
+from training.registry import Graph, TensorSpec
+from training.train import load_checkpoint, load_model
+
+FLOAT_TOLERANCE = 1e-4  # max |onnx - torch| and |torchscript - torch| over float outputs
+BIT_TOLERANCE = 1e-3  # fraction of integer (bit) outputs allowed to differ: units within float error of 0
+PARITY_IMAGES = 256
+MAX_BATCH_SIZE = 256
+VERSIONS_KEPT_LOADED = 2
+TRITON_MODEL_SOURCE = Path(__file__).with_name("triton_model.py")
+
+
+class ParityError(RuntimeError):
+    pass
+
+
+def export_checkpoint(checkpoint_path: Path, repository_root: Path, data: Mnist) -> list[Path]:
+    """Write one new version (the same number for every graph of the model); returns the version dirs."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    if checkpoint["data_sha256"] != data.sha256:
+        raise ValueError(f"{checkpoint_path} was trained on data {checkpoint['data_sha256']}, not {data.sha256}")
+    model = load_model(checkpoint)
+    graphs = {f"{checkpoint['model']}_{name}": (name, graph) for name, graph in model.graphs().items()}
+    for _, graph in graphs.values():
+        graph.module.eval()
+    for entry_name, (_, graph) in graphs.items():
+        _check_signature_unchanged(repository_root / entry_name, entry_name, graph)
+    metrics = model.evaluate(data)
+    version = 1 + max(
+        (max(repository.available_versions(repository_root / e), default=0) for e in graphs if (repository_root / e).is_dir()),
+        default=0,
+    )
+    rng = np.random.default_rng(0)
+    real = data.test.images[:PARITY_IMAGES, None]
+    random = rng.random(real.shape, dtype=np.float32)
+    written = []
+    for entry_name, (graph_name, graph) in graphs.items():
+        entry_path = repository_root / entry_name
+        (entry_path / "configs").mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=entry_path, prefix=".staging-"))
+        try:
+            _write_graph(graph, staging, real)
+            parity = {"real": _parity(graph, staging, real), "random": _parity(graph, staging, random)}
+            shutil.copyfile(TRITON_MODEL_SOURCE, staging / "model.py")
+            card = {
+                "model": checkpoint["model"],
+                "graph": graph_name,
+                "version": version,
+                "config": checkpoint["config"],
+                "training": {"epochs": checkpoint["epoch"], "steps": checkpoint["step"], "history": checkpoint["history"]},
+                "data": {"source": data.source, "sha256": data.sha256},
+                "metrics": metrics,
+                "parity": {"float_tolerance": FLOAT_TOLERANCE, "bit_tolerance": BIT_TOLERANCE, **parity},
+                "source_commit": _source_commit(),
+                "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+            (staging / repository.CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+            _write_atomically(entry_path / repository.CONFIG_FILE, _config_text(entry_name, checkpoint["model"], graph_name, graph, native=False))
+            _write_atomically(entry_path / repository.NATIVE_CONFIG_FILE, _config_text(entry_name, checkpoint["model"], graph_name, graph, native=True))
+            os.chmod(staging, 0o755)
+            os.rename(staging, entry_path / str(version))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        written.append(entry_path / str(version))
+    return written
+
+
+def _write_graph(graph: Graph, directory: Path, example: np.ndarray) -> None:
+    sample = torch.from_numpy(example[:2])
+    batch = torch.export.Dim("batch")
+    torch.onnx.export(
+        graph.module,
+        (sample,),
+        directory / repository.ONNX_FILE,
+        input_names=[t.name for t in graph.inputs],
+        output_names=[t.name for t in graph.outputs],
+        dynamic_shapes={graph.inputs[0].name: {0: batch}},
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+    with torch.no_grad():
+        torch.jit.trace(graph.module, sample).save(directory / repository.TORCHSCRIPT_FILE)
+
+
+def _parity(graph: Graph, directory: Path, images: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per output: the worst float difference or the fraction of differing integers, ONNX and TorchScript."""
+    with torch.no_grad():
+        expected = [t.numpy() for t in graph.module(torch.from_numpy(images))]
+        scripted = torch.jit.load(directory / repository.TORCHSCRIPT_FILE)
+        candidates = {
+            "onnx": onnxruntime.InferenceSession(str(directory / repository.ONNX_FILE), providers=["CPUExecutionProvider"]).run(
+                [t.name for t in graph.outputs], {graph.inputs[0].name: images}
+            ),
+            "torchscript": [t.numpy() for t in scripted(torch.from_numpy(images))],
+        }
+    report = {}
+    for runtime, outputs in candidates.items():
+        for spec, want, got in zip(graph.outputs, expected, outputs):
+            report[f"{runtime}.{spec.name}"] = _difference(spec, want, got)
+    return report
+
+
+def _difference(spec: TensorSpec, want: np.ndarray, got: np.ndarray) -> float:
+    if got.shape != want.shape or got.dtype != np.dtype(spec.dtype):
+        raise ParityError(f"{spec.name}: got {got.dtype}{got.shape}, want {spec.dtype}{want.shape}")
+    if spec.dtype == "float32":
+        worst = float(np.abs(got - want).max())
+        if worst > FLOAT_TOLERANCE:
+            raise ParityError(f"{spec.name}: max abs difference {worst:.3g} > {FLOAT_TOLERANCE}")
+        return worst
+    mismatch = float((got != want).mean())
+    if mismatch > BIT_TOLERANCE:
+        raise ParityError(f"{spec.name}: {mismatch:.3%} of values differ (> {BIT_TOLERANCE:.3%})")
+    return mismatch
+
+
+def _tensor_configs(specs: tuple[TensorSpec, ...], message_type):
+    return [message_type(name=s.name, data_type=repository.TRITON_DTYPES[s.dtype], dims=list(s.dims)) for s in specs]
+
+
+def _config_text(entry_name: str, model: str, graph_name: str, graph: Graph, native: bool) -> str:
+    config = model_config_pb2.ModelConfig(
+        name=entry_name,
+        max_batch_size=MAX_BATCH_SIZE,
+        input=_tensor_configs(graph.inputs, model_config_pb2.ModelInput),
+        output=_tensor_configs(graph.outputs, model_config_pb2.ModelOutput),
+        version_policy=model_config_pb2.ModelVersionPolicy(
+            latest=model_config_pb2.ModelVersionPolicy.Latest(num_versions=VERSIONS_KEPT_LOADED)
+        ),
+        dynamic_batching=model_config_pb2.ModelDynamicBatching(max_queue_delay_microseconds=500),
+    )
+    parameters = {"model": model, "graph": graph_name, "capability": graph.capability}
+    if native:
+        config.platform = "onnxruntime_onnx"
+        config.instance_group.add(count=1, kind=model_config_pb2.ModelInstanceGroup.KIND_GPU)
+    else:
+        config.backend = "python"
+        config.instance_group.add(count=1, kind=model_config_pb2.ModelInstanceGroup.KIND_CPU)
+        parameters.update(model_file=repository.ONNX_FILE, intra_op_threads="1")
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    return text_format.MessageToString(config)
+
+
+def _check_signature_unchanged(entry_path: Path, entry_name: str, graph: Graph) -> None:
+    """Versions of one entry share config.pbtxt, so a new version must keep the tensors of the old ones."""
+    if not (entry_path / repository.CONFIG_FILE).is_file():
+        return
+    old = repository.read_entry(entry_path)
+    new = tuple((t.name, np.dtype(t.dtype), t.dims) for t in graph.inputs + graph.outputs)
+    if tuple((t.name, t.dtype, t.dims) for t in old.inputs + old.outputs) != new:
+        raise ValueError(f"{entry_name}: tensors differ from the existing versions; export under a new model name")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _source_commit() -> str:
+    result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    commit = result.stdout.strip() or "unknown"
+    return commit + ("-dirty" if dirty.stdout.strip() else "")

@@ -1,0 +1,211 @@
+"""The search index: FAISS in memory, SQLite on disk.
+
+Every AddItems / DeleteItems is one SQLite transaction (WAL journal, synchronous=FULL) committed before
+the call returns, so a restart loses nothing acknowledged and a crash mid-write leaves the previous state.
+The FAISS indexes (exact L2 over real codes, Hamming over packed bits, both keyed by the item's row) are
+written to disk on a clean close, stamped with the store's write count; on open they are read back if the
+stamp matches and rebuilt from SQLite if not (after a crash).
+"""
+import json
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from serving.errors import AlreadyExists, FailedPrecondition, NotFound
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    row INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    label INTEGER,
+    metadata TEXT NOT NULL,
+    code BLOB NOT NULL,
+    bits BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Binding:
+    """What the codes in an index mean: which encoder version made them, and their sizes."""
+
+    model: str
+    version: int
+    code_dim: int
+    num_bits: int
+
+
+@dataclass(frozen=True)
+class NewItem:
+    id: str
+    code: np.ndarray  # float32 (code_dim,)
+    bits: np.ndarray  # uint8 packed (ceil(num_bits / 8),)
+    label: int | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    distance: float
+    label: int | None
+    metadata: dict[str, str]
+
+
+class CodeIndex:
+    def __init__(self, directory: Path, binding: Binding):
+        """Open the index in `directory`, creating it for `binding` if new; an existing one keeps its own."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self._directory = directory
+        self._lock = threading.RLock()  # one connection: reads must not see a write in progress
+        self._db = sqlite3.connect(directory / "items.sqlite", isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        stored = self._meta("binding")
+        if stored is None:
+            self._set_meta({"binding": json.dumps(binding.__dict__), "writes": "0"})
+            stored = self._meta("binding")
+        self.binding = Binding(**json.loads(stored))
+        self._codes, self._bits = self._load_faiss()
+
+    # --- reads -------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._codes.ntotal
+
+    def get(self, item_id: str) -> tuple[int, np.ndarray, np.ndarray]:
+        with self._lock:
+            row = self._db.execute("SELECT row, code, bits FROM items WHERE id = ?", (item_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no item {item_id!r}", "id")
+        return row[0], np.frombuffer(row[1], np.float32), np.frombuffer(row[2], np.uint8)
+
+    def search_code(self, code: np.ndarray, k: int, exclude_row: int | None = None) -> list[Hit]:
+        with self._lock:
+            distances, rows = self._codes.search(code.reshape(1, -1).astype(np.float32), k + (exclude_row is not None))
+            return self._hits(distances[0], rows[0], exclude_row, k)
+
+    def search_bits(self, bits: np.ndarray, k: int, exclude_row: int | None = None) -> list[Hit]:
+        with self._lock:
+            distances, rows = self._bits.search(bits.reshape(1, -1), k + (exclude_row is not None))
+            return self._hits(distances[0], rows[0], exclude_row, k)
+
+    def is_marked(self, key: str) -> bool:
+        with self._lock:
+            return self._meta(key) is not None
+
+    # --- writes ------------------------------------------------------------------------------------
+    def add(self, items: list[NewItem], mark: str | None = None) -> None:
+        """All or nothing; durable when it returns. `mark` is set in the same transaction."""
+        ids = [item.id for item in items]
+        codes = np.stack([item.code for item in items]).astype(np.float32)
+        bits = np.stack([item.bits for item in items]).astype(np.uint8)
+        if codes.shape[1] != self.binding.code_dim or bits.shape[1] != self._bits.code_size:
+            raise FailedPrecondition(f"codes of shape {codes.shape[1:]} do not fit this index ({self.binding})")
+        with self._lock:
+            existing = self._existing(ids)
+            if existing:
+                raise AlreadyExists(f"ids already stored: {', '.join(sorted(existing)[:10])}", "items.id")
+            with self._transaction():
+                rows = [
+                    self._db.execute(
+                        "INSERT INTO items (id, label, metadata, code, bits) VALUES (?, ?, ?, ?, ?) RETURNING row",
+                        (item.id, item.label, json.dumps(item.metadata), code.tobytes(), packed.tobytes()),
+                    ).fetchone()[0]
+                    for item, code, packed in zip(items, codes, bits)
+                ]
+                if mark:
+                    self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (mark,))
+            rows = np.asarray(rows, dtype=np.int64)
+            self._codes.add_with_ids(codes, rows)
+            self._bits.add_with_ids(bits, rows)
+
+    def delete(self, ids: list[str]) -> None:
+        """All or nothing: an unknown id deletes nothing."""
+        with self._lock:
+            missing = set(ids) - self._existing(ids)
+            if missing:
+                raise NotFound(f"no items {', '.join(sorted(missing)[:10])}", "ids")
+            with self._transaction():
+                rows = [self._db.execute("DELETE FROM items WHERE id = ? RETURNING row", (i,)).fetchone()[0] for i in ids]
+            rows = np.asarray(rows, dtype=np.int64)
+            self._codes.remove_ids(rows)
+            self._bits.remove_ids(rows)
+
+    def close(self) -> None:
+        """Snapshot the FAISS indexes so the next open needs no rebuild."""
+        with self._lock:
+            writes = self._meta("writes")
+            for index, name, write in ((self._codes, "codes.faiss", faiss.write_index), (self._bits, "bits.faiss", faiss.write_index_binary)):
+                temporary = self._directory / (name + ".tmp")
+                write(index, str(temporary))
+                os.replace(temporary, self._directory / name)
+            stamp = self._directory / "faiss.stamp"
+            stamp.with_suffix(".tmp").write_text(writes)
+            os.replace(stamp.with_suffix(".tmp"), stamp)
+            self._db.close()
+
+    # --- internals ---------------------------------------------------------------------------------
+    def _transaction(self):
+        return _Transaction(self._db)
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, values: dict[str, str]) -> None:
+        with self._transaction():
+            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", values.items())
+
+    def _existing(self, ids: list[str]) -> set[str]:
+        found = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            query = f"SELECT id FROM items WHERE id IN ({','.join('?' * len(chunk))})"
+            found.update(row[0] for row in self._db.execute(query, chunk))
+        return found
+
+    def _load_faiss(self):
+        stamp = self._directory / "faiss.stamp"
+        if stamp.is_file() and stamp.read_text() == self._meta("writes"):
+            return faiss.read_index(str(self._directory / "codes.faiss")), faiss.read_index_binary(str(self._directory / "bits.faiss"))
+        codes = faiss.IndexIDMap2(faiss.IndexFlatL2(self.binding.code_dim))
+        bits = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(8 * -(-self.binding.num_bits // 8)))
+        stored = self._db.execute("SELECT row, code, bits FROM items ORDER BY row").fetchall()
+        if stored:
+            rows = np.asarray([r[0] for r in stored], dtype=np.int64)
+            codes.add_with_ids(np.stack([np.frombuffer(r[1], np.float32) for r in stored]), rows)
+            bits.add_with_ids(np.stack([np.frombuffer(r[2], np.uint8) for r in stored]), rows)
+        return codes, bits
+
+    def _hits(self, distances, rows, exclude_row, k) -> list[Hit]:
+        wanted = [(int(r), float(d)) for r, d in zip(rows, distances) if r >= 0 and r != exclude_row][:k]
+        if not wanted:
+            return []
+        query = f"SELECT row, id, label, metadata FROM items WHERE row IN ({','.join('?' * len(wanted))})"
+        found = {r: (i, label, json.loads(m)) for r, i, label, m in self._db.execute(query, [r for r, _ in wanted])}
+        return [Hit(found[r][0], d, found[r][1], found[r][2]) for r, d in wanted if r in found]
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error; every write also bumps the `writes` counter."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def __enter__(self):
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind, error, traceback):
+        if kind is None:
+            self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'writes'")
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")
+        return False

@@ -1,0 +1,65 @@
+"""One interceptor for what every call needs: errors mapped to gRPC statuses, and metrics.
+
+A ServingError becomes its status code with the message naming the field, plus a google.rpc.BadRequest
+detail for INVALID_ARGUMENT; anything else is logged and answered INTERNAL, and the server keeps serving.
+"""
+import logging
+import time
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from prometheus_client import Counter, Histogram
+
+from serving.errors import ServingError
+
+log = logging.getLogger(__name__)
+
+REQUESTS = Counter("latentserve_requests_total", "gRPC calls answered", ["method", "code"])
+LATENCY = Histogram(
+    "latentserve_request_seconds", "gRPC call latency", ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def _status(error: ServingError) -> grpc.Status:
+    status = status_pb2.Status(code=error.code.value[0], message=str(error))
+    if error.code == grpc.StatusCode.INVALID_ARGUMENT and error.field:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(
+            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.description)]
+        ))
+        status.details.append(detail)
+    return rpc_status.to_status(status)
+
+
+class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler  # streaming calls (health Watch, reflection) pass through
+        method, inner = details.method, handler.unary_unary
+
+        async def call(request, context):
+            start, code = time.perf_counter(), grpc.StatusCode.OK
+            try:
+                return await inner(request, context)
+            except ServingError as error:
+                code = error.code
+                status = _status(error)
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception:
+                log.exception("%s failed", method)
+                code = grpc.StatusCode.INTERNAL
+                await context.abort(code, "internal error; see the server log")
+            finally:
+                REQUESTS.labels(method, code.name).inc()
+                LATENCY.labels(method).observe(time.perf_counter() - start)
+
+        return grpc.unary_unary_rpc_method_handler(
+            call, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )

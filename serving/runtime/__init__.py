@@ -1,0 +1,40 @@
+"""The runtime interface the gateway talks to. Implementations: `embedded` (in-process onnxruntime over
+the model repository; the default). Both run the same files and give the same outputs."""
+from typing import Protocol
+
+import numpy as np
+
+from serving.errors import InvalidArgument, NotFound
+from serving.repository import Entry
+
+
+class Runtime(Protocol):
+    def entries(self) -> dict[str, Entry]:
+        """Repository entries with the versions this runtime has loaded, newest first."""
+
+    def ready(self, entry_name: str) -> bool:
+        """Whether the entry has a loaded version that can serve now."""
+
+    async def infer(self, entry: Entry, version: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch; outputs by name."""
+
+    async def close(self) -> None: ...
+
+
+def resolve(runtime: Runtime, model: str, capability: str, version: int, field: str = "model") -> tuple[Entry, int]:
+    """The entry serving `capability` for `model`, and the loaded version to run (0: the newest)."""
+    matches = [e for e in runtime.entries().values() if e.model == model]
+    if not matches:
+        raise NotFound(f"no model named {model!r}", f"{field}.name")
+    entry = next((e for e in matches if e.capability == capability), None)
+    if entry is None:
+        raise InvalidArgument(f"model {model!r} has no graph for {capability}", f"{field}.name")
+    if not entry.versions:
+        raise NotFound(f"model {model!r} has no loaded version", f"{field}.version")
+    if version < 0:
+        raise InvalidArgument("must be 0 (newest) or a version number", f"{field}.version")
+    if version == 0:
+        return entry, entry.versions[0]
+    if version not in entry.versions:
+        raise NotFound(f"version {version} of {model!r} is not loaded; loaded: {list(entry.versions)}", f"{field}.version")
+    return entry, version

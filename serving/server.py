@@ -1,0 +1,100 @@
+"""The gateway process: a grpc.aio server with health, reflection and metrics.
+
+The server answers from the moment it starts; each service's health is NOT_SERVING until what it needs is
+loaded (the runtime's models, then the search index), and calls made before then get UNAVAILABLE.
+"""
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import Gauge, start_http_server
+
+from latentserve.v1 import encoder_pb2, encoder_pb2_grpc, models_pb2, models_pb2_grpc, search_pb2, search_pb2_grpc
+from serving.encoding import Encoding
+from serving.interceptors import ErrorsAndMetrics
+from serving.runtime.embedded import EmbeddedRuntime
+from serving.search import Search
+from serving.servicers import EncoderServicer, Gateway, ModelsServicer, SearchServicer
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MODELS = models_pb2.DESCRIPTOR.services_by_name["Models"].full_name
+ENCODER = encoder_pb2.DESCRIPTOR.services_by_name["Encoder"].full_name
+SEARCH = search_pb2.DESCRIPTOR.services_by_name["Search"].full_name
+INDEX_ITEMS = Gauge("latentserve_index_items", "items in the search index")
+
+
+class Server:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.gateway = Gateway(settings)
+        self.health = health.aio.HealthServicer()
+        limits = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ]
+        self.grpc = grpc.aio.server(interceptors=[ErrorsAndMetrics()], options=limits)
+        models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.gateway), self.grpc)
+        encoder_pb2_grpc.add_EncoderServicer_to_server(EncoderServicer(self.gateway), self.grpc)
+        search_pb2_grpc.add_SearchServicer_to_server(SearchServicer(self.gateway), self.grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(
+            (MODELS, ENCODER, SEARCH, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.grpc,
+        )
+        self.port = self.grpc.add_insecure_port(f"{settings.host}:{settings.port}")
+        self.loaded: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        for service in ("", MODELS, ENCODER, SEARCH):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.grpc.start()
+        if self.settings.metrics_port:
+            start_http_server(self.settings.metrics_port, addr=self.settings.host)
+        log.info("listening on %s:%d", self.settings.host, self.port)
+        self.loaded = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        settings, gateway = self.settings, self.gateway
+        try:
+            gateway.runtime = await asyncio.to_thread(
+                EmbeddedRuntime, settings.model_repository, settings.intra_op_threads, settings.inference_workers
+            )
+            gateway.encoding = Encoding(gateway.runtime)
+            for service in ("", MODELS, ENCODER):
+                await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            gateway.search = await Search.open(
+                settings.data_dir / "index", gateway.encoding, settings.index_model, settings.gallery
+            )
+            INDEX_ITEMS.set_function(lambda: len(gateway.search.index))
+            await self.health.set(SEARCH, health_pb2.HealthCheckResponse.SERVING)
+            log.info("ready: %d items in the index", len(gateway.search.index))
+        except Exception:
+            log.exception("loading failed; the affected services stay NOT_SERVING")
+            raise
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.grpc.stop(grace)
+        if self.loaded and not self.loaded.done():
+            self.loaded.cancel()
+        if self.gateway.search:
+            await asyncio.to_thread(self.gateway.search.index.close)
+        if self.gateway.runtime:
+            await self.gateway.runtime.close()
+
+
+async def serve(settings: Settings) -> None:
+    server = Server(settings)
+    await server.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("stopping")
+    await server.stop()

@@ -1,0 +1,27 @@
+"""Gateway settings: every limit is here, with its default; each can be set as LATENTSERVE_<NAME>."""
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LATENTSERVE_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535, description="0: any free port")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0: off")
+    model_repository: Path = Path("model_repository")
+    data_dir: Path = Field(Path("data"), description="where the search index lives")
+    runtime: Literal["embedded"] = "embedded"
+    index_model: str = Field("autoencoder", description="the encoder whose codes the search index holds")
+    gallery: Literal["mnist-test", "none"] = Field("mnist-test", description="what a new, empty index starts with")
+    max_batch_images: int = Field(256, ge=1, description="images in one Encode or AddItems request")
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="gRPC send and receive limit")
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="width x height of one encoded image")
+    max_id_bytes: int = Field(256, ge=1, description="length of one item id")
+    max_k: int = Field(1000, ge=1, description="hits in one Search")
+    default_k: int = Field(10, ge=1)
+    intra_op_threads: int = Field(1, ge=1, description="onnxruntime threads per inference")
+    inference_workers: int = Field(2, ge=1, description="inferences running at once (embedded runtime)")

@@ -1,0 +1,90 @@
+import asyncio
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+
+from serving.mnist import Mnist, Split, load_mnist
+from serving.server import Server
+from serving.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_REPOSITORY = ROOT / "model_repository"
+
+
+@pytest.fixture(scope="session")
+def mnist() -> Mnist:
+    return load_mnist()
+
+
+@pytest.fixture(scope="session")
+def small_mnist(mnist) -> Mnist:
+    """Few training images, the whole test split (the retrieval protocol needs 100 queries per class)."""
+    return replace(
+        mnist,
+        train=Split(mnist.train.images[:512], mnist.train.labels[:512]),
+        valid=Split(mnist.valid.images[:256], mnist.valid.labels[:256]),
+    )
+
+
+class RunningGateway:
+    """The real gateway on 127.0.0.1 and a free port, in a thread with its own event loop."""
+
+    def __init__(self, **overrides):
+        defaults = {"host": "127.0.0.1", "port": 0, "metrics_port": 0, "model_repository": MODEL_REPOSITORY}
+        self.settings = Settings(**{**defaults, **overrides})
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: Server | None = None
+
+    def _run(self, coroutine, timeout=120):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    async def _start(self) -> Server:
+        server = Server(self.settings)
+        await server.start()
+        return server
+
+    async def _loaded(self) -> None:
+        await self.server.loaded
+
+    def start(self, wait: bool = True) -> "RunningGateway":
+        self.thread.start()
+        self.server = self._run(self._start())
+        if wait:
+            self._run(self._loaded())
+        return self
+
+    def wait_loaded(self) -> None:
+        self._run(self._loaded())
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.target)
+
+    def stop(self) -> None:
+        self._run(self.server.stop(grace=1))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def start_gateway():
+    """Start gateways with `start_gateway(**settings)`; every one is stopped when the test ends."""
+    started = []
+
+    def start(wait: bool = True, **overrides) -> RunningGateway:
+        gateway = RunningGateway(**overrides)
+        started.append(gateway)
+        return gateway.start(wait)
+
+    yield start
+    for gateway in started:
+        if gateway.thread.is_alive():
+            gateway.stop()

@@ -1,0 +1,77 @@
+"""Export: versions written atomically, parity checked, Triton configs that parse, model cards."""
+import json
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from export import exporter
+from serving import repository
+from training.train import load_checkpoint, load_model, train
+
+TINY = {"channels": 8, "code_dim": 8, "hash_bits": 16, "epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, small_mnist):
+    return train("autoencoder", tmp_path_factory.mktemp("run"), small_mnist, TINY, threads=1)
+
+
+def test_export_writes_a_servable_version_with_parity(tmp_path, checkpoint, small_mnist):
+    (version_dir,) = exporter.export_checkpoint(checkpoint, tmp_path, small_mnist)
+    assert version_dir == tmp_path / "autoencoder_encoder" / "1"
+    assert sorted(p.name for p in version_dir.iterdir()) == ["card.json", "model.onnx", "model.pt", "model.py"]
+
+    entry = repository.read_repository(tmp_path)["autoencoder_encoder"]
+    assert (entry.model, entry.graph, entry.capability, entry.versions) == ("autoencoder", "encoder", "encode", (1,))
+    assert [(t.name, t.dims) for t in entry.outputs] == [("code", (8,)), ("binary_code", (16,))]
+
+    images = small_mnist.test.images[:5, None]
+    session = onnxruntime.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    code, bits = session.run(["code", "binary_code"], {"image": images})
+    model = load_model(load_checkpoint(checkpoint))
+    with torch.no_grad():
+        want_code, want_bits = model.graphs()["encoder"].module(torch.from_numpy(images))
+    np.testing.assert_allclose(code, want_code.numpy(), atol=exporter.FLOAT_TOLERANCE)
+    np.testing.assert_array_equal(bits, want_bits.numpy())
+
+    card = json.loads((version_dir / "card.json").read_text())
+    assert card["data"]["sha256"] == small_mnist.sha256
+    assert card["config"]["code_dim"] == 8
+    assert 0 < card["metrics"]["retrieval_code_map"] <= 1
+    assert card["parity"]["real"]["onnx.code"] <= exporter.FLOAT_TOLERANCE
+    assert card["source_commit"]
+
+
+def test_native_config_uses_the_onnxruntime_backend(tmp_path, checkpoint, small_mnist):
+    exporter.export_checkpoint(checkpoint, tmp_path, small_mnist)
+    native = repository.read_config(tmp_path / "autoencoder_encoder" / repository.NATIVE_CONFIG_FILE)
+    python = repository.read_config(tmp_path / "autoencoder_encoder" / repository.CONFIG_FILE)
+    assert native.platform == "onnxruntime_onnx" and not native.backend
+    assert python.backend == "python"
+    assert list(native.input) == list(python.input) and list(native.output) == list(python.output)
+
+
+def test_each_export_adds_the_next_version_and_the_policy_keeps_two(tmp_path, checkpoint, small_mnist):
+    for _ in range(3):
+        exporter.export_checkpoint(checkpoint, tmp_path, small_mnist)
+    entry_dir = tmp_path / "autoencoder_encoder"
+    assert repository.available_versions(entry_dir) == [1, 2, 3]
+    assert repository.read_entry(entry_dir).versions == (3, 2)
+    assert not [p for p in entry_dir.iterdir() if p.name.startswith(".staging")]
+
+
+def test_parity_failure_fails_the_export_and_writes_nothing(tmp_path, checkpoint, small_mnist, monkeypatch):
+    monkeypatch.setattr(exporter, "FLOAT_TOLERANCE", 0.0)  # onnxruntime and torch differ by ~1e-6
+    with pytest.raises(exporter.ParityError, match="max abs difference"):
+        exporter.export_checkpoint(checkpoint, tmp_path, small_mnist)
+    assert repository.available_versions(tmp_path / "autoencoder_encoder") == []
+    assert not list((tmp_path / "autoencoder_encoder").glob(".staging*"))
+
+
+def test_export_refuses_a_checkpoint_trained_on_other_data(tmp_path, checkpoint, small_mnist):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="trained on data"):
+        exporter.export_checkpoint(checkpoint, tmp_path, replace(small_mnist, sha256="other"))
