@@ -23,15 +23,20 @@ LATENCY = Histogram(
 )
 
 
-def _status(error: ServingError) -> grpc.Status:
-    status = status_pb2.Status(code=error.code.value[0], message=str(error))
-    if error.code == grpc.StatusCode.INVALID_ARGUMENT and error.field:
+def _status(code: grpc.StatusCode, message: str, field: str | None = None, description: str = "") -> grpc.Status:
+    status = status_pb2.Status(code=code.value[0], message=message)
+    if code == grpc.StatusCode.INVALID_ARGUMENT and field:
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.BadRequest(
-            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.description)]
+            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=description)]
         ))
         status.details.append(detail)
     return rpc_status.to_status(status)
+
+
+def _observe(method: str, code: grpc.StatusCode, start: float) -> None:
+    REQUESTS.labels(method, code.name).inc()
+    LATENCY.labels(method).observe(time.perf_counter() - start)
 
 
 class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
@@ -42,23 +47,19 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
         method, inner = details.method, handler.unary_unary
 
         async def call(request, context):
-            start, code = time.perf_counter(), grpc.StatusCode.OK
+            start = time.perf_counter()
             try:
-                return await inner(request, context)
+                response = await inner(request, context)
             except ServingError as error:
-                code = error.code
-                status = _status(error)
-                await context.abort(status.code, status.details, status.trailing_metadata)
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
+                status = _status(error.code, str(error), error.field, error.description)
             except Exception:
                 log.exception("%s failed", method)
-                code = grpc.StatusCode.INTERNAL
-                await context.abort(code, "internal error; see the server log")
-            finally:
-                REQUESTS.labels(method, code.name).inc()
-                LATENCY.labels(method).observe(time.perf_counter() - start)
+                status = _status(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            else:
+                _observe(method, grpc.StatusCode.OK, start)
+                return response
+            _observe(method, status.code, start)  # before abort: the client may read /metrics as soon as it has the status
+            await context.abort(status.code, status.details, status.trailing_metadata)
 
         return grpc.unary_unary_rpc_method_handler(
             call, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer

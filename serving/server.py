@@ -48,13 +48,14 @@ class Server:
         )
         self.port = self.grpc.add_insecure_port(f"{settings.host}:{settings.port}")
         self.loaded: asyncio.Task | None = None
+        self.metrics = None  # (HTTP server, thread) of /metrics
 
     async def start(self) -> None:
         for service in ("", MODELS, ENCODER, SEARCH):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc.start()
         if self.settings.metrics_port:
-            start_http_server(self.settings.metrics_port, addr=self.settings.host)
+            self.metrics = start_http_server(self.settings.metrics_port, addr=self.settings.host)
         log.info("listening on %s:%d", self.settings.host, self.port)
         self.loaded = asyncio.create_task(self._load())
 
@@ -80,6 +81,8 @@ class Server:
     async def stop(self, grace: float = 2.0) -> None:
         await self.health.enter_graceful_shutdown()
         await self.grpc.stop(grace)
+        if self.metrics:
+            self.metrics[0].shutdown()
         if self.loaded and not self.loaded.done():
             self.loaded.cancel()
         if self.gateway.search:

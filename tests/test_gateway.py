@@ -1,0 +1,273 @@
+"""The gateway end to end over real gRPC on loopback, with the committed models."""
+import io
+import json
+
+import grpc
+import numpy as np
+import onnxruntime
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+from PIL import Image
+
+from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, models_pb2, models_pb2_grpc, search_pb2, search_pb2_grpc
+from serving import repository
+from tests.conftest import MODEL_REPOSITORY, RunningGateway
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    running = RunningGateway(data_dir=tmp_path_factory.mktemp("data")).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def channel(gateway):
+    with gateway.channel() as channel:
+        yield channel
+
+
+def png(pixels: np.ndarray) -> common_pb2.Image:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return common_pb2.Image(encoded=buffer.getvalue())
+
+
+def tensor(pixels: np.ndarray, dtype=common_pb2.DATA_TYPE_UINT8, shape=None) -> common_pb2.Image:
+    return common_pb2.Image(tensor=common_pb2.Tensor(shape=shape or list(pixels.shape), dtype=dtype, data=pixels.tobytes()))
+
+
+def uint8_images(mnist, n: int, start: int = 0) -> np.ndarray:
+    return (mnist.test.images[start : start + n] * 255).round().astype(np.uint8)
+
+
+def index_model_session():
+    entry = repository.read_repository(MODEL_REPOSITORY)["autoencoder_encoder"]
+    path = entry.version_path(entry.versions[0]) / repository.ONNX_FILE
+    return entry, onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_health_reports_each_service_serving_once_loaded(channel):
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "latentserve.v1.Models", "latentserve.v1.Encoder", "latentserve.v1.Search"):
+        status = stub.Check(health_pb2.HealthCheckRequest(service=service)).status
+        assert status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+def test_reflection_lists_the_public_services(channel):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    (response,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {service.name for service in response.list_services_response.service}
+    assert {"latentserve.v1.Models", "latentserve.v1.Encoder", "latentserve.v1.Search", "grpc.health.v1.Health"} <= names
+
+
+def test_models_lists_versions_signatures_and_card_metrics(channel):
+    stub = models_pb2_grpc.ModelsStub(channel)
+    models = {m.name: m for m in stub.ListModels(models_pb2.ListModelsRequest()).models}
+    assert {"autoencoder", "vae"} <= set(models)
+    (graph,) = models["autoencoder"].graphs
+    assert (graph.name, graph.capability, graph.repository_name) == ("encoder", "encode", "autoencoder_encoder")
+    assert [t.name for t in graph.outputs] == ["code", "binary_code"]
+    assert graph.versions and graph.versions[0].metrics["retrieval_code_map"] > 0
+    assert json.loads(graph.versions[0].card_json)["model"] == "autoencoder"
+    assert stub.GetModel(models_pb2.GetModelRequest(name="vae")).graphs[0].capability == "encode"
+
+
+def test_encode_matches_onnxruntime_for_png_and_raw_tensors(channel, mnist):
+    pixels = uint8_images(mnist, 4)
+    entry, session = index_model_session()
+    want_code, want_bits = session.run(["code", "binary_code"], {"image": pixels[:, None].astype(np.float32) / 255})
+    stub = encoder_pb2_grpc.EncoderStub(channel)
+    requests = {
+        "png": [png(p) for p in pixels],
+        "uint8": [tensor(p) for p in pixels],
+        "float32": [tensor(p.astype(np.float32) / 255, common_pb2.DATA_TYPE_FLOAT32, [1, 28, 28]) for p in pixels],
+    }
+    for kind, images in requests.items():
+        response = stub.Encode(encoder_pb2.EncodeRequest(images=images))
+        assert (response.model.name, response.model.version) == ("autoencoder", entry.versions[0])
+        codes = np.array([c.values for c in response.codes])
+        np.testing.assert_allclose(codes, want_code, atol=1e-5, err_msg=kind)
+        bits = np.array([np.unpackbits(np.frombuffer(c.bits, np.uint8))[: c.num_bits] for c in response.codes])
+        np.testing.assert_array_equal(bits, want_bits, err_msg=kind)
+
+
+def test_encode_resizes_other_sizes_and_selects_model_and_version(channel, mnist):
+    stub = encoder_pb2_grpc.EncoderStub(channel)
+    big = np.kron(uint8_images(mnist, 1)[0], np.ones((2, 2), np.uint8))  # 56x56: box filter gives back 28x28
+    small = stub.Encode(encoder_pb2.EncodeRequest(images=[tensor(uint8_images(mnist, 1)[0])])).codes[0]
+    resized = stub.Encode(encoder_pb2.EncodeRequest(images=[png(big)])).codes[0]
+    np.testing.assert_allclose(resized.values, small.values, atol=1e-5)
+    vae = stub.Encode(encoder_pb2.EncodeRequest(model=common_pb2.ModelRef(name="vae", version=1), images=[png(big)]))
+    assert vae.model.version == 1 and len(vae.codes[0].values) == vae.codes[0].num_bits == 20
+
+
+def test_default_gallery_search_by_id_finds_the_same_digit(channel, mnist):
+    stub = search_pb2_grpc.SearchStub(channel)
+    stats = stub.GetIndexStats(search_pb2.GetIndexStatsRequest())
+    assert stats.items >= 10000 and stats.model.name == "autoencoder"
+    agreement = []
+    for i in range(20):
+        for space in (search_pb2.SPACE_CODE, search_pb2.SPACE_HASH):
+            hits = stub.Search(search_pb2.SearchRequest(id=f"mnist-test-{i:05d}", k=10, space=space)).hits
+            assert len(hits) == 10 and f"mnist-test-{i:05d}" not in [h.id for h in hits]
+            assert [h.distance for h in hits] == sorted(h.distance for h in hits)
+            agreement += [h.label == mnist.test.labels[i] for h in hits]
+    assert np.mean(agreement) > 0.8
+
+
+def test_add_search_and_delete_items(channel, mnist):
+    stub = search_pb2_grpc.SearchStub(channel)
+    before = stub.GetIndexStats(search_pb2.GetIndexStatsRequest()).items
+    pixels = uint8_images(mnist, 3, start=100)
+    items = [search_pb2.Item(id=f"client-{i}", image=png(p), label=7, metadata={"source": "test"}) for i, p in enumerate(pixels)]
+    assert stub.AddItems(search_pb2.AddItemsRequest(items=items)).added == 3
+    assert stub.GetIndexStats(search_pb2.GetIndexStatsRequest()).items == before + 3
+
+    top = stub.Search(search_pb2.SearchRequest(image=png(pixels[1]), k=1)).hits[0]
+    assert top.id in ("client-1", "mnist-test-00101") and top.distance < 1e-3  # the gallery holds the same image; float32 L2 rounding
+    hit = next(h for h in stub.Search(search_pb2.SearchRequest(image=png(pixels[1]), k=5)).hits if h.id == "client-1")
+    assert (hit.label, dict(hit.metadata)) == (7, {"source": "test"})
+
+    code = encoder_pb2_grpc.EncoderStub(channel).Encode(encoder_pb2.EncodeRequest(images=[png(pixels[2])])).codes[0]
+    by_code = stub.Search(search_pb2.SearchRequest(code=common_pb2.Code(values=code.values), k=2)).hits
+    by_bits = stub.Search(search_pb2.SearchRequest(code=code, k=50, space=search_pb2.SPACE_HASH)).hits
+    assert "client-2" in [h.id for h in by_code] and "client-2" in [h.id for h in by_bits]
+    assert by_bits[0].distance == 0
+
+    assert stub.DeleteItems(search_pb2.DeleteItemsRequest(ids=["client-0", "client-1", "client-2"])).deleted == 3
+    assert stub.GetIndexStats(search_pb2.GetIndexStatsRequest()).items == before
+
+
+GOOD = png(np.pad(np.full((12, 12), 255, np.uint8), 8))
+INVALID, MISSING = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+EXHAUSTED, EXISTS = grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ALREADY_EXISTS
+
+
+def encode(**fields):
+    return "Encoder", "Encode", encoder_pb2.EncodeRequest(**fields)
+
+
+def search(**fields):
+    return "Search", "Search", search_pb2.SearchRequest(**fields)
+
+
+def add(*items):
+    return "Search", "AddItems", search_pb2.AddItemsRequest(items=list(items))
+
+
+def delete(*ids):
+    return "Search", "DeleteItems", search_pb2.DeleteItemsRequest(ids=list(ids))
+
+
+FLOAT = common_pb2.DATA_TYPE_FLOAT32
+BAD_REQUESTS = {
+    "undecodable bytes": (encode(images=[common_pb2.Image(encoded=b"not an image")]), INVALID, "images[0].encoded"),
+    "truncated png": (encode(images=[common_pb2.Image(encoded=GOOD.encoded[:60])]), INVALID, "images[0].encoded"),
+    "no image data": (encode(images=[common_pb2.Image()]), INVALID, "images[0]"),
+    "wrong shape": (encode(images=[tensor(np.zeros((27, 28), np.uint8))]), INVALID, "images[0].tensor.shape"),
+    "wrong dtype": (encode(images=[tensor(np.zeros((28, 28), np.uint8), dtype=0)]), INVALID, "images[0].tensor.dtype"),
+    "short data": (encode(images=[tensor(np.zeros((28, 27), np.uint8), shape=[28, 28])]), INVALID, "images[0].tensor.data"),
+    "nan pixels": (encode(images=[tensor(np.full((28, 28), np.nan, np.float32), FLOAT)]), INVALID, "images[0].tensor.data"),
+    "inf pixels": (encode(images=[tensor(np.full((28, 28), np.inf, np.float32), FLOAT)]), INVALID, "images[0].tensor.data"),
+    "pixels above 1": (encode(images=[tensor(np.full((28, 28), 2, np.float32), FLOAT)]), INVALID, "images[0].tensor.data"),
+    "empty batch": (encode(images=[]), INVALID, "images"),
+    "oversized batch": (encode(images=[GOOD] * 257), EXHAUSTED, "images"),
+    "unknown model": (encode(model=common_pb2.ModelRef(name="nope"), images=[GOOD]), MISSING, "model.name"),
+    "unknown version": (encode(model=common_pb2.ModelRef(name="autoencoder", version=999), images=[GOOD]), MISSING, "model.version"),
+    "negative version": (encode(model=common_pb2.ModelRef(name="autoencoder", version=-1), images=[GOOD]), INVALID, "model.version"),
+    "negative k": (search(id="mnist-test-00000", k=-1), INVALID, "k"),
+    "k over limit": (search(id="mnist-test-00000", k=1001), EXHAUSTED, "k"),
+    "unknown id": (search(id="no-such-id"), MISSING, "id"),
+    "no query": (search(k=3), INVALID, "query"),
+    "code of wrong length": (search(code=common_pb2.Code(values=[0.0] * 5)), INVALID, "code.values"),
+    "nan code": (search(code=common_pb2.Code(values=[float("nan")] * 32)), INVALID, "code.values"),
+    "bits of wrong length": (search(code=common_pb2.Code(bits=b"\x00", num_bits=8), space=search_pb2.SPACE_HASH), INVALID, "code.bits"),
+    "duplicate ids": (add(search_pb2.Item(id="d", image=GOOD), search_pb2.Item(id="d", image=GOOD)), INVALID, "items[1].id"),
+    "id already stored": (add(search_pb2.Item(id="new", image=GOOD), search_pb2.Item(id="mnist-test-00000", image=GOOD)), EXISTS, "items.id"),
+    "empty id": (add(search_pb2.Item(id="", image=GOOD)), INVALID, "items[0].id"),
+    "bad image among good": (add(search_pb2.Item(id="x", image=GOOD), search_pb2.Item(id="y")), INVALID, "items[1].image"),
+    "no items": (add(), INVALID, "items"),
+    "delete unknown id": (delete("mnist-test-00001", "nope"), MISSING, "ids"),
+    "delete nothing": (delete(), INVALID, "ids"),
+    "unknown model name": (("Models", "GetModel", models_pb2.GetModelRequest(name="nope")), MISSING, "name"),
+}
+STUBS = {"Encoder": encoder_pb2_grpc.EncoderStub, "Search": search_pb2_grpc.SearchStub, "Models": models_pb2_grpc.ModelsStub}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_input_gets_a_precise_status_and_changes_nothing(channel, case):
+    (service, method, request), code, field = BAD_REQUESTS[case]
+    search_stub = search_pb2_grpc.SearchStub(channel)
+    items_before = search_stub.GetIndexStats(search_pb2.GetIndexStatsRequest()).items
+    with pytest.raises(grpc.RpcError) as raised:
+        getattr(STUBS[service](channel), method)(request)
+    error = raised.value
+    assert error.code() == code, error.details()
+    assert error.details().startswith(field + ":"), error.details()
+    if code == INVALID:
+        detail = error_details_pb2.BadRequest()
+        rpc_status.from_call(error).details[0].Unpack(detail)
+        assert detail.field_violations[0].field == field
+    assert search_stub.GetIndexStats(search_pb2.GetIndexStatsRequest()).items == items_before
+    assert search_stub.Search(search_pb2.SearchRequest(id="mnist-test-00002", k=1)).hits  # still serving
+
+
+def test_restart_keeps_acknowledged_items(start_gateway, tmp_path, mnist):
+    first = start_gateway(data_dir=tmp_path, gallery="none")
+    with first.channel() as channel:
+        stub = search_pb2_grpc.SearchStub(channel)
+        items = [search_pb2.Item(id=f"kept-{i}", image=tensor(p), label=i) for i, p in enumerate(uint8_images(mnist, 5))]
+        stub.AddItems(search_pb2.AddItemsRequest(items=items))
+        stub.DeleteItems(search_pb2.DeleteItemsRequest(ids=["kept-4"]))
+        before = stub.Search(search_pb2.SearchRequest(id="kept-0", k=3)).hits
+    first.stop()
+    second = start_gateway(data_dir=tmp_path, gallery="none")
+    with second.channel() as channel:
+        stub = search_pb2_grpc.SearchStub(channel)
+        assert stub.GetIndexStats(search_pb2.GetIndexStatsRequest()).items == 4
+        assert stub.Search(search_pb2.SearchRequest(id="kept-0", k=3)).hits == before
+
+
+def test_a_service_is_not_serving_until_its_models_load(start_gateway, tmp_path):
+    gateway = start_gateway(wait=False, data_dir=tmp_path, index_model="no-such-encoder")
+    with pytest.raises(Exception):
+        gateway.wait_loaded()  # the search index cannot bind to a missing encoder
+    with gateway.channel() as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        status = {
+            service: health.Check(health_pb2.HealthCheckRequest(service=f"latentserve.v1.{service}")).status
+            for service in ("Encoder", "Search")
+        }
+        assert status == {"Encoder": health_pb2.HealthCheckResponse.SERVING, "Search": health_pb2.HealthCheckResponse.NOT_SERVING}
+        with pytest.raises(grpc.RpcError) as raised:
+            search_pb2_grpc.SearchStub(channel).GetIndexStats(search_pb2.GetIndexStatsRequest())
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        request = encoder_pb2.EncodeRequest(model=common_pb2.ModelRef(name="autoencoder"), images=[GOOD])
+        assert encoder_pb2_grpc.EncoderStub(channel).Encode(request).codes
+
+
+def test_messages_over_the_size_limit_are_refused(start_gateway, tmp_path):
+    gateway = start_gateway(data_dir=tmp_path, gallery="none", max_message_bytes=4096)
+    with gateway.channel() as channel:
+        stub = encoder_pb2_grpc.EncoderStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Encode(encoder_pb2.EncodeRequest(images=[tensor(np.zeros((28, 28), np.float32), FLOAT)] * 2))
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert stub.Encode(encoder_pb2.EncodeRequest(images=[GOOD])).codes
+
+
+def test_cli_client_verbs(gateway, tmp_path, capsys):
+    from latentserve.cli import main
+
+    path = tmp_path / "digit.png"
+    path.write_bytes(GOOD.encoded)
+    main(["index", "--target", gateway.target, "add", str(path), "--label", "3", "--meta", "who=cli"])
+    main(["search", "--target", gateway.target, "--image", str(path), "-k", "1"])
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("digit\t0.0000\t3\t")
+    main(["index", "--target", gateway.target, "delete", "digit"])
+    main(["encode", "--target", gateway.target, str(path)])
+    assert json.loads(capsys.readouterr().out.split("}\n", 1)[1])["codes"][0]["numBits"] == 32

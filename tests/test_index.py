@@ -1,0 +1,94 @@
+"""The code index: exact and Hamming search, all-or-nothing writes, persistence, crash safety."""
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from serving.errors import AlreadyExists, NotFound
+from serving.index import Binding, CodeIndex, NewItem
+
+BINDING = Binding("autoencoder", 1, code_dim=4, num_bits=12)
+
+
+def item(i: int, label=None) -> NewItem:
+    rng = np.random.default_rng(i)
+    bits = np.packbits(rng.random(BINDING.num_bits) > 0.5)
+    return NewItem(f"item-{i}", rng.random(BINDING.code_dim, dtype=np.float32), bits, label, {"n": str(i)})
+
+
+def test_exact_search_matches_brute_force(tmp_path):
+    index = CodeIndex(tmp_path, BINDING)
+    items = [item(i, i % 3) for i in range(50)]
+    index.add(items)
+    query = np.full(4, 0.5, np.float32)
+    hits = index.search_code(query, 5)
+    distances = sorted(((it.code - query) ** 2).sum() for it in items)[:5]
+    np.testing.assert_allclose([h.distance for h in hits], distances, rtol=1e-5)
+    assert hits[0].metadata["n"] == hits[0].id.split("-")[1]
+
+
+def test_hamming_search_counts_differing_bits_and_can_leave_out_the_query(tmp_path):
+    index = CodeIndex(tmp_path, BINDING)
+    items = [item(i) for i in range(30)]
+    index.add(items)
+    row, _, bits = index.get("item-7")
+    hits = index.search_bits(bits, 3, exclude_row=row)
+    assert "item-7" not in [h.id for h in hits]
+    unpacked = {it.id: np.unpackbits(it.bits)[: BINDING.num_bits] for it in items}
+    for hit in hits:
+        assert hit.distance == (unpacked[hit.id] != unpacked["item-7"]).sum()
+
+
+def test_writes_are_all_or_nothing(tmp_path):
+    index = CodeIndex(tmp_path, BINDING)
+    index.add([item(1), item(2)])
+    with pytest.raises(AlreadyExists, match="item-2"):
+        index.add([item(3), item(2)])
+    with pytest.raises(NotFound, match="item-9"):
+        index.delete(["item-1", "item-9"])
+    assert len(index) == 2
+    assert [h.id for h in index.search_code(item(3).code, 10)] and index.get("item-1")
+    with pytest.raises(NotFound):
+        index.get("item-3")
+
+
+def test_reopening_keeps_everything_with_or_without_a_clean_close(tmp_path):
+    index = CodeIndex(tmp_path, BINDING)
+    index.add([item(i) for i in range(20)])
+    index.delete(["item-3"])
+    index.close()
+    reopened = CodeIndex(tmp_path, Binding("other", 9, 4, 12))  # an existing index keeps its binding
+    assert reopened.binding == BINDING and len(reopened) == 19
+    reopened.add([item(20)])  # the FAISS snapshot is now stale: the next open rebuilds from SQLite
+    del reopened
+    again = CodeIndex(tmp_path, BINDING)
+    assert len(again) == 20
+    assert again.search_code(item(20).code, 1)[0].id == "item-20"
+
+
+WRITER = textwrap.dedent("""
+    import sys, numpy as np
+    from pathlib import Path
+    from serving.index import Binding, CodeIndex, NewItem
+    index = CodeIndex(Path(sys.argv[1]), Binding("autoencoder", 1, 4, 12))
+    for i in range(100000):
+        batch = [NewItem(f"{i}-{j}", np.random.rand(4).astype(np.float32), np.zeros(2, np.uint8)) for j in range(50)]
+        index.add(batch)
+        print(i, flush=True)
+""")
+
+
+def test_a_killed_writer_loses_nothing_acknowledged_and_leaves_a_readable_index(tmp_path):
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    acknowledged = [int(process.stdout.readline()) for _ in range(20)]
+    process.send_signal(signal.SIGKILL)  # mid-write: it is adding batch 21 or later
+    process.wait()
+    index = CodeIndex(tmp_path, BINDING)
+    stored = len(index)
+    assert stored % 50 == 0 and stored >= 50 * len(acknowledged)  # whole batches only
+    for batch in acknowledged:
+        index.get(f"{batch}-49")
+    assert len(index.search_code(np.zeros(4, np.float32), stored)) == stored

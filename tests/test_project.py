@@ -1,0 +1,56 @@
+"""Project contracts: generated stubs match the protos, serving stays free of torch, every CLI verb helps."""
+import filecmp
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import grpc
+import pytest
+from grpc_tools import protoc
+
+from latentserve.v1 import encoder_pb2, encoder_pb2_grpc
+from tests.conftest import ROOT
+
+PROTOS = sorted((ROOT / "proto").rglob("*.proto"))
+
+
+def test_generated_stubs_match_the_protos(tmp_path):
+    args = ["protoc", f"-I{ROOT / 'proto'}", f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}", f"--pyi_out={tmp_path}"]
+    assert protoc.main(args + [str(p) for p in PROTOS]) == 0
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    committed = sorted(p.relative_to(ROOT) for p in (ROOT / "latentserve" / "v1").glob("*_pb2*"))
+    assert generated == committed, "run `make proto`"
+    for path in generated:
+        assert filecmp.cmp(tmp_path / path, ROOT / path, shallow=False), f"{path} is stale: run `make proto`"
+
+
+def test_serving_runs_without_torch_or_training():
+    script = "import sys, serving.server, latentserve.cli; sys.exit(bool({'torch', 'training', 'export'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", script]).returncode == 0
+    for path in (ROOT / "serving").rglob("*.py"):
+        source = path.read_text()
+        assert "import torch" not in source and "from training" not in source, path
+
+
+@pytest.mark.parametrize("verb", [[], ["train"], ["export"], ["serve"], ["models"], ["encode"], ["search"], ["index"], ["index", "add"]])
+def test_every_verb_has_help(verb):
+    result = subprocess.run([sys.executable, "-m", "latentserve.cli", *verb, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: latentserve" in result.stdout
+
+
+def test_metrics_count_calls_by_method_and_code(start_gateway, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gateway = start_gateway(data_dir=tmp_path, gallery="none", metrics_port=port)
+    series = 'latentserve_requests_total{code="INVALID_ARGUMENT",method="/latentserve.v1.Encoder/Encode"}'
+
+    def count() -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(series)), 0.0)
+
+    before = count()
+    with gateway.channel() as channel, pytest.raises(grpc.RpcError):
+        encoder_pb2_grpc.EncoderStub(channel).Encode(encoder_pb2.EncodeRequest())
+    assert count() == before + 1
