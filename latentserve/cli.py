@@ -115,6 +115,15 @@ def cmd_index(args) -> None:
         _print(stub.GetIndexStats(search_pb2.GetIndexStatsRequest()))
 
 
+def cmd_bench(args) -> None:
+    if args.what == "retrieval":
+        from training.benchmark_retrieval import main as bench
+        bench(args.repository)
+    else:
+        from serving.benchmark import main as bench
+        bench(args.repository, args.duration)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentserve", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -141,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repository", type=Path)
     serve.add_argument("--gallery", choices=["mnist-test", "none"], help="what a new index starts with")
     serve.set_defaults(func=cmd_serve)
+
+    bench = verbs.add_parser("bench", help="measure what docs/benchmarks.md reports")
+    bench.add_argument("what", choices=["retrieval", "serving"])
+    bench.add_argument("--repository", type=Path, default=Path("model_repository"))
+    bench.add_argument("--duration", type=float, default=5.0, help="seconds per serving measurement")
+    bench.set_defaults(func=cmd_bench)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, help=help)

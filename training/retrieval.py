@@ -51,3 +51,11 @@ def retrieval_scores(distances: np.ndarray, query_labels, gallery_labels, k: int
         aps.append((hits / ranks * relevant).sum(1) / relevant.sum(1))
         precisions.append(hits[:, k - 1] / k)
     return {"map": float(np.concatenate(aps).mean()), f"precision_at_{k}": float(np.concatenate(precisions).mean())}
+
+
+def pca_projection(train_images: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and top-`dim` principal directions (784, dim) of the training images."""
+    x = train_images.reshape(len(train_images), -1).astype(np.float64)
+    mean = x.mean(0)
+    _, vectors = np.linalg.eigh(np.cov(x - mean, rowvar=False))
+    return mean.astype(np.float32), vectors[:, ::-1][:, :dim].astype(np.float32)

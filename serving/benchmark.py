@@ -1,0 +1,159 @@
+"""`latentserve bench serving`: Encode through the gateway vs onnxruntime called directly, in one run.
+
+The gateway runs as its own process (`latentserve serve`, embedded runtime, default gallery) on a free
+loopback port; the load generator is a grpc.aio client in this process. The direct figures run the same
+ONNX file with the same session options in this process, with as many threads as the gateway has
+concurrent calls. Images travel as raw uint8 tensors.
+"""
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2_grpc
+from serving import repository
+from serving.mnist import load_mnist
+from serving.settings import Settings
+
+BATCHES = (1, 64)
+CONCURRENCY = (1, 8)
+
+
+def _summary(latencies: list[float], elapsed: float, batch: int) -> dict[str, float]:
+    ms = np.asarray(latencies) * 1000
+    return {
+        "requests_per_s": len(ms) / elapsed,
+        "images_per_s": len(ms) * batch / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+def direct(model_path: Path, images: np.ndarray, concurrency: int, duration: float) -> dict[str, float]:
+    settings = Settings()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    inputs = {"image": images[:, None].astype(np.float32) / 255}
+    latencies, lock, stop_at = [], threading.Lock(), time.perf_counter() + duration
+
+    def worker():
+        while time.perf_counter() < stop_at:
+            start = time.perf_counter()
+            session.run(["code", "binary_code"], inputs)
+            with lock:
+                latencies.append(time.perf_counter() - start)
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for future in [pool.submit(worker) for _ in range(concurrency)]:
+            future.result()
+    return _summary(latencies, time.perf_counter() - began, len(images))
+
+
+async def _drive(call, concurrency: int, duration: float) -> tuple[list[float], float]:
+    latencies, stop_at = [], time.perf_counter() + duration
+
+    async def worker():
+        while time.perf_counter() < stop_at:
+            start = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - start)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, time.perf_counter() - began
+
+
+async def through_gateway(target: str, images: np.ndarray, concurrency: int, duration: float) -> dict[str, float]:
+    request = encoder_pb2.EncodeRequest(images=[
+        common_pb2.Image(tensor=common_pb2.Tensor(shape=[28, 28], dtype=common_pb2.DATA_TYPE_UINT8, data=image.tobytes()))
+        for image in images
+    ])
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = encoder_pb2_grpc.EncoderStub(channel)
+        latencies, elapsed = await _drive(lambda: stub.Encode(request), concurrency, duration)
+    return _summary(latencies, elapsed, len(images))
+
+
+async def search_latency(target: str, images: np.ndarray, duration: float) -> dict[str, dict[str, float]]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = search_pb2_grpc.SearchStub(channel)
+        image = common_pb2.Image(tensor=common_pb2.Tensor(shape=[28, 28], dtype=common_pb2.DATA_TYPE_UINT8, data=images[0].tobytes()))
+        queries = {
+            "by id, code space": search_pb2.SearchRequest(id="mnist-test-00000", k=10),
+            "by id, hash space": search_pb2.SearchRequest(id="mnist-test-00000", k=10, space=search_pb2.SPACE_HASH),
+            "by image, code space": search_pb2.SearchRequest(image=image, k=10),
+        }
+        results = {}
+        for name, request in queries.items():
+            latencies, elapsed = await _drive(lambda: stub.Search(request), 1, duration)
+            results[name] = _summary(latencies, elapsed, 1)
+    return results
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_serving(target: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.time() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(service="latentserve.v1.Search")).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"gateway at {target} did not become ready")
+
+
+def main(repository_root: Path, duration: float) -> None:
+    entry = repository.read_repository(repository_root)["autoencoder_encoder"]
+    model_path = entry.version_path(entry.versions[0]) / repository.ONNX_FILE
+    test_images = (load_mnist().test.images * 255).round().astype(np.uint8)
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as data_dir:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "latentserve.cli", "serve", "--port", str(port), "--metrics-port", "0",
+             "--data-dir", data_dir, "--model-repository", str(repository_root)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
+        )
+        try:
+            target = f"127.0.0.1:{port}"
+            _wait_serving(target)
+            print(f"Encode, autoencoder v{entry.versions[0]}, {duration:.0f} s per cell, {os.cpu_count()} cores\n")
+            print("| batch | concurrency | path | requests/s | images/s | p50 ms | p99 ms | gateway / direct |")
+            print("|---|---|---|---|---|---|---|---|")
+            for batch in BATCHES:
+                for concurrency in CONCURRENCY:
+                    images = test_images[:batch]
+                    ours = asyncio.run(through_gateway(target, images, concurrency, duration))
+                    base = direct(model_path, images, concurrency, duration)
+                    ratio = ours["images_per_s"] / base["images_per_s"]
+                    for path, r in (("gateway", ours), ("onnxruntime direct", base)):
+                        print(f"| {batch} | {concurrency} | {path} | {r['requests_per_s']:.0f} | {r['images_per_s']:.0f} | "
+                              f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {f'{ratio:.0%}' if path == 'gateway' else ''} |")
+            print("\nSearch on the default gallery (10,000 MNIST test images), k=10, one client\n")
+            print("| query | requests/s | p50 ms | p99 ms |\n|---|---|---|---|")
+            for name, r in asyncio.run(search_latency(target, test_images, duration)).items():
+                print(f"| {name} | {r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
+        finally:
+            server.terminate()
+            server.wait(30)
