@@ -79,11 +79,18 @@ def cmd_models(args) -> None:
 
 
 def cmd_encode(args) -> None:
+    import numpy as np
+
     from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 
     stub = encoder_pb2_grpc.EncoderStub(_channel(args))
-    model = common_pb2.ModelRef(name=args.model, version=args.version)
-    _print(stub.Encode(encoder_pb2.EncodeRequest(model=model, images=_images(args.images))))
+    images = common_pb2.Images(encoded=common_pb2.EncodedImages(images=[path.read_bytes() for path in args.images]))
+    response = stub.Encode(encoder_pb2.EncodeRequest(model=common_pb2.ModelRef(name=args.model, version=args.version), images=images))
+    codes = np.frombuffer(response.codes.data, "<f4").reshape(response.codes.shape)
+    bits = np.frombuffer(response.bits.data, np.uint8).reshape(response.bits.shape)
+    for path, values, packed in zip(args.images, codes, bits):
+        print(json.dumps({"image": str(path), "model": response.model.name, "version": response.model.version,
+                          "code": [round(float(v), 5) for v in values], "bits": packed.tobytes().hex(), "num_bits": response.num_bits}))
 
 
 def cmd_search(args) -> None:

@@ -3,7 +3,9 @@
 The gateway runs as its own process (`latentserve serve`, embedded runtime, default gallery) on a free
 loopback port; the load generator is a grpc.aio client in this process. The direct figures run the same
 ONNX file with the same session options in this process, with as many threads as the gateway has
-concurrent calls. Images travel as raw uint8 tensors.
+concurrent calls. Images travel as one raw uint8 tensor per request. Beside throughput it reports CPU
+time per request: the gateway process's own (from /proc, so Linux only) and this process's for the direct
+calls; the client's CPU is in neither, though it shares the same cores during the gateway runs.
 """
 import asyncio
 import os
@@ -30,14 +32,20 @@ BATCHES = (1, 64)
 CONCURRENCY = (1, 8)
 
 
-def _summary(latencies: list[float], elapsed: float, batch: int) -> dict[str, float]:
+def _summary(latencies: list[float], elapsed: float, batch: int, cpu_seconds: float = float("nan")) -> dict[str, float]:
     ms = np.asarray(latencies) * 1000
     return {
         "requests_per_s": len(ms) / elapsed,
         "images_per_s": len(ms) * batch / elapsed,
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
+        "cpu_ms_per_request": cpu_seconds * 1000 / len(ms),
     }
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def direct(model_path: Path, images: np.ndarray, concurrency: int, duration: float) -> dict[str, float]:
@@ -56,11 +64,11 @@ def direct(model_path: Path, images: np.ndarray, concurrency: int, duration: flo
             with lock:
                 latencies.append(time.perf_counter() - start)
 
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(concurrency) as pool:
         for future in [pool.submit(worker) for _ in range(concurrency)]:
             future.result()
-    return _summary(latencies, time.perf_counter() - began, len(images))
+    return _summary(latencies, time.perf_counter() - began, len(images), time.process_time() - cpu)
 
 
 async def _drive(call, concurrency: int, duration: float) -> tuple[list[float], float]:
@@ -77,15 +85,15 @@ async def _drive(call, concurrency: int, duration: float) -> tuple[list[float], 
     return latencies, time.perf_counter() - began
 
 
-async def through_gateway(target: str, images: np.ndarray, concurrency: int, duration: float) -> dict[str, float]:
-    request = encoder_pb2.EncodeRequest(images=[
-        common_pb2.Image(tensor=common_pb2.Tensor(shape=[28, 28], dtype=common_pb2.DATA_TYPE_UINT8, data=image.tobytes()))
-        for image in images
-    ])
+async def through_gateway(target: str, pid: int, images: np.ndarray, concurrency: int, duration: float) -> dict[str, float]:
+    tensor = common_pb2.Tensor(shape=images.shape, dtype=common_pb2.DATA_TYPE_UINT8, data=images.tobytes())
+    request = encoder_pb2.EncodeRequest(images=common_pb2.Images(tensor=tensor))
     async with grpc.aio.insecure_channel(target) as channel:
         stub = encoder_pb2_grpc.EncoderStub(channel)
+        cpu = _process_cpu_seconds(pid)
         latencies, elapsed = await _drive(lambda: stub.Encode(request), concurrency, duration)
-    return _summary(latencies, elapsed, len(images))
+        cpu = _process_cpu_seconds(pid) - cpu
+    return _summary(latencies, elapsed, len(images), cpu)
 
 
 async def search_latency(target: str, images: np.ndarray, duration: float) -> dict[str, dict[str, float]]:
@@ -139,17 +147,18 @@ def main(repository_root: Path, duration: float) -> None:
             target = f"127.0.0.1:{port}"
             _wait_serving(target)
             print(f"Encode, autoencoder v{entry.versions[0]}, {duration:.0f} s per cell, {os.cpu_count()} cores\n")
-            print("| batch | concurrency | path | requests/s | images/s | p50 ms | p99 ms | gateway / direct |")
-            print("|---|---|---|---|---|---|---|---|")
+            print("| batch | concurrency | path | requests/s | images/s | p50 ms | p99 ms | CPU ms / request | throughput gateway / direct |")
+            print("|---|---|---|---|---|---|---|---|---|")
             for batch in BATCHES:
                 for concurrency in CONCURRENCY:
                     images = test_images[:batch]
-                    ours = asyncio.run(through_gateway(target, images, concurrency, duration))
+                    ours = asyncio.run(through_gateway(target, server.pid, images, concurrency, duration))
                     base = direct(model_path, images, concurrency, duration)
                     ratio = ours["images_per_s"] / base["images_per_s"]
                     for path, r in (("gateway", ours), ("onnxruntime direct", base)):
                         print(f"| {batch} | {concurrency} | {path} | {r['requests_per_s']:.0f} | {r['images_per_s']:.0f} | "
-                              f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {f'{ratio:.0%}' if path == 'gateway' else ''} |")
+                              f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_ms_per_request']:.2f} | "
+                              f"{f'{ratio:.0%}' if path == 'gateway' else ''} |")
             print("\nSearch on the default gallery (10,000 MNIST test images), k=10, one client\n")
             print("| query | requests/s | p50 ms | p99 ms |\n|---|---|---|---|")
             for name, r in asyncio.run(search_latency(target, test_images, duration)).items():

@@ -83,11 +83,14 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         )
         return encoder_pb2.EncodeResponse(
             model=common_pb2.ModelRef(name=codes.model, version=codes.version),
-            codes=[  # tolist(): protobuf fills repeated fields from Python floats several times faster
-                common_pb2.Code(values=values, bits=bits.tobytes(), num_bits=codes.num_bits)
-                for values, bits in zip(codes.values.tolist(), codes.bits)
-            ],
+            codes=_tensor(codes.values, common_pb2.DATA_TYPE_FLOAT32),
+            bits=_tensor(codes.bits, common_pb2.DATA_TYPE_UINT8),
+            num_bits=codes.num_bits,
         )
+
+
+def _tensor(array: np.ndarray, dtype: int) -> common_pb2.Tensor:
+    return common_pb2.Tensor(shape=array.shape, dtype=dtype, data=np.ascontiguousarray(array).tobytes())
 
 
 class SearchServicer(search_pb2_grpc.SearchServicer):

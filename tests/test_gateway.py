@@ -36,8 +36,24 @@ def png(pixels: np.ndarray) -> common_pb2.Image:
     return common_pb2.Image(encoded=buffer.getvalue())
 
 
+def raw(pixels: np.ndarray, dtype=common_pb2.DATA_TYPE_UINT8, shape=None) -> common_pb2.Tensor:
+    return common_pb2.Tensor(shape=shape or list(pixels.shape), dtype=dtype, data=pixels.tobytes())
+
+
 def tensor(pixels: np.ndarray, dtype=common_pb2.DATA_TYPE_UINT8, shape=None) -> common_pb2.Image:
-    return common_pb2.Image(tensor=common_pb2.Tensor(shape=shape or list(pixels.shape), dtype=dtype, data=pixels.tobytes()))
+    return common_pb2.Image(tensor=raw(pixels, dtype, shape))
+
+
+def batch(*images: common_pb2.Image) -> common_pb2.Images:
+    """Encoded images as a batch."""
+    return common_pb2.Images(encoded=common_pb2.EncodedImages(images=[image.encoded for image in images]))
+
+
+def codes_of(response) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, unpacked bits) of an EncodeResponse."""
+    codes = np.frombuffer(response.codes.data, "<f4").reshape(response.codes.shape)
+    packed = np.frombuffer(response.bits.data, np.uint8).reshape(response.bits.shape)
+    return codes, np.unpackbits(packed, axis=1)[:, : response.num_bits]
 
 
 def uint8_images(mnist, n: int, start: int = 0) -> np.ndarray:
@@ -82,27 +98,26 @@ def test_encode_matches_onnxruntime_for_png_and_raw_tensors(channel, mnist):
     want_code, want_bits = session.run(["code", "binary_code"], {"image": pixels[:, None].astype(np.float32) / 255})
     stub = encoder_pb2_grpc.EncoderStub(channel)
     requests = {
-        "png": [png(p) for p in pixels],
-        "uint8": [tensor(p) for p in pixels],
-        "float32": [tensor(p.astype(np.float32) / 255, common_pb2.DATA_TYPE_FLOAT32, [1, 28, 28]) for p in pixels],
+        "png": batch(*[png(p) for p in pixels]),
+        "uint8": common_pb2.Images(tensor=raw(pixels)),
+        "float32": common_pb2.Images(tensor=raw(pixels.astype(np.float32) / 255, common_pb2.DATA_TYPE_FLOAT32, [4, 1, 28, 28])),
     }
     for kind, images in requests.items():
         response = stub.Encode(encoder_pb2.EncodeRequest(images=images))
         assert (response.model.name, response.model.version) == ("autoencoder", entry.versions[0])
-        codes = np.array([c.values for c in response.codes])
+        codes, bits = codes_of(response)
         np.testing.assert_allclose(codes, want_code, atol=1e-5, err_msg=kind)
-        bits = np.array([np.unpackbits(np.frombuffer(c.bits, np.uint8))[: c.num_bits] for c in response.codes])
         np.testing.assert_array_equal(bits, want_bits, err_msg=kind)
 
 
 def test_encode_resizes_other_sizes_and_selects_model_and_version(channel, mnist):
     stub = encoder_pb2_grpc.EncoderStub(channel)
     big = np.kron(uint8_images(mnist, 1)[0], np.ones((2, 2), np.uint8))  # 56x56: box filter gives back 28x28
-    small = stub.Encode(encoder_pb2.EncodeRequest(images=[tensor(uint8_images(mnist, 1)[0])])).codes[0]
-    resized = stub.Encode(encoder_pb2.EncodeRequest(images=[png(big)])).codes[0]
-    np.testing.assert_allclose(resized.values, small.values, atol=1e-5)
-    vae = stub.Encode(encoder_pb2.EncodeRequest(model=common_pb2.ModelRef(name="vae", version=1), images=[png(big)]))
-    assert vae.model.version == 1 and len(vae.codes[0].values) == vae.codes[0].num_bits == 20
+    small, _ = codes_of(stub.Encode(encoder_pb2.EncodeRequest(images=common_pb2.Images(tensor=raw(uint8_images(mnist, 1))))))
+    resized, _ = codes_of(stub.Encode(encoder_pb2.EncodeRequest(images=batch(png(big)))))
+    np.testing.assert_allclose(resized, small, atol=1e-5)
+    vae = stub.Encode(encoder_pb2.EncodeRequest(model=common_pb2.ModelRef(name="vae", version=1), images=batch(png(big))))
+    assert vae.model.version == 1 and list(vae.codes.shape) == [1, 20] and vae.num_bits == 20
 
 
 def test_default_gallery_search_by_id_finds_the_same_digit(channel, mnist):
@@ -132,9 +147,11 @@ def test_add_search_and_delete_items(channel, mnist):
     hit = next(h for h in stub.Search(search_pb2.SearchRequest(image=png(pixels[1]), k=5)).hits if h.id == "client-1")
     assert (hit.label, dict(hit.metadata)) == (7, {"source": "test"})
 
-    code = encoder_pb2_grpc.EncoderStub(channel).Encode(encoder_pb2.EncodeRequest(images=[png(pixels[2])])).codes[0]
-    by_code = stub.Search(search_pb2.SearchRequest(code=common_pb2.Code(values=code.values), k=2)).hits
-    by_bits = stub.Search(search_pb2.SearchRequest(code=code, k=50, space=search_pb2.SPACE_HASH)).hits
+    response = encoder_pb2_grpc.EncoderStub(channel).Encode(encoder_pb2.EncodeRequest(images=batch(png(pixels[2]))))
+    values, _ = codes_of(response)
+    by_code = stub.Search(search_pb2.SearchRequest(code=common_pb2.Code(values=values[0]), k=2)).hits
+    bits = common_pb2.Code(bits=response.bits.data, num_bits=response.num_bits)
+    by_bits = stub.Search(search_pb2.SearchRequest(code=bits, k=50, space=search_pb2.SPACE_HASH)).hits
     assert "client-2" in [h.id for h in by_code] and "client-2" in [h.id for h in by_bits]
     assert by_bits[0].distance == 0
 
@@ -165,20 +182,22 @@ def delete(*ids):
 
 FLOAT = common_pb2.DATA_TYPE_FLOAT32
 BAD_REQUESTS = {
-    "undecodable bytes": (encode(images=[common_pb2.Image(encoded=b"not an image")]), INVALID, "images[0].encoded"),
-    "truncated png": (encode(images=[common_pb2.Image(encoded=GOOD.encoded[:60])]), INVALID, "images[0].encoded"),
-    "no image data": (encode(images=[common_pb2.Image()]), INVALID, "images[0]"),
-    "wrong shape": (encode(images=[tensor(np.zeros((27, 28), np.uint8))]), INVALID, "images[0].tensor.shape"),
-    "wrong dtype": (encode(images=[tensor(np.zeros((28, 28), np.uint8), dtype=0)]), INVALID, "images[0].tensor.dtype"),
-    "short data": (encode(images=[tensor(np.zeros((28, 27), np.uint8), shape=[28, 28])]), INVALID, "images[0].tensor.data"),
-    "nan pixels": (encode(images=[tensor(np.full((28, 28), np.nan, np.float32), FLOAT)]), INVALID, "images[0].tensor.data"),
-    "inf pixels": (encode(images=[tensor(np.full((28, 28), np.inf, np.float32), FLOAT)]), INVALID, "images[0].tensor.data"),
-    "pixels above 1": (encode(images=[tensor(np.full((28, 28), 2, np.float32), FLOAT)]), INVALID, "images[0].tensor.data"),
-    "empty batch": (encode(images=[]), INVALID, "images"),
-    "oversized batch": (encode(images=[GOOD] * 257), EXHAUSTED, "images"),
-    "unknown model": (encode(model=common_pb2.ModelRef(name="nope"), images=[GOOD]), MISSING, "model.name"),
-    "unknown version": (encode(model=common_pb2.ModelRef(name="autoencoder", version=999), images=[GOOD]), MISSING, "model.version"),
-    "negative version": (encode(model=common_pb2.ModelRef(name="autoencoder", version=-1), images=[GOOD]), INVALID, "model.version"),
+    "undecodable bytes": (encode(images=batch(common_pb2.Image(encoded=b"not an image"))), INVALID, "images.encoded.images[0]"),
+    "truncated png": (encode(images=batch(GOOD, common_pb2.Image(encoded=GOOD.encoded[:60]))), INVALID, "images.encoded.images[1]"),
+    "no images message": (encode(), INVALID, "images"),
+    "wrong shape": (encode(images=common_pb2.Images(tensor=raw(np.zeros((2, 27, 28), np.uint8)))), INVALID, "images.tensor.shape"),
+    "wrong dtype": (encode(images=common_pb2.Images(tensor=raw(np.zeros((1, 28, 28), np.uint8), dtype=0))), INVALID, "images.tensor.dtype"),
+    "short data": (encode(images=common_pb2.Images(tensor=raw(np.zeros((28, 27), np.uint8), shape=[1, 28, 28]))), INVALID, "images.tensor.data"),
+    "nan pixels": (encode(images=common_pb2.Images(tensor=raw(np.full((1, 28, 28), np.nan, np.float32), FLOAT))), INVALID, "images.tensor.data"),
+    "inf pixels": (encode(images=common_pb2.Images(tensor=raw(np.full((1, 28, 28), np.inf, np.float32), FLOAT))), INVALID, "images.tensor.data"),
+    "pixels above 1": (encode(images=common_pb2.Images(tensor=raw(np.full((1, 28, 28), 2, np.float32), FLOAT))), INVALID, "images.tensor.data"),
+    "empty batch": (encode(images=batch()), INVALID, "images"),
+    "empty tensor": (encode(images=common_pb2.Images(tensor=raw(np.zeros((0, 28, 28), np.uint8)))), INVALID, "images"),
+    "oversized batch": (encode(images=batch(*[GOOD] * 257)), EXHAUSTED, "images"),
+    "unknown model": (encode(model=common_pb2.ModelRef(name="nope"), images=batch(GOOD)), MISSING, "model.name"),
+    "unknown version": (encode(model=common_pb2.ModelRef(name="autoencoder", version=999), images=batch(GOOD)), MISSING, "model.version"),
+    "negative version": (encode(model=common_pb2.ModelRef(name="autoencoder", version=-1), images=batch(GOOD)), INVALID, "model.version"),
+    "search image of wrong shape": (search(image=tensor(np.zeros((2, 28, 28), np.uint8))), INVALID, "image.tensor.shape"),
     "negative k": (search(id="mnist-test-00000", k=-1), INVALID, "k"),
     "k over limit": (search(id="mnist-test-00000", k=1001), EXHAUSTED, "k"),
     "unknown id": (search(id="no-such-id"), MISSING, "id"),
@@ -246,7 +265,7 @@ def test_a_service_is_not_serving_until_its_models_load(start_gateway, tmp_path)
         with pytest.raises(grpc.RpcError) as raised:
             search_pb2_grpc.SearchStub(channel).GetIndexStats(search_pb2.GetIndexStatsRequest())
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-        request = encoder_pb2.EncodeRequest(model=common_pb2.ModelRef(name="autoencoder"), images=[GOOD])
+        request = encoder_pb2.EncodeRequest(model=common_pb2.ModelRef(name="autoencoder"), images=batch(GOOD))
         assert encoder_pb2_grpc.EncoderStub(channel).Encode(request).codes
 
 
@@ -255,9 +274,9 @@ def test_messages_over_the_size_limit_are_refused(start_gateway, tmp_path):
     with gateway.channel() as channel:
         stub = encoder_pb2_grpc.EncoderStub(channel)
         with pytest.raises(grpc.RpcError) as raised:
-            stub.Encode(encoder_pb2.EncodeRequest(images=[tensor(np.zeros((28, 28), np.float32), FLOAT)] * 2))
+            stub.Encode(encoder_pb2.EncodeRequest(images=common_pb2.Images(tensor=raw(np.zeros((2, 28, 28), np.float32), FLOAT))))
         assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert stub.Encode(encoder_pb2.EncodeRequest(images=[GOOD])).codes
+        assert stub.Encode(encoder_pb2.EncodeRequest(images=batch(GOOD))).num_bits == 32
 
 
 def test_cli_client_verbs(gateway, tmp_path, capsys):
@@ -267,7 +286,10 @@ def test_cli_client_verbs(gateway, tmp_path, capsys):
     path.write_bytes(GOOD.encoded)
     main(["index", "--target", gateway.target, "add", str(path), "--label", "3", "--meta", "who=cli"])
     main(["search", "--target", gateway.target, "--image", str(path), "-k", "1"])
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("digit\t0.0000\t3\t")
+    hit_id, distance, label, metadata = capsys.readouterr().out.strip().splitlines()[-1].split("\t")
+    assert (hit_id, label, json.loads(metadata)) == ("digit", "3", {"who": "cli"}) and float(distance) < 1e-3
     main(["index", "--target", gateway.target, "delete", "digit"])
+    capsys.readouterr()
     main(["encode", "--target", gateway.target, str(path)])
-    assert json.loads(capsys.readouterr().out.split("}\n", 1)[1])["codes"][0]["numBits"] == 32
+    encoded = json.loads(capsys.readouterr().out)
+    assert (encoded["num_bits"], len(encoded["code"]), len(encoded["bits"])) == (32, 32, 8)

@@ -24,21 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blatentserve/v1/common.proto\x12\x0elatentserve.v1\"L\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12(\n\x06tensor\x18\x02 \x01(\x0b\x32\x16.latentserve.v1.TensorH\x00\x42\x06\n\x04\x64\x61ta\"N\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\'\n\x05\x64type\x18\x02 \x01(\x0e\x32\x18.latentserve.v1.DataType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"6\n\x04\x43ode\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0c\n\x04\x62its\x18\x02 \x01(\x0c\x12\x10\n\x08num_bits\x18\x03 \x01(\x05*Q\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blatentserve/v1/common.proto\x12\x0elatentserve.v1\"L\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12(\n\x06tensor\x18\x02 \x01(\x0b\x32\x16.latentserve.v1.TensorH\x00\x42\x06\n\x04\x64\x61ta\"l\n\x06Images\x12\x30\n\x07\x65ncoded\x18\x01 \x01(\x0b\x32\x1d.latentserve.v1.EncodedImagesH\x00\x12(\n\x06tensor\x18\x02 \x01(\x0b\x32\x16.latentserve.v1.TensorH\x00\x42\x06\n\x04\x64\x61ta\"\x1f\n\rEncodedImages\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"N\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\'\n\x05\x64type\x18\x02 \x01(\x0e\x32\x18.latentserve.v1.DataType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"6\n\x04\x43ode\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0c\n\x04\x62its\x18\x02 \x01(\x0c\x12\x10\n\x08num_bits\x18\x03 \x01(\x05*Q\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'latentserve.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATATYPE']._serialized_start=304
-  _globals['_DATATYPE']._serialized_end=385
+  _globals['_DATATYPE']._serialized_start=447
+  _globals['_DATATYPE']._serialized_end=528
   _globals['_IMAGE']._serialized_start=47
   _globals['_IMAGE']._serialized_end=123
-  _globals['_TENSOR']._serialized_start=125
-  _globals['_TENSOR']._serialized_end=203
-  _globals['_MODELREF']._serialized_start=205
-  _globals['_MODELREF']._serialized_end=246
-  _globals['_CODE']._serialized_start=248
-  _globals['_CODE']._serialized_end=302
+  _globals['_IMAGES']._serialized_start=125
+  _globals['_IMAGES']._serialized_end=233
+  _globals['_ENCODEDIMAGES']._serialized_start=235
+  _globals['_ENCODEDIMAGES']._serialized_end=266
+  _globals['_TENSOR']._serialized_start=268
+  _globals['_TENSOR']._serialized_end=346
+  _globals['_MODELREF']._serialized_start=348
+  _globals['_MODELREF']._serialized_end=389
+  _globals['_CODE']._serialized_start=391
+  _globals['_CODE']._serialized_end=445
 # @@protoc_insertion_point(module_scope)

@@ -24,6 +24,20 @@ class Image(_message.Message):
     tensor: Tensor
     def __init__(self, encoded: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
+class Images(_message.Message):
+    __slots__ = ("encoded", "tensor")
+    ENCODED_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    encoded: EncodedImages
+    tensor: Tensor
+    def __init__(self, encoded: _Optional[_Union[EncodedImages, _Mapping]] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class EncodedImages(_message.Message):
+    __slots__ = ("images",)
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, images: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")
     SHAPE_FIELD_NUMBER: _ClassVar[int]

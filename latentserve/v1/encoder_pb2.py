@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from latentserve.v1 import common_pb2 as latentserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clatentserve/v1/encoder.proto\x12\x0elatentserve.v1\x1a\x1blatentserve/v1/common.proto\"_\n\rEncodeRequest\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.latentserve.v1.ModelRef\x12%\n\x06images\x18\x02 \x03(\x0b\x32\x15.latentserve.v1.Image\"^\n\x0e\x45ncodeResponse\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.latentserve.v1.ModelRef\x12#\n\x05\x63odes\x18\x02 \x03(\x0b\x32\x14.latentserve.v1.Code2R\n\x07\x45ncoder\x12G\n\x06\x45ncode\x12\x1d.latentserve.v1.EncodeRequest\x1a\x1e.latentserve.v1.EncodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clatentserve/v1/encoder.proto\x12\x0elatentserve.v1\x1a\x1blatentserve/v1/common.proto\"`\n\rEncodeRequest\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.latentserve.v1.ModelRef\x12&\n\x06images\x18\x02 \x01(\x0b\x32\x16.latentserve.v1.Images\"\x98\x01\n\x0e\x45ncodeResponse\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.latentserve.v1.ModelRef\x12%\n\x05\x63odes\x18\x02 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12$\n\x04\x62its\x18\x03 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12\x10\n\x08num_bits\x18\x04 \x01(\x05\x32R\n\x07\x45ncoder\x12G\n\x06\x45ncode\x12\x1d.latentserve.v1.EncodeRequest\x1a\x1e.latentserve.v1.EncodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'latentserve.v1.encoder_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENCODEREQUEST']._serialized_start=77
-  _globals['_ENCODEREQUEST']._serialized_end=172
-  _globals['_ENCODERESPONSE']._serialized_start=174
-  _globals['_ENCODERESPONSE']._serialized_end=268
-  _globals['_ENCODER']._serialized_start=270
-  _globals['_ENCODER']._serialized_end=352
+  _globals['_ENCODEREQUEST']._serialized_end=173
+  _globals['_ENCODERESPONSE']._serialized_start=176
+  _globals['_ENCODERESPONSE']._serialized_end=328
+  _globals['_ENCODER']._serialized_start=330
+  _globals['_ENCODER']._serialized_end=412
 # @@protoc_insertion_point(module_scope)
