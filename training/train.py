@@ -1,6 +1,7 @@
 """The one training loop: Adam on a model's `loss`, a checkpoint after every epoch, resumable."""
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -53,6 +54,7 @@ def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, 
     step, history = checkpoint["step"], checkpoint["history"]
     for epoch in range(checkpoint["epoch"], config.epochs):
         model.train()
+        started = time.perf_counter()
         order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(config.seed * 10_000 + epoch))
         batches = tqdm(order.split(config.batch_size), desc=f"{name} epoch {epoch + 1}/{config.epochs}", leave=False, mininterval=5)
         for indices in batches:
@@ -65,7 +67,10 @@ def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, 
         model.eval()
         with torch.no_grad():
             valid_loss = sum(model.loss(batch).total.item() * len(batch) for batch in valid_images.split(1000))
-        history.append({"epoch": epoch + 1, "step": step, "valid_loss": valid_loss / len(valid_images)})
+        history.append({
+            "epoch": epoch + 1, "step": step, "valid_loss": valid_loss / len(valid_images),
+            "seconds": round(time.perf_counter() - started, 1),
+        })
         print(json.dumps(history[-1]), flush=True)
         save_grid(model.preview(preview), run_dir / "grid.png", columns=PREVIEW_IMAGES)
         _save_atomically(path, {
