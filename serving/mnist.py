@@ -53,7 +53,7 @@ def _load_bundled() -> Mnist:
 
 
 def _read_idx(path: Path, digest) -> np.ndarray:
-    raw = path.read_bytes() if path.exists() else gzip.decompress(path.with_suffix(".gz").read_bytes())
+    raw = path.read_bytes() if path.exists() else gzip.decompress(path.with_name(path.name + ".gz").read_bytes())
     digest.update(raw)
     dims = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
@@ -62,7 +62,7 @@ def _read_idx(path: Path, digest) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def __to_split(images: np.ndarray, labels: np.ndarray) -> Split:
+def _to_split(images: np.ndarray, labels: np.ndarray) -> Split:
     return Split(images.astype(np.float32) / 255.0, labels.astype(np.int64))
 
 
