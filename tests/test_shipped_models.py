@@ -1,14 +1,12 @@
 """The committed model repository: complete versions, honest cards, and a retrieval quality floor."""
-import json
-
 import numpy as np
-import onnxruntime
 import pytest
 
 from serving import repository
 from serving.mnist import BUNDLED_SHA256
 from tests.conftest import MODEL_REPOSITORY
 from training import retrieval
+from training.benchmark_retrieval import encode_with_onnx
 
 ENTRIES = repository.read_repository(MODEL_REPOSITORY)
 REPOSITORY_BUDGET_BYTES = 50 * 1024 * 1024
@@ -44,10 +42,7 @@ def _scores(distances, protocol) -> float:
 
 
 def _encode(entry, images: np.ndarray):
-    path = entry.version_path(entry.versions[0]) / repository.ONNX_FILE
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    parts = [session.run(["code", "binary_code"], {"image": b[:, None]}) for b in np.array_split(images, 70)]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return encode_with_onnx(entry.version_path(entry.versions[0]) / repository.ONNX_FILE, images)
 
 
 def test_the_autoencoder_beats_raw_pixels_and_pca_on_retrieval(mnist, protocol):

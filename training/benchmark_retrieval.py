@@ -17,7 +17,8 @@ PUBLISHED = (
 )
 
 
-def _encode(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def encode_with_onnx(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, bits) of (n, 28, 28) images from an encoder's model.onnx."""
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     parts = [session.run(["code", "binary_code"], {"image": batch[:, None]}) for batch in np.array_split(images, len(images) // 1000 + 1)]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -38,7 +39,7 @@ def run(repository_root: Path) -> list[tuple[str, int, dict[str, float]]]:
     for entry in encoders:
         version = entry.versions[0]
         path = entry.version_path(version) / repository.ONNX_FILE
-        (query_code, query_bits), (gallery_code, gallery_bits) = _encode(path, split.queries), _encode(path, split.gallery)
+        (query_code, query_bits), (gallery_code, gallery_bits) = encode_with_onnx(path, split.queries), encode_with_onnx(path, split.gallery)
         name = f"{entry.model} v{version}"
         rows.append((f"{name} code, L2", query_code.shape[1], retrieval.retrieval_scores(retrieval.l2_distances(query_code, gallery_code), *labels)))
         rows.append((f"{name} binary code, Hamming", query_bits.shape[1], retrieval.retrieval_scores(retrieval.hamming_distances(query_bits, gallery_bits), *labels)))
