@@ -43,8 +43,19 @@ def cmd_serve(args) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flags = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "model_repository": args.model_repository,
-             "metrics_port": args.metrics_port, "gallery": args.gallery}
+             "metrics_port": args.metrics_port, "gallery": args.gallery, "runtime": args.runtime, "triton_url": args.triton_url}
     asyncio.run(serve(Settings(**{key: value for key, value in flags.items() if value is not None})))
+
+
+def cmd_triton(args) -> None:
+    import logging
+
+    from serving.triton_server import TritonServer, run_until_signalled
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_until_signalled(TritonServer(
+        args.repository, args.grpc_port, args.http_port, args.metrics_port, args.model_config_name, args.log_file
+    ))
 
 
 def _channel(args):
@@ -156,7 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path)
     serve.add_argument("--model-repository", type=Path)
     serve.add_argument("--gallery", choices=["mnist-test", "none"], help="what a new index starts with")
+    serve.add_argument("--runtime", choices=["embedded", "triton"], help="default: embedded (in-process onnxruntime)")
+    serve.add_argument("--triton-url", help="Triton's gRPC HOST:PORT, with --runtime triton")
     serve.set_defaults(func=cmd_serve)
+
+    triton = verbs.add_parser("triton", help="run tritonserver (from the nvidia-pytriton wheel) over the model repository")
+    triton.add_argument("--repository", type=Path, default=Path("model_repository"))
+    triton.add_argument("--grpc-port", type=int, default=0, help="0: a free port")
+    triton.add_argument("--http-port", type=int, default=0, help="0: a free port")
+    triton.add_argument("--metrics-port", type=int, default=0, help="0: a free port")
+    triton.add_argument("--model-config-name", help="read configs/NAME.pbtxt instead of config.pbtxt")
+    triton.add_argument("--log-file", type=Path, help="tritonserver's log (default: a temporary file)")
+    triton.set_defaults(func=cmd_triton)
 
     bench = verbs.add_parser("bench", help="measure what docs/benchmarks.md reports")
     bench.add_argument("what", choices=["retrieval", "serving"])

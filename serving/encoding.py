@@ -22,10 +22,10 @@ class Encoding:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
 
-    async def encode(self, model: str, version: int, images: np.ndarray) -> Codes:
+    async def encode(self, model: str, version: int, images: np.ndarray, timeout: float | None = None) -> Codes:
         """`images` (n, 1, 28, 28) float32 in [0, 1]; `version` 0 runs the newest loaded version."""
         entry, version = resolve(self.runtime, model, CAPABILITY, version)
-        outputs = await self.runtime.infer(entry, version, {IMAGE_INPUT: images})
+        outputs = await self.runtime.infer(entry, version, {IMAGE_INPUT: images}, timeout)
         bits = outputs[BITS_OUTPUT]
         return Codes(model, version, outputs[CODE_OUTPUT], np.packbits(bits, axis=1), bits.shape[1])
 

@@ -7,6 +7,7 @@ import numpy as np
 from serving.encoding import Encoding
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound
 from serving.index import Binding, CodeIndex, Hit, NewItem
+from serving.runtime import encoder_entry
 from serving.mnist import load_mnist
 
 log = logging.getLogger(__name__)
@@ -39,25 +40,30 @@ class Search:
         await asyncio.to_thread(self.index.add, items, GALLERY_MARK)
         log.info("seeded the index with %d MNIST test images", len(items))
 
-    async def encode(self, images: np.ndarray):
+    async def encode(self, images: np.ndarray, timeout: float | None = None):
         binding = self.index.binding
         try:
-            return await self.encoding.encode(binding.model, binding.version, images)
+            return await self.encoding.encode(binding.model, binding.version, images, timeout)
         except NotFound:
             raise FailedPrecondition(
                 f"the index holds codes of {binding.model} version {binding.version}, which is not loaded"
             ) from None
 
-    async def add(self, ids: list[str], images: np.ndarray, labels: list[int | None], metadata: list[dict]) -> None:
-        codes = await self.encode(images)
+    def ready(self) -> bool:
+        """Whether the encoder version the index is bound to is loaded."""
+        entry = encoder_entry(self.encoding.runtime, self.index.binding.model)
+        return entry is not None and self.index.binding.version in entry.versions
+
+    async def add(self, ids: list[str], images: np.ndarray, labels: list[int | None], metadata: list[dict], timeout=None) -> None:
+        codes = await self.encode(images, timeout)
         items = [NewItem(*fields) for fields in zip(ids, codes.values, codes.bits, labels, metadata)]
         await asyncio.to_thread(self.index.add, items)
 
     async def delete(self, ids: list[str]) -> None:
         await asyncio.to_thread(self.index.delete, ids)
 
-    async def by_image(self, image: np.ndarray, k: int, hashed: bool) -> list[Hit]:
-        codes = await self.encode(image[None])
+    async def by_image(self, image: np.ndarray, k: int, hashed: bool, timeout: float | None = None) -> list[Hit]:
+        codes = await self.encode(image[None], timeout)
         return await self._search(codes.values[0], codes.bits[0], k, hashed, None)
 
     async def by_code(self, values: np.ndarray, bits: bytes, num_bits: int, k: int, hashed: bool) -> list[Hit]:

@@ -15,7 +15,10 @@ from prometheus_client import Gauge, start_http_server
 from latentserve.v1 import encoder_pb2, encoder_pb2_grpc, models_pb2, models_pb2_grpc, search_pb2, search_pb2_grpc
 from serving.encoding import Encoding
 from serving.interceptors import ErrorsAndMetrics
+from serving.errors import NotFound
+from serving.runtime import encoder_entry
 from serving.runtime.embedded import EmbeddedRuntime
+from serving.runtime.triton import TritonRuntime
 from serving.search import Search
 from serving.servicers import EncoderServicer, Gateway, ModelsServicer, SearchServicer
 from serving.settings import Settings
@@ -48,6 +51,7 @@ class Server:
         )
         self.port = self.grpc.add_insecure_port(f"{settings.host}:{settings.port}")
         self.loaded: asyncio.Task | None = None
+        self.watch: asyncio.Task | None = None
         self.metrics = None  # (HTTP server, thread) of /metrics
 
     async def start(self) -> None:
@@ -59,32 +63,68 @@ class Server:
         log.info("listening on %s:%d", self.settings.host, self.port)
         self.loaded = asyncio.create_task(self._load())
 
+    async def _runtime(self):
+        settings = self.settings
+        if settings.runtime == "triton":
+            return TritonRuntime(settings.triton_url, settings.model_repository)  # its aio client needs this loop
+        return await asyncio.to_thread(
+            EmbeddedRuntime, settings.model_repository, settings.intra_op_threads, settings.inference_workers
+        )
+
     async def _load(self) -> None:
         settings, gateway = self.settings, self.gateway
         try:
-            gateway.runtime = await asyncio.to_thread(
-                EmbeddedRuntime, settings.model_repository, settings.intra_op_threads, settings.inference_workers
-            )
+            gateway.runtime = await self._runtime()
             gateway.encoding = Encoding(gateway.runtime)
-            for service in ("", MODELS, ENCODER):
-                await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            await self._update_health()
+            if encoder_entry(gateway.runtime, settings.index_model) is None:
+                raise NotFound(f"no encoder {settings.index_model!r} in {settings.model_repository}", "index_model")
+            while not gateway.runtime.ready(encoder_entry(gateway.runtime, settings.index_model).name):
+                log.info("waiting for %s to be ready", settings.index_model)
+                await asyncio.sleep(settings.health_poll_seconds)
+                await self._update_health()
             gateway.search = await Search.open(
                 settings.data_dir / "index", gateway.encoding, settings.index_model, settings.gallery
             )
             INDEX_ITEMS.set_function(lambda: len(gateway.search.index))
-            await self.health.set(SEARCH, health_pb2.HealthCheckResponse.SERVING)
+            await self._update_health()
             log.info("ready: %d items in the index", len(gateway.search.index))
         except Exception:
             log.exception("loading failed; the affected services stay NOT_SERVING")
             raise
+        self.watch = asyncio.create_task(self._watch())
+
+    async def _update_health(self) -> None:
+        """Each service is SERVING while what it needs is ready: the index model, the index's version."""
+        runtime, search = self.gateway.runtime, self.gateway.search
+        await runtime.refresh()
+        index_model = encoder_entry(runtime, self.settings.index_model)
+        serving = {
+            MODELS: True,
+            ENCODER: index_model is not None and runtime.ready(index_model.name),
+            SEARCH: search is not None and search.ready(),
+        }
+        serving[""] = all(serving.values())
+        for service, up in serving.items():
+            status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+            await self.health.set(service, status)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_poll_seconds)
+            try:
+                await self._update_health()
+            except Exception:
+                log.exception("health update failed")
 
     async def stop(self, grace: float = 2.0) -> None:
         await self.health.enter_graceful_shutdown()
         await self.grpc.stop(grace)
         if self.metrics:
             self.metrics[0].shutdown()
-        if self.loaded and not self.loaded.done():
-            self.loaded.cancel()
+        for task in (self.loaded, self.watch):
+            if task and not task.done():
+                task.cancel()
         if self.gateway.search:
             await asyncio.to_thread(self.gateway.search.index.close)
         if self.gateway.runtime:

@@ -79,7 +79,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         settings = self.gateway.settings
         images = decode_batch(request.images, "images", settings.max_batch_images, settings.max_image_pixels)
         codes = await self.gateway.require_encoding().encode(
-            request.model.name or settings.index_model, request.model.version, images
+            request.model.name or settings.index_model, request.model.version, images, context.time_remaining()
         )
         return encoder_pb2.EncodeResponse(
             model=common_pb2.ModelRef(name=codes.model, version=codes.version),
@@ -111,7 +111,8 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         hashed = request.space == search_pb2.SPACE_HASH
         kind = request.WhichOneof("query")
         if kind == "image":
-            hits = await search.by_image(decode_image(request.image, "image", settings.max_image_pixels), k, hashed)
+            image = decode_image(request.image, "image", settings.max_image_pixels)
+            hits = await search.by_image(image, k, hashed, context.time_remaining())
         elif kind == "code":
             code = request.code
             hits = await search.by_code(np.asarray(code.values, np.float32), code.bits, code.num_bits, k, hashed)
@@ -141,7 +142,8 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             decode_image(item.image, f"items[{i}].image", settings.max_image_pixels) for i, item in enumerate(items)
         ])
         labels = [item.label if item.HasField("label") else None for item in items]
-        await search.add([item.id for item in items], images, labels, [dict(item.metadata) for item in items])
+        metadata = [dict(item.metadata) for item in items]
+        await search.add([item.id for item in items], images, labels, metadata, context.time_remaining())
         return search_pb2.AddItemsResponse(added=len(items))
 
     async def DeleteItems(self, request, context):

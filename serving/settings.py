@@ -14,7 +14,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0: off")
     model_repository: Path = Path("model_repository")
     data_dir: Path = Field(Path("data"), description="where the search index lives")
-    runtime: Literal["embedded"] = "embedded"
+    runtime: Literal["embedded", "triton"] = Field("embedded", description="in-process onnxruntime, or Triton")
+    triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC address (runtime triton)")
+    health_poll_seconds: float = Field(1.0, gt=0, description="how often model readiness is re-read")
     index_model: str = Field("autoencoder", description="the encoder whose codes the search index holds")
     gallery: Literal["mnist-test", "none"] = Field("mnist-test", description="what a new, empty index starts with")
     max_batch_images: int = Field(256, ge=1, description="images in one Encode or AddItems request")

@@ -253,15 +253,16 @@ def test_restart_keeps_acknowledged_items(start_gateway, tmp_path, mnist):
 
 def test_a_service_is_not_serving_until_its_models_load(start_gateway, tmp_path):
     gateway = start_gateway(wait=False, data_dir=tmp_path, index_model="no-such-encoder")
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="no encoder 'no-such-encoder'"):
         gateway.wait_loaded()  # the search index cannot bind to a missing encoder
     with gateway.channel() as channel:
         health = health_pb2_grpc.HealthStub(channel)
         status = {
             service: health.Check(health_pb2.HealthCheckRequest(service=f"latentserve.v1.{service}")).status
-            for service in ("Encoder", "Search")
+            for service in ("Models", "Encoder", "Search")
         }
-        assert status == {"Encoder": health_pb2.HealthCheckResponse.SERVING, "Search": health_pb2.HealthCheckResponse.NOT_SERVING}
+        up, down = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        assert status == {"Models": up, "Encoder": down, "Search": down}  # Encoder's default model is the index model
         with pytest.raises(grpc.RpcError) as raised:
             search_pb2_grpc.SearchStub(channel).GetIndexStats(search_pb2.GetIndexStatsRequest())
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -1,10 +1,11 @@
 """The runtime interface the gateway talks to. Implementations: `embedded` (in-process onnxruntime over
-the model repository; the default). Both run the same files and give the same outputs."""
+the model repository; the default) and `triton` (Triton Inference Server over gRPC). Both run the same
+files of the model repository and give the same outputs."""
 from typing import Protocol
 
 import numpy as np
 
-from serving.errors import InvalidArgument, NotFound
+from serving.errors import InvalidArgument, NotFound, Unavailable
 from serving.repository import Entry
 
 
@@ -15,10 +16,19 @@ class Runtime(Protocol):
     def ready(self, entry_name: str) -> bool:
         """Whether the entry has a loaded version that can serve now."""
 
-    async def infer(self, entry: Entry, version: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch; outputs by name."""
+    async def refresh(self) -> None:
+        """Bring `entries()` and `ready()` up to date with the backend; the gateway calls it periodically."""
+
+    async def infer(
+        self, entry: Entry, version: int, inputs: dict[str, np.ndarray], timeout: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run one batch within `timeout` seconds (None: no deadline); outputs by name."""
 
     async def close(self) -> None: ...
+
+
+def encoder_entry(runtime: Runtime, model: str) -> Entry | None:
+    return next((e for e in runtime.entries().values() if e.model == model and e.capability == "encode"), None)
 
 
 def resolve(runtime: Runtime, model: str, capability: str, version: int, field: str = "model") -> tuple[Entry, int]:
@@ -30,7 +40,7 @@ def resolve(runtime: Runtime, model: str, capability: str, version: int, field: 
     if entry is None:
         raise InvalidArgument(f"model {model!r} has no graph for {capability}", f"{field}.name")
     if not entry.versions:
-        raise NotFound(f"model {model!r} has no loaded version", f"{field}.version")
+        raise Unavailable(f"model {model!r} has no version ready to serve")
     if version < 0:
         raise InvalidArgument("must be 0 (newest) or a version number", f"{field}.version")
     if version == 0:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from serving.errors import NotFound
+from serving.errors import DeadlineExceeded, NotFound
 from serving.repository import ONNX_FILE, Entry, read_repository
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,17 @@ class EmbeddedRuntime:
         entry = self._entries.get(entry_name)
         return entry is not None and bool(entry.versions)
 
-    async def infer(self, entry: Entry, version: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def refresh(self) -> None:
+        """Sessions are loaded once at start; nothing here changes until a restart."""
+
+    async def infer(
+        self, entry: Entry, version: int, inputs: dict[str, np.ndarray], timeout: float | None = None
+    ) -> dict[str, np.ndarray]:
         session = self._sessions.get((entry.name, version))
         if session is None:
             raise NotFound(f"{entry.name} version {version} is not loaded", "model.version")
+        if timeout is not None and timeout <= 0:
+            raise DeadlineExceeded(f"{entry.name}: the deadline passed before inference")
         names = [output.name for output in entry.outputs]
         outputs = await asyncio.get_running_loop().run_in_executor(self._executor, session.run, names, inputs)
         return dict(zip(names, outputs))

@@ -1,0 +1,104 @@
+"""Triton Inference Server for real: the wheel's tritonserver over our model repository, and the gateway on it."""
+import shutil
+import time
+
+import grpc
+import numpy as np
+import onnxruntime
+import pytest
+import tritonclient.grpc as triton_client
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
+from serving import repository
+from serving.triton_server import SHM, TritonServer, TritonStartError
+from tests.conftest import MODEL_REPOSITORY
+
+
+def onnx_codes(entry_name: str, images: np.ndarray) -> np.ndarray:
+    path = MODEL_REPOSITORY / entry_name / "1" / repository.ONNX_FILE
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["code"], {"image": images})[0]
+
+
+@pytest.fixture(scope="module")
+def triton():
+    with TritonServer(MODEL_REPOSITORY) as server:
+        yield server
+
+
+def test_triton_serves_every_entry_like_onnxruntime(triton):
+    client = triton_client.InferenceServerClient(triton.grpc_url)
+    states = {(m.name, m.version): m.state for m in client.get_model_repository_index().models}
+    assert states == {(name, "1"): "READY" for name in repository.read_repository(MODEL_REPOSITORY)}
+    images = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
+    for name in ("autoencoder_encoder", "vae_encoder"):
+        tensor = triton_client.InferInput("image", list(images.shape), "FP32")
+        tensor.set_data_from_numpy(images)
+        result = client.infer(name, [tensor])
+        np.testing.assert_allclose(result.as_numpy("code"), onnx_codes(name, images), atol=1e-6)
+
+
+def test_stop_removes_the_process_its_shared_memory_and_its_files(tmp_path):
+    server = TritonServer(MODEL_REPOSITORY).start()
+    assert list(SHM.glob(f"*{server.shm_prefix}*"))  # the Python backend's regions exist while it runs
+    server.stop()
+    assert server.process.poll() is not None
+    assert not list(SHM.glob(f"*{server.shm_prefix}*"))
+    assert not server._workdir.exists()
+
+
+def test_a_model_that_fails_to_load_stops_the_start_with_its_log_lines(tmp_path):
+    shutil.copytree(MODEL_REPOSITORY / "autoencoder_encoder", tmp_path / "autoencoder_encoder")
+    (tmp_path / "autoencoder_encoder" / "1" / repository.ONNX_FILE).write_bytes(b"not an onnx file")
+    server = TritonServer(tmp_path)
+    with pytest.raises(TritonStartError, match="autoencoder_encoder") as raised:
+        server.start(timeout=60)
+    assert "failed to load" in str(raised.value)
+    assert not list(SHM.glob(f"*{server.shm_prefix}*"))
+
+
+def _health(channel, service: str) -> int:
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service)).status
+
+
+def _wait_for(predicate, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def _encode(channel, images: np.ndarray, timeout=None):
+    tensor = common_pb2.Tensor(shape=images.shape, dtype=common_pb2.DATA_TYPE_UINT8, data=images.tobytes())
+    request = encoder_pb2.EncodeRequest(images=common_pb2.Images(tensor=tensor))
+    return encoder_pb2_grpc.EncoderStub(channel).Encode(request, timeout=timeout)
+
+
+def test_gateway_on_triton_splits_large_batches_and_matches_onnxruntime(triton, start_gateway, tmp_path, mnist):
+    gateway = start_gateway(runtime="triton", triton_url=triton.grpc_url, data_dir=tmp_path, gallery="none", max_batch_images=600)
+    images = (mnist.test.images[:600] * 255).round().astype(np.uint8)  # over max_batch_size 256: three chunks
+    with gateway.channel() as channel:
+        response = _encode(channel, images)
+    codes = np.frombuffer(response.codes.data, "<f4").reshape(response.codes.shape)
+    np.testing.assert_allclose(codes, onnx_codes("autoencoder_encoder", images[:, None] / np.float32(255)), atol=1e-5)
+
+
+def test_gateway_follows_triton_down_and_back_without_a_restart(start_gateway, tmp_path):
+    triton = TritonServer(MODEL_REPOSITORY).start()
+    ports = (triton.grpc_port, triton.http_port, triton.metrics_port)
+    gateway = start_gateway(runtime="triton", triton_url=triton.grpc_url, data_dir=tmp_path, gallery="none",
+                            health_poll_seconds=0.2)
+    image = np.zeros((1, 28, 28), np.uint8)
+    with gateway.channel() as channel:
+        assert _health(channel, "latentserve.v1.Encoder") == health_pb2.HealthCheckResponse.SERVING
+        triton.stop()
+        _wait_for(lambda: _health(channel, "latentserve.v1.Encoder") == health_pb2.HealthCheckResponse.NOT_SERVING)
+        with pytest.raises(grpc.RpcError) as raised:
+            _encode(channel, image)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        again = TritonServer(MODEL_REPOSITORY, *ports).start()
+        try:
+            _wait_for(lambda: _health(channel, "latentserve.v1.Encoder") == health_pb2.HealthCheckResponse.SERVING)
+            assert _encode(channel, image).num_bits == 32
+        finally:
+            again.stop()
