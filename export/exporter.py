@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime
 import torch
 from google.protobuf import text_format
+import tritonclient.grpc
 from tritonclient.grpc import model_config_pb2
 
 from serving import repository
@@ -29,6 +30,9 @@ BIT_TOLERANCE = 1e-3  # fraction of integer (bit) outputs allowed to differ: uni
 PARITY_IMAGES = 256
 MAX_BATCH_SIZE = 256
 VERSIONS_KEPT_LOADED = 2
+QUEUE_DELAY_MICROSECONDS = 500  # how long Triton's dynamic batcher waits to fill a batch
+MAX_QUEUE_SIZE = 256  # requests waiting per model; beyond it Triton refuses (the gateway: RESOURCE_EXHAUSTED)
+WARMUP_BATCH_SIZE = 8
 TRITON_MODEL_SOURCE = Path(__file__).with_name("triton_model.py")
 
 
@@ -85,6 +89,14 @@ def export_checkpoint(checkpoint_path: Path, repository_root: Path, data: Mnist)
             shutil.rmtree(staging, ignore_errors=True)
         written.append(entry_path / str(version))
     return written
+
+
+def load_into_triton(url: str, entry_names: list[str]) -> None:
+    """Explicit model control: (re)load the entries so Triton picks up new versions. Triton keeps serving
+    the versions it has if a new one fails to load; the failure is raised here with Triton's reason."""
+    client = tritonclient.grpc.InferenceServerClient(url)
+    for name in entry_names:
+        client.load_model(name)
 
 
 def _write_graph(graph: Graph, directory: Path, example: np.ndarray) -> None:
@@ -150,8 +162,16 @@ def _config_text(entry_name: str, model: str, graph_name: str, graph: Graph, nat
         version_policy=model_config_pb2.ModelVersionPolicy(
             latest=model_config_pb2.ModelVersionPolicy.Latest(num_versions=VERSIONS_KEPT_LOADED)
         ),
-        dynamic_batching=model_config_pb2.ModelDynamicBatching(max_queue_delay_microseconds=500),
+        dynamic_batching=model_config_pb2.ModelDynamicBatching(
+            max_queue_delay_microseconds=QUEUE_DELAY_MICROSECONDS,
+            default_queue_policy=model_config_pb2.ModelQueuePolicy(max_queue_size=MAX_QUEUE_SIZE),
+        ),
     )
+    warmup = config.model_warmup.add(name="random", batch_size=WARMUP_BATCH_SIZE)
+    for spec in graph.inputs:
+        warmup.inputs[spec.name].data_type = repository.TRITON_DTYPES[spec.dtype]
+        warmup.inputs[spec.name].dims.extend(spec.dims)
+        warmup.inputs[spec.name].random_data = True
     parameters = {"model": model, "graph": graph_name, "capability": graph.capability}
     if native:
         config.platform = "onnxruntime_onnx"

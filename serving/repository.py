@@ -49,7 +49,7 @@ class Entry:
     inputs: tuple[TensorSignature, ...]
     outputs: tuple[TensorSignature, ...]
     versions: tuple[int, ...]
-    cards: dict[int, dict]  # model card of each selected version
+    cards: dict[int, dict]  # model card of every version on disk
     parameters: dict[str, str]
 
     def version_path(self, version: int) -> Path:
@@ -85,7 +85,7 @@ def _signature(tensors) -> tuple[TensorSignature, ...]:
 def read_entry(path: Path) -> Entry:
     config = read_config(path / CONFIG_FILE)
     parameters = {key: value.string_value for key, value in config.parameters.items()}
-    versions = select_versions(config, available_versions(path))
+    available = available_versions(path)
     return Entry(
         name=config.name or path.name,
         path=path,
@@ -95,8 +95,8 @@ def read_entry(path: Path) -> Entry:
         max_batch_size=config.max_batch_size,
         inputs=_signature(config.input),
         outputs=_signature(config.output),
-        versions=versions,
-        cards={v: json.loads((path / str(v) / CARD_FILE).read_text()) for v in versions},
+        versions=select_versions(config, available),
+        cards={v: json.loads((path / str(v) / CARD_FILE).read_text()) for v in available},
         parameters=parameters,
     )
 

@@ -1,5 +1,6 @@
 """Triton Inference Server for real: the wheel's tritonserver over our model repository, and the gateway on it."""
 import shutil
+import threading
 import time
 
 import grpc
@@ -102,3 +103,46 @@ def test_gateway_follows_triton_down_and_back_without_a_restart(start_gateway, t
             assert _encode(channel, image).num_bits == 32
         finally:
             again.stop()
+
+
+def test_hot_update_switches_traffic_with_no_failed_request(start_gateway, tmp_path, small_mnist):
+    from export.exporter import export_checkpoint, load_into_triton
+    from training.train import train
+
+    repo = tmp_path / "repository"
+    shutil.copytree(MODEL_REPOSITORY, repo)
+    checkpoint = train("autoencoder", tmp_path / "run", small_mnist, {"epochs": 1}, threads=1)
+    entry = repo / "autoencoder_encoder"
+    with TritonServer(repo) as triton:
+        gateway = start_gateway(runtime="triton", triton_url=triton.grpc_url, model_repository=repo,
+                                data_dir=tmp_path / "data", gallery="none", health_poll_seconds=0.2)
+        failures, served, stop = [], set(), threading.Event()
+
+        def traffic():
+            with gateway.channel() as channel:
+                while not stop.is_set():
+                    try:
+                        served.add(_encode(channel, np.zeros((4, 28, 28), np.uint8)).model.version)
+                    except grpc.RpcError as error:
+                        failures.append(error)
+
+        sender = threading.Thread(target=traffic)
+        sender.start()
+        try:
+            time.sleep(0.5)
+            (new_version,) = export_checkpoint(checkpoint, repo, small_mnist)
+            assert new_version == entry / "2"
+            load_into_triton(triton.grpc_url, ["autoencoder_encoder"])
+            _wait_for(lambda: 2 in served)
+
+            shutil.copytree(entry / "2", entry / "3")  # a version that cannot load
+            (entry / "3" / repository.ONNX_FILE).write_bytes(b"not an onnx file")
+            with pytest.raises(Exception, match="version 3"):
+                load_into_triton(triton.grpc_url, ["autoencoder_encoder"])
+            served.clear()
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            sender.join()
+    assert not failures, failures[:3]
+    assert served == {2}  # the newest version that loaded keeps the traffic

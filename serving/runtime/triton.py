@@ -38,6 +38,7 @@ class TritonRuntime:
         self._repository_root = repository_root
         self._client = triton.InferenceServerClient(url)
         self._entries: dict[str, Entry] = {}  # with the versions Triton reports READY
+        self._ready: dict[str, set[int]] | None = None  # as last seen, to re-read the repository only on change
         self._reachable: bool | None = None
 
     def entries(self) -> dict[str, Entry]:
@@ -62,6 +63,9 @@ class TritonRuntime:
             if self._reachable is not False:
                 log.warning("Triton at %s is unreachable: %s", self.url, error.message())
             self._reachable, ready = False, {}
+        if ready == self._ready:
+            return
+        self._ready = ready
         on_disk = read_repository(self._repository_root)
         self._entries = {
             name: dataclasses.replace(entry, versions=tuple(sorted(ready.get(name, set()) & set(entry.cards), reverse=True)))
