@@ -202,7 +202,11 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def _source_commit() -> str:
-    result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=Path(__file__).parent)
-    commit = result.stdout.strip() or "unknown"
-    return commit + ("-dirty" if dirty.stdout.strip() else "")
+    """HEAD, marked -dirty if tracked source differs from it (model_repository/ is output, not source)."""
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=root).stdout.strip()
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!model_repository"],
+        capture_output=True, text=True, cwd=root,
+    ).stdout.strip()
+    return (head or "unknown") + ("-dirty" if changed else "")
