@@ -8,8 +8,8 @@ time per request: the gateway process's own (from /proc, so Linux only) and this
 calls; the client's CPU is in neither, though it shares the same cores during the gateway runs.
 """
 import asyncio
+import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +27,7 @@ from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, search_pb2
 from serving import repository
 from serving.mnist import load_mnist
 from serving.settings import Settings
+from serving.triton_server import free_port
 
 BATCHES = (1, 64)
 CONCURRENCY = (1, 8)
@@ -112,10 +113,23 @@ async def search_latency(target: str, images: np.ndarray, duration: float) -> di
     return results
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@contextlib.contextmanager
+def gateway_process(repository_root: Path, *flags: str):
+    """`latentserve serve` in its own process on a free loopback port, default gallery, stopped on exit."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as data_dir:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "latentserve.cli", "serve", "--port", str(port), "--metrics-port", "0",
+             "--data-dir", data_dir, "--model-repository", str(repository_root), *flags],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            target = f"127.0.0.1:{port}"
+            _wait_serving(target)
+            yield target, server.pid
+        finally:
+            server.terminate()
+            server.wait(30)
 
 
 def _wait_serving(target: str, timeout: float = 120) -> None:
@@ -136,33 +150,21 @@ def main(repository_root: Path, duration: float) -> None:
     entry = repository.read_repository(repository_root)["autoencoder_encoder"]
     model_path = entry.version_path(entry.versions[0]) / repository.ONNX_FILE
     test_images = (load_mnist().test.images * 255).round().astype(np.uint8)
-    port = _free_port()
-    with tempfile.TemporaryDirectory() as data_dir:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "latentserve.cli", "serve", "--port", str(port), "--metrics-port", "0",
-             "--data-dir", data_dir, "--model-repository", str(repository_root)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(),
-        )
-        try:
-            target = f"127.0.0.1:{port}"
-            _wait_serving(target)
-            print(f"Encode, autoencoder v{entry.versions[0]}, {duration:.0f} s per cell, {os.cpu_count()} cores\n")
-            print("| batch | concurrency | path | requests/s | images/s | p50 ms | p99 ms | CPU ms / request | throughput gateway / direct |")
-            print("|---|---|---|---|---|---|---|---|---|")
-            for batch in BATCHES:
-                for concurrency in CONCURRENCY:
-                    images = test_images[:batch]
-                    ours = asyncio.run(through_gateway(target, server.pid, images, concurrency, duration))
-                    base = direct(model_path, images, concurrency, duration)
-                    ratio = ours["images_per_s"] / base["images_per_s"]
-                    for path, r in (("gateway", ours), ("onnxruntime direct", base)):
-                        print(f"| {batch} | {concurrency} | {path} | {r['requests_per_s']:.0f} | {r['images_per_s']:.0f} | "
-                              f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_ms_per_request']:.2f} | "
-                              f"{f'{ratio:.0%}' if path == 'gateway' else ''} |")
-            print("\nSearch on the default gallery (10,000 MNIST test images), k=10, one client\n")
-            print("| query | requests/s | p50 ms | p99 ms |\n|---|---|---|---|")
-            for name, r in asyncio.run(search_latency(target, test_images, duration)).items():
-                print(f"| {name} | {r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
-        finally:
-            server.terminate()
-            server.wait(30)
+    with gateway_process(repository_root) as (target, pid):
+        print(f"Encode, autoencoder v{entry.versions[0]}, {duration:.0f} s per cell, {os.cpu_count()} cores\n")
+        print("| batch | concurrency | path | requests/s | images/s | p50 ms | p99 ms | CPU ms / request | throughput gateway / direct |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for batch in BATCHES:
+            for concurrency in CONCURRENCY:
+                images = test_images[:batch]
+                ours = asyncio.run(through_gateway(target, pid, images, concurrency, duration))
+                base = direct(model_path, images, concurrency, duration)
+                ratio = ours["images_per_s"] / base["images_per_s"]
+                for path, r in (("gateway", ours), ("onnxruntime direct", base)):
+                    print(f"| {batch} | {concurrency} | {path} | {r['requests_per_s']:.0f} | {r['images_per_s']:.0f} | "
+                          f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_ms_per_request']:.2f} | "
+                          f"{f'{ratio:.0%}' if path == 'gateway' else ''} |")
+        print("\nSearch on the default gallery (10,000 MNIST test images), k=10, one client\n")
+        print("| query | requests/s | p50 ms | p99 ms |\n|---|---|---|---|")
+        for name, r in asyncio.run(search_latency(target, test_images, duration)).items():
+            print(f"| {name} | {r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
