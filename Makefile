@@ -36,6 +36,7 @@ export: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/latentserve bench retrieval
 	$(BIN)/latentserve bench serving
+	$(BIN)/latentserve bench triton
 
 clean:
 	rm -rf $(VENV)
