@@ -31,7 +31,9 @@ PARITY_IMAGES = 256
 MAX_BATCH_SIZE = 256
 VERSIONS_KEPT_LOADED = 2
 QUEUE_DELAY_MICROSECONDS = 500  # how long Triton's dynamic batcher waits to fill a batch
-MAX_QUEUE_SIZE = 256  # requests waiting per model; beyond it Triton refuses (the gateway: RESOURCE_EXHAUSTED)
+# No `default_queue_policy { max_queue_size }`: with any queue policy, Triton 2.51's batcher left batches
+# pending for ~0.5 s (p99 517 ms, a third of the throughput; docs/benchmarks.md). The gateway bounds the
+# queue instead (setting max_inflight_per_model).
 WARMUP_BATCH_SIZE = 8
 TRITON_MODEL_SOURCE = Path(__file__).with_name("triton_model.py")
 
@@ -162,10 +164,7 @@ def _config_text(entry_name: str, model: str, graph_name: str, graph: Graph, nat
         version_policy=model_config_pb2.ModelVersionPolicy(
             latest=model_config_pb2.ModelVersionPolicy.Latest(num_versions=VERSIONS_KEPT_LOADED)
         ),
-        dynamic_batching=model_config_pb2.ModelDynamicBatching(
-            max_queue_delay_microseconds=QUEUE_DELAY_MICROSECONDS,
-            default_queue_policy=model_config_pb2.ModelQueuePolicy(max_queue_size=MAX_QUEUE_SIZE),
-        ),
+        dynamic_batching=model_config_pb2.ModelDynamicBatching(max_queue_delay_microseconds=QUEUE_DELAY_MICROSECONDS),
     )
     warmup = config.model_warmup.add(name="random", batch_size=WARMUP_BATCH_SIZE)
     for spec in graph.inputs:

@@ -75,7 +75,7 @@ class Server:
         settings, gateway = self.settings, self.gateway
         try:
             gateway.runtime = await self._runtime()
-            gateway.encoding = Encoding(gateway.runtime)
+            gateway.encoding = Encoding(gateway.runtime, settings.max_inflight_per_model)
             await self._update_health()
             if encoder_entry(gateway.runtime, settings.index_model) is None:
                 raise NotFound(f"no encoder {settings.index_model!r} in {settings.model_repository}", "index_model")

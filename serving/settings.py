@@ -25,5 +25,6 @@ class Settings(BaseSettings):
     max_id_bytes: int = Field(256, ge=1, description="length of one item id")
     max_k: int = Field(1000, ge=1, description="hits in one Search")
     default_k: int = Field(10, ge=1)
+    max_inflight_per_model: int = Field(64, ge=1, description="requests running or queued per model; more: RESOURCE_EXHAUSTED")
     intra_op_threads: int = Field(1, ge=1, description="onnxruntime threads per inference")
     inference_workers: int = Field(2, ge=1, description="inferences running at once (embedded runtime)")

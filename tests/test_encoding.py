@@ -1,0 +1,40 @@
+"""The encode capability's bounded queue, on a runtime that holds requests until told to finish."""
+import asyncio
+
+import numpy as np
+import pytest
+
+from serving import repository
+from serving.encoding import Encoding
+from serving.errors import ResourceExhausted
+from tests.conftest import MODEL_REPOSITORY
+
+
+class HeldRuntime:
+    def __init__(self):
+        self._entries = repository.read_repository(MODEL_REPOSITORY)
+        self.release = asyncio.Event()
+
+    def entries(self):
+        return self._entries
+
+    async def infer(self, entry, version, inputs, timeout=None):
+        await self.release.wait()
+        count = len(inputs["image"])
+        return {"code": np.zeros((count, 32), np.float32), "binary_code": np.zeros((count, 32), np.uint8)}
+
+
+def test_requests_over_the_in_flight_limit_are_refused_until_one_finishes():
+    async def scenario():
+        runtime = HeldRuntime()
+        encoding = Encoding(runtime, max_inflight_per_model=2)
+        images = np.zeros((1, 1, 28, 28), np.float32)
+        held = [asyncio.create_task(encoding.encode("autoencoder", 0, images)) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(ResourceExhausted, match="2 requests already queued"):
+            await encoding.encode("autoencoder", 0, images)
+        runtime.release.set()
+        await asyncio.gather(*held)
+        assert (await encoding.encode("autoencoder", 0, images)).num_bits == 32
+
+    asyncio.run(scenario())
