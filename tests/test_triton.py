@@ -1,4 +1,5 @@
 """Triton Inference Server for real: the wheel's tritonserver over our model repository, and the gateway on it."""
+import asyncio
 import shutil
 import threading
 import time
@@ -9,9 +10,12 @@ import onnxruntime
 import pytest
 import tritonclient.grpc as triton_client
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
 from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 from serving import repository
+from serving.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
+from serving.runtime.triton import TritonRuntime, _error
 from serving.triton_server import SHM, TritonServer, TritonStartError
 from tests.conftest import MODEL_REPOSITORY
 
@@ -146,3 +150,24 @@ def test_hot_update_switches_traffic_with_no_failed_request(start_gateway, tmp_p
             sender.join()
     assert not failures, failures[:3]
     assert served == {2}  # the newest version that loaded keeps the traffic
+
+
+def test_triton_errors_become_grpc_statuses(triton):
+    entry = repository.read_repository(MODEL_REPOSITORY)["autoencoder_encoder"]
+
+    async def scenario():
+        runtime = TritonRuntime(triton.grpc_url, MODEL_REPOSITORY)
+        await runtime.refresh()
+        try:
+            with pytest.raises(DeadlineExceeded):
+                await runtime.infer(entry, 1, {"image": np.zeros((2, 1, 28, 28), np.float32)}, timeout=1e-6)
+            with pytest.raises(InvalidArgument, match="image"):
+                await runtime.infer(entry, 1, {"image": np.zeros((2, 1, 27, 28), np.float32)})
+        finally:
+            await runtime.close()
+
+    asyncio.run(scenario())
+    queue_full = InferenceServerException("Exceeds maximum queue size", "StatusCode.UNAVAILABLE")
+    down = InferenceServerException("failed to connect to all addresses", "StatusCode.UNAVAILABLE")
+    assert isinstance(_error(queue_full, entry), ResourceExhausted)
+    assert isinstance(_error(down, entry), Unavailable)
