@@ -33,7 +33,7 @@ BATCHES = (1, 64)
 CONCURRENCY = (1, 8)
 
 
-def _summary(latencies: list[float], elapsed: float, batch: int, cpu_seconds: float = float("nan")) -> dict[str, float]:
+def summary(latencies: list[float], elapsed: float, batch: int, cpu_seconds: float = float("nan")) -> dict[str, float]:
     ms = np.asarray(latencies) * 1000
     return {
         "requests_per_s": len(ms) / elapsed,
@@ -69,10 +69,10 @@ def direct(model_path: Path, images: np.ndarray, concurrency: int, duration: flo
     with ThreadPoolExecutor(concurrency) as pool:
         for future in [pool.submit(worker) for _ in range(concurrency)]:
             future.result()
-    return _summary(latencies, time.perf_counter() - began, len(images), time.process_time() - cpu)
+    return summary(latencies, time.perf_counter() - began, len(images), time.process_time() - cpu)
 
 
-async def _drive(call, concurrency: int, duration: float) -> tuple[list[float], float]:
+async def drive(call, concurrency: int, duration: float) -> tuple[list[float], float]:
     latencies, stop_at = [], time.perf_counter() + duration
 
     async def worker():
@@ -92,9 +92,9 @@ async def through_gateway(target: str, pid: int, images: np.ndarray, concurrency
     async with grpc.aio.insecure_channel(target) as channel:
         stub = encoder_pb2_grpc.EncoderStub(channel)
         cpu = _process_cpu_seconds(pid)
-        latencies, elapsed = await _drive(lambda: stub.Encode(request), concurrency, duration)
+        latencies, elapsed = await drive(lambda: stub.Encode(request), concurrency, duration)
         cpu = _process_cpu_seconds(pid) - cpu
-    return _summary(latencies, elapsed, len(images), cpu)
+    return summary(latencies, elapsed, len(images), cpu)
 
 
 async def search_latency(target: str, images: np.ndarray, duration: float) -> dict[str, dict[str, float]]:
@@ -108,8 +108,8 @@ async def search_latency(target: str, images: np.ndarray, duration: float) -> di
         }
         results = {}
         for name, request in queries.items():
-            latencies, elapsed = await _drive(lambda: stub.Search(request), 1, duration)
-            results[name] = _summary(latencies, elapsed, 1)
+            latencies, elapsed = await drive(lambda: stub.Search(request), 1, duration)
+            results[name] = summary(latencies, elapsed, 1)
     return results
 
 

@@ -20,7 +20,7 @@ import tritonclient.grpc.aio as triton_client
 from google.protobuf import text_format
 
 from serving import repository
-from serving.benchmark import CONCURRENCY, _drive, _summary, gateway_process, through_gateway
+from serving.benchmark import CONCURRENCY, drive, summary, gateway_process, through_gateway
 from serving.mnist import load_mnist
 from serving.triton_server import TritonServer
 
@@ -51,10 +51,10 @@ async def _direct_triton(url: str, images: np.ndarray, concurrency: int, duratio
     tensor.set_data_from_numpy(pixels)
     outputs = [triton_client.InferRequestedOutput(name) for name in ("code", "binary_code")]
     try:
-        latencies, elapsed = await _drive(lambda: client.infer(MODEL, [tensor], outputs=outputs), concurrency, duration)
+        latencies, elapsed = await drive(lambda: client.infer(MODEL, [tensor], outputs=outputs), concurrency, duration)
     finally:
         await client.close()
-    return _summary(latencies, elapsed, len(images))
+    return summary(latencies, elapsed, len(images))
 
 
 def _repository_copy(source: Path, target: Path, dynamic_batching: bool) -> Path:
