@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime
 import torch
 from google.protobuf import text_format
@@ -115,8 +116,17 @@ def _write_graph(graph: Graph, directory: Path, example: np.ndarray) -> None:
         external_data=False,
         verbose=False,
     )
+    _strip_stack_traces(directory / repository.ONNX_FILE)
     with torch.no_grad():
         torch.jit.trace(graph.module, sample).save(directory / repository.TORCHSCRIPT_FILE)
+
+
+def _strip_stack_traces(path: Path) -> None:
+    """The dynamo exporter records each node's Python stack (with this machine's paths); drop it."""
+    model = onnx.load(path)
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    onnx.save(model, path)
 
 
 def _parity(graph: Graph, directory: Path, images: np.ndarray) -> dict[str, dict[str, float]]:

@@ -79,7 +79,7 @@ class Server:
             await self._update_health()
             if encoder_entry(gateway.runtime, settings.index_model) is None:
                 raise NotFound(f"no encoder {settings.index_model!r} in {settings.model_repository}", "index_model")
-            while not gateway.runtime.ready(encoder_entry(gateway.runtime, settings.index_model).name):
+            while not encoder_entry(gateway.runtime, settings.index_model).versions:
                 log.info("waiting for %s to be ready", settings.index_model)
                 await asyncio.sleep(settings.health_poll_seconds)
                 await self._update_health()
@@ -101,7 +101,7 @@ class Server:
         index_model = encoder_entry(runtime, self.settings.index_model)
         serving = {
             MODELS: True,
-            ENCODER: index_model is not None and runtime.ready(index_model.name),
+            ENCODER: index_model is not None and bool(index_model.versions),
             SEARCH: search is not None and search.ready(),
         }
         serving[""] = all(serving.values())

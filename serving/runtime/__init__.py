@@ -11,13 +11,10 @@ from serving.repository import Entry
 
 class Runtime(Protocol):
     def entries(self) -> dict[str, Entry]:
-        """Repository entries with the versions this runtime has loaded, newest first."""
-
-    def ready(self, entry_name: str) -> bool:
-        """Whether the entry has a loaded version that can serve now."""
+        """Repository entries with the versions this runtime can serve now, newest first."""
 
     async def refresh(self) -> None:
-        """Bring `entries()` and `ready()` up to date with the backend; the gateway calls it periodically."""
+        """Bring `entries()` up to date with the backend; the gateway calls it periodically."""
 
     async def infer(
         self, entry: Entry, version: int, inputs: dict[str, np.ndarray], timeout: float | None = None

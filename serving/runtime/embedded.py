@@ -33,10 +33,6 @@ class EmbeddedRuntime:
     def entries(self) -> dict[str, Entry]:
         return self._entries
 
-    def ready(self, entry_name: str) -> bool:
-        entry = self._entries.get(entry_name)
-        return entry is not None and bool(entry.versions)
-
     async def refresh(self) -> None:
         """Sessions are loaded once at start; nothing here changes until a restart."""
 

@@ -44,10 +44,6 @@ class TritonRuntime:
     def entries(self) -> dict[str, Entry]:
         return self._entries
 
-    def ready(self, entry_name: str) -> bool:
-        entry = self._entries.get(entry_name)
-        return entry is not None and bool(entry.versions)
-
     async def refresh(self) -> None:
         """Ask Triton which versions are ready; none if Triton cannot be reached."""
         try:
