@@ -171,3 +171,19 @@ def test_triton_errors_become_grpc_statuses(triton):
     down = InferenceServerException("failed to connect to all addresses", "StatusCode.UNAVAILABLE")
     assert isinstance(_error(queue_full, entry), ResourceExhausted)
     assert isinstance(_error(down, entry), Unavailable)
+
+
+def test_torchscript_versions_serve_through_the_same_model_py(tmp_path):
+    from google.protobuf import text_format
+
+    shutil.copytree(MODEL_REPOSITORY / "autoencoder_encoder", tmp_path / "autoencoder_encoder")
+    config_path = tmp_path / "autoencoder_encoder" / repository.CONFIG_FILE
+    config = repository.read_config(config_path)
+    config.parameters["model_file"].string_value = repository.TORCHSCRIPT_FILE
+    config_path.write_text(text_format.MessageToString(config))
+    images = np.random.default_rng(1).random((3, 1, 28, 28), dtype=np.float32)
+    with TritonServer(tmp_path) as server:
+        tensor = triton_client.InferInput("image", list(images.shape), "FP32")
+        tensor.set_data_from_numpy(images)
+        result = triton_client.InferenceServerClient(server.grpc_url).infer("autoencoder_encoder", [tensor])
+    np.testing.assert_allclose(result.as_numpy("code"), onnx_codes("autoencoder_encoder", images), atol=1e-4)
