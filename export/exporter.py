@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,7 @@ def _write_graph(graph: Graph, directory: Path, example: np.ndarray) -> None:
     _strip_stack_traces(directory / repository.ONNX_FILE)
     with torch.no_grad():
         torch.jit.trace(graph.module, sample).save(directory / repository.TORCHSCRIPT_FILE)
+    _strip_debug_records(directory / repository.TORCHSCRIPT_FILE)
 
 
 def _strip_stack_traces(path: Path) -> None:
@@ -127,6 +129,16 @@ def _strip_stack_traces(path: Path) -> None:
     for node in model.graph.node:
         del node.metadata_props[:]
     onnx.save(model, path)
+
+
+def _strip_debug_records(path: Path) -> None:
+    """TorchScript keeps traced source locations (this machine's paths) in optional *.debug_pkl records."""
+    stripped = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(stripped, "w") as target:
+        for record in source.infolist():
+            if not record.filename.endswith(".debug_pkl"):
+                target.writestr(record, source.read(record.filename))
+    os.replace(stripped, path)
 
 
 def _parity(graph: Graph, directory: Path, images: np.ndarray) -> dict[str, dict[str, float]]:
