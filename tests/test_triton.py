@@ -187,3 +187,23 @@ def test_torchscript_versions_serve_through_the_same_model_py(tmp_path):
         tensor.set_data_from_numpy(images)
         result = triton_client.InferenceServerClient(server.grpc_url).infer("autoencoder_encoder", [tensor])
     np.testing.assert_allclose(result.as_numpy("code"), onnx_codes("autoencoder_encoder", images), atol=1e-4)
+
+
+def test_the_triton_command_stops_cleanly_on_sigterm():
+    import signal
+    import subprocess
+    import sys
+
+    others = set(SHM.iterdir())  # another test's Triton may be running
+    process = subprocess.Popen([sys.executable, "-m", "latentserve.cli", "triton", "--repository", str(MODEL_REPOSITORY)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("tritonserver ready: grpc 127.0.0.1:"), line
+        ours = set(SHM.iterdir()) - others
+        assert ours
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        process.kill()
+    assert not ours & set(SHM.iterdir())
