@@ -20,7 +20,7 @@ class AutoencoderConfig(TrainConfig):
     code_dim: int = 32
     hash_bits: int = 32
     channels: int = 32
-    noise_std: float = 0.0  # > 0: denoising autoencoder (Gaussian input noise, clipped to [0, 1])
+    noise_std: float = 0.3  # > 0: denoising autoencoder (Gaussian input noise, clipped to [0, 1]); 0: plain
     hash_weight: float = 1.0
     quantization_weight: float = 0.1
     balance_weight: float = 0.1
