@@ -20,8 +20,13 @@ from serving.triton_server import SHM, TritonServer, TritonStartError
 from tests.conftest import MODEL_REPOSITORY
 
 
+ENTRIES = repository.read_repository(MODEL_REPOSITORY)
+
+
 def onnx_codes(entry_name: str, images: np.ndarray) -> np.ndarray:
-    path = MODEL_REPOSITORY / entry_name / "1" / repository.ONNX_FILE
+    """Codes from the newest version: what Triton runs when no version is asked for."""
+    entry = ENTRIES[entry_name]
+    path = entry.version_path(entry.versions[0]) / repository.ONNX_FILE
     return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["code"], {"image": images})[0]
 
 
@@ -34,7 +39,7 @@ def triton():
 def test_triton_serves_every_entry_like_onnxruntime(triton):
     client = triton_client.InferenceServerClient(triton.grpc_url)
     states = {(m.name, m.version): m.state for m in client.get_model_repository_index().models}
-    assert states == {(name, "1"): "READY" for name in repository.read_repository(MODEL_REPOSITORY)}
+    assert states == {(e.name, str(v)): "READY" for e in ENTRIES.values() for v in e.versions}
     images = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
     for name in ("autoencoder_encoder", "vae_encoder"):
         tensor = triton_client.InferInput("image", list(images.shape), "FP32")
@@ -117,6 +122,7 @@ def test_hot_update_switches_traffic_with_no_failed_request(start_gateway, tmp_p
     shutil.copytree(MODEL_REPOSITORY, repo)
     checkpoint = train("autoencoder", tmp_path / "run", small_mnist, {"epochs": 1}, threads=1)
     entry = repo / "autoencoder_encoder"
+    shipped = ENTRIES["autoencoder_encoder"].versions[0]
     with TritonServer(repo) as triton:
         gateway = start_gateway(runtime="triton", triton_url=triton.grpc_url, model_repository=repo,
                                 data_dir=tmp_path / "data", gallery="none", health_poll_seconds=0.2)
@@ -135,13 +141,14 @@ def test_hot_update_switches_traffic_with_no_failed_request(start_gateway, tmp_p
         try:
             time.sleep(0.5)
             (new_version,) = export_checkpoint(checkpoint, repo, small_mnist)
-            assert new_version == entry / "2"
+            assert new_version == entry / str(shipped + 1)
             load_into_triton(triton.grpc_url, ["autoencoder_encoder"])
-            _wait_for(lambda: 2 in served)
+            _wait_for(lambda: shipped + 1 in served)
 
-            shutil.copytree(entry / "2", entry / "3")  # a version that cannot load
-            (entry / "3" / repository.ONNX_FILE).write_bytes(b"not an onnx file")
-            with pytest.raises(Exception, match="version 3"):
+            broken = entry / str(shipped + 2)  # a version that cannot load
+            shutil.copytree(new_version, broken)
+            (broken / repository.ONNX_FILE).write_bytes(b"not an onnx file")
+            with pytest.raises(Exception, match=f"version {shipped + 2}"):
                 load_into_triton(triton.grpc_url, ["autoencoder_encoder"])
             served.clear()
             time.sleep(1.0)
@@ -149,7 +156,7 @@ def test_hot_update_switches_traffic_with_no_failed_request(start_gateway, tmp_p
             stop.set()
             sender.join()
     assert not failures, failures[:3]
-    assert served == {2}  # the newest version that loaded keeps the traffic
+    assert served == {shipped + 1}  # the newest version that loaded keeps the traffic
 
 
 def test_triton_errors_become_grpc_statuses(triton):
