@@ -50,7 +50,6 @@ class Entry:
     outputs: tuple[TensorSignature, ...]
     versions: tuple[int, ...]
     cards: dict[int, dict]  # model card of every version on disk
-    parameters: dict[str, str]
 
     def version_path(self, version: int) -> Path:
         return self.path / str(version)
@@ -97,7 +96,6 @@ def read_entry(path: Path) -> Entry:
         outputs=_signature(config.output),
         versions=select_versions(config, available),
         cards={v: json.loads((path / str(v) / CARD_FILE).read_text()) for v in available},
-        parameters=parameters,
     )
 
 
