@@ -1,6 +1,7 @@
 """The gateway end to end over real gRPC on loopback, with the committed models."""
 import io
 import json
+import time
 
 import grpc
 import numpy as np
@@ -294,3 +295,34 @@ def test_cli_client_verbs(gateway, tmp_path, capsys):
     main(["encode", "--target", gateway.target, str(path)])
     encoded = json.loads(capsys.readouterr().out)
     assert (encoded["num_bits"], len(encoded["code"]), len(encoded["bits"])) == (32, 32, 8)
+
+
+def test_embedded_runtime_follows_new_and_broken_versions(start_gateway, tmp_path, small_mnist):
+    import shutil
+
+    from export.exporter import export_checkpoint
+    from training.train import train
+
+    repo = tmp_path / "repository"
+    shutil.copytree(MODEL_REPOSITORY, repo)
+    shipped = repository.read_repository(repo)["autoencoder_encoder"].versions[0]
+    gateway = start_gateway(model_repository=repo, data_dir=tmp_path / "data", gallery="none", health_poll_seconds=0.2)
+    checkpoint = train("autoencoder", tmp_path / "run", small_mnist, {"epochs": 1}, threads=1)
+    with gateway.channel() as channel:
+        stub = encoder_pb2_grpc.EncoderStub(channel)
+        assert stub.Encode(encoder_pb2.EncodeRequest(images=batch(GOOD))).model.version == shipped
+        (new_version,) = export_checkpoint(checkpoint, repo, small_mnist)
+        broken = new_version.with_name(str(shipped + 2))
+        _wait_until(lambda: stub.Encode(encoder_pb2.EncodeRequest(images=batch(GOOD))).model.version == shipped + 1)
+        shutil.copytree(new_version, broken.with_name(".tmp"))
+        (broken.with_name(".tmp") / repository.ONNX_FILE).write_bytes(b"not an onnx file")
+        broken.with_name(".tmp").rename(broken)  # the newest version now cannot load
+        time.sleep(1.0)
+        assert stub.Encode(encoder_pb2.EncodeRequest(images=batch(GOOD))).model.version == shipped + 1
+
+
+def _wait_until(predicate, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)

@@ -1,5 +1,12 @@
-"""In-process onnxruntime over model_repository/, loading the versions each config's policy selects."""
+"""In-process onnxruntime over model_repository/, loading the versions each config's policy selects.
+
+Like Triton in poll mode, it follows the repository: `refresh` notices new or removed version directories
+(and rewritten configs), loads the versions the policy now selects and drops the others. Calls already
+running on a dropped version finish on it. Version directories appear by atomic rename (the exporter), so
+a half-written version is never loaded.
+"""
 import asyncio
+import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -8,33 +15,56 @@ import numpy as np
 import onnxruntime
 
 from serving.errors import DeadlineExceeded, NotFound
-from serving.repository import ONNX_FILE, Entry, read_repository
+from serving.repository import CONFIG_FILE, ONNX_FILE, Entry, read_repository
 
 log = logging.getLogger(__name__)
 
 
 class EmbeddedRuntime:
     def __init__(self, repository_root: Path, intra_op_threads: int = 1, workers: int = 2):
-        self._entries = read_repository(repository_root)
+        self._root = repository_root
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="onnxruntime")
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        self._sessions = {
-            (entry.name, version): onnxruntime.InferenceSession(
-                str(entry.version_path(version) / ONNX_FILE), options, providers=["CPUExecutionProvider"]
-            )
-            for entry in self._entries.values()
-            for version in entry.versions
-        }
-        for entry in self._entries.values():
-            log.info("loaded %s versions %s", entry.name, list(entry.versions))
+        self._options = onnxruntime.SessionOptions()
+        self._options.intra_op_num_threads = intra_op_threads
+        self._options.inter_op_num_threads = 1
+        self._entries: dict[str, Entry] = {}
+        self._sessions: dict[tuple[str, int], onnxruntime.InferenceSession] = {}
+        self._fingerprint = self._repository_fingerprint()
+        self._load()
 
     def entries(self) -> dict[str, Entry]:
         return self._entries
 
+    def _repository_fingerprint(self) -> tuple:
+        """What changes when a version or a config does: entry and version directory names, config mtimes.
+        A few stat calls, so polling it is cheap; the repository is re-read only when it changes."""
+        return tuple(sorted(
+            (entry.name, tuple(sorted(p.name for p in entry.iterdir() if p.name.isdigit())), (entry / CONFIG_FILE).stat().st_mtime_ns)
+            for entry in self._root.iterdir() if (entry / CONFIG_FILE).is_file()
+        ))
+
+    def _load(self) -> None:
+        """Serve the versions each policy selects that load; one that fails is logged and left out."""
+        entries, sessions = {}, {}
+        for entry in read_repository(self._root).values():
+            for version in entry.versions:
+                key = (entry.name, version)
+                try:
+                    sessions[key] = self._sessions.get(key) or onnxruntime.InferenceSession(
+                        str(entry.version_path(version) / ONNX_FILE), self._options, providers=["CPUExecutionProvider"]
+                    )
+                except Exception as error:  # noqa: BLE001 - a broken version must not stop the others
+                    log.error("%s version %d failed to load: %s", entry.name, version, error)
+            loaded = tuple(v for v in entry.versions if (entry.name, v) in sessions)
+            entries[entry.name] = dataclasses.replace(entry, versions=loaded)
+            log.info("serving %s versions %s", entry.name, list(loaded))
+        self._sessions, self._entries = sessions, entries  # swapped whole: a call sees the old set or the new
+
     async def refresh(self) -> None:
-        """Sessions are loaded once at start; nothing here changes until a restart."""
+        fingerprint = await asyncio.to_thread(self._repository_fingerprint)
+        if fingerprint != self._fingerprint:
+            self._fingerprint = fingerprint
+            await asyncio.to_thread(self._load)
 
     async def infer(
         self, entry: Entry, version: int, inputs: dict[str, np.ndarray], timeout: float | None = None
