@@ -13,10 +13,10 @@ from latentserve.v1 import (
     search_pb2_grpc,
 )
 from serving.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from serving.images import decode_batch, decode_image
+from serving.images import TENSOR_DTYPES, decode_batch, decode_image
 from serving.settings import Settings
 
-API_DTYPES = {"float32": common_pb2.DATA_TYPE_FLOAT32, "uint8": common_pb2.DATA_TYPE_UINT8}
+API_DTYPES = {dtype.name: code for code, dtype in TENSOR_DTYPES.items()}  # numpy name -> DataType
 
 
 class Gateway:

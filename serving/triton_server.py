@@ -68,13 +68,12 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
-    def _backends(self) -> Path:
+    def _prepare_backends(self) -> None:
         wheel = _wheel_dir()
         backends = self._workdir / "backends"
         shutil.copytree(wheel / "backends", backends)
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         shutil.copy2(wheel / "python_backend_stubs" / version / "triton_python_backend_stub", backends / "python")
-        return backends
 
     def _environment(self) -> dict[str, str]:
         wheel_libs = _wheel_dir().parents[1] / "nvidia_pytriton.libs"
@@ -101,7 +100,7 @@ class TritonServer:
         return command
 
     def start(self, timeout: float = 180) -> "TritonServer":
-        self._backends()
+        self._prepare_backends()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "wb") as log_output:
             self.process = subprocess.Popen(

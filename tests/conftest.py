@@ -1,5 +1,6 @@
 import asyncio
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +28,13 @@ def small_mnist(mnist) -> Mnist:
         train=Split(mnist.train.images[:512], mnist.train.labels[:512]),
         valid=Split(mnist.valid.images[:256], mnist.valid.labels[:256]),
     )
+
+
+def wait_for(predicate, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
 
 
 class RunningGateway:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, models_pb2, models_pb2_grpc, search_pb2, search_pb2_grpc
 from serving import repository
-from tests.conftest import MODEL_REPOSITORY, RunningGateway
+from tests.conftest import MODEL_REPOSITORY, RunningGateway, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -313,16 +313,9 @@ def test_embedded_runtime_follows_new_and_broken_versions(start_gateway, tmp_pat
         assert stub.Encode(encoder_pb2.EncodeRequest(images=batch(GOOD))).model.version == shipped
         (new_version,) = export_checkpoint(checkpoint, repo, small_mnist)
         broken = new_version.with_name(str(shipped + 2))
-        _wait_until(lambda: stub.Encode(encoder_pb2.EncodeRequest(images=batch(GOOD))).model.version == shipped + 1)
+        wait_for(lambda: stub.Encode(encoder_pb2.EncodeRequest(images=batch(GOOD))).model.version == shipped + 1)
         shutil.copytree(new_version, broken.with_name(".tmp"))
         (broken.with_name(".tmp") / repository.ONNX_FILE).write_bytes(b"not an onnx file")
         broken.with_name(".tmp").rename(broken)  # the newest version now cannot load
         time.sleep(1.0)
         assert stub.Encode(encoder_pb2.EncodeRequest(images=batch(GOOD))).model.version == shipped + 1
-
-
-def _wait_until(predicate, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)

@@ -1,6 +1,5 @@
 """Project contracts: generated stubs match the protos, serving stays free of torch, every CLI verb helps."""
 import filecmp
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -10,6 +9,7 @@ import pytest
 from grpc_tools import protoc
 
 from latentserve.v1 import encoder_pb2, encoder_pb2_grpc
+from serving.triton_server import free_port
 from tests.conftest import ROOT
 
 PROTOS = sorted((ROOT / "proto").rglob("*.proto"))
@@ -40,9 +40,7 @@ def test_every_verb_has_help(verb):
 
 
 def test_metrics_count_calls_by_method_and_code(start_gateway, tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     gateway = start_gateway(data_dir=tmp_path, gallery="none", metrics_port=port)
     series = 'latentserve_requests_total{code="INVALID_ARGUMENT",method="/latentserve.v1.Encoder/Encode"}'
 

@@ -17,7 +17,7 @@ from serving import repository
 from serving.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from serving.runtime.triton import TritonRuntime, _error
 from serving.triton_server import SHM, TritonServer, TritonStartError
-from tests.conftest import MODEL_REPOSITORY
+from tests.conftest import MODEL_REPOSITORY, wait_for
 
 
 ENTRIES = repository.read_repository(MODEL_REPOSITORY)
@@ -71,13 +71,6 @@ def _health(channel, service: str) -> int:
     return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service)).status
 
 
-def _wait_for(predicate, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
-
-
 def _encode(channel, images: np.ndarray, timeout=None):
     tensor = common_pb2.Tensor(shape=images.shape, dtype=common_pb2.DATA_TYPE_UINT8, data=images.tobytes())
     request = encoder_pb2.EncodeRequest(images=common_pb2.Images(tensor=tensor))
@@ -102,13 +95,13 @@ def test_gateway_follows_triton_down_and_back_without_a_restart(start_gateway, t
     with gateway.channel() as channel:
         assert _health(channel, "latentserve.v1.Encoder") == health_pb2.HealthCheckResponse.SERVING
         triton.stop()
-        _wait_for(lambda: _health(channel, "latentserve.v1.Encoder") == health_pb2.HealthCheckResponse.NOT_SERVING)
+        wait_for(lambda: _health(channel, "latentserve.v1.Encoder") == health_pb2.HealthCheckResponse.NOT_SERVING)
         with pytest.raises(grpc.RpcError) as raised:
             _encode(channel, image)
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
         again = TritonServer(MODEL_REPOSITORY, *ports).start()
         try:
-            _wait_for(lambda: _health(channel, "latentserve.v1.Encoder") == health_pb2.HealthCheckResponse.SERVING)
+            wait_for(lambda: _health(channel, "latentserve.v1.Encoder") == health_pb2.HealthCheckResponse.SERVING)
             assert _encode(channel, image).num_bits == 32
         finally:
             again.stop()
@@ -143,7 +136,7 @@ def test_hot_update_switches_traffic_with_no_failed_request(start_gateway, tmp_p
             (new_version,) = export_checkpoint(checkpoint, repo, small_mnist)
             assert new_version == entry / str(shipped + 1)
             load_into_triton(triton.grpc_url, ["autoencoder_encoder"])
-            _wait_for(lambda: shipped + 1 in served)
+            wait_for(lambda: shipped + 1 in served)
 
             broken = entry / str(shipped + 2)  # a version that cannot load
             shutil.copytree(new_version, broken)
