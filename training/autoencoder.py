@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from serving.mnist import Mnist
 from training import retrieval
-from training.registry import Graph, Losses, TensorSpec, TrainConfig
+from training.registry import Graph, LossModel, Losses, TensorSpec, TrainConfig
 
 
 class AutoencoderConfig(TrainConfig):
@@ -26,7 +26,7 @@ class AutoencoderConfig(TrainConfig):
     balance_weight: float = 0.1
 
 
-class ConvAutoencoder(nn.Module):
+class ConvAutoencoder(LossModel):
     Config = AutoencoderConfig
 
     def __init__(self, config: AutoencoderConfig):
@@ -60,7 +60,7 @@ class ConvAutoencoder(nn.Module):
         signs = units + (torch.sign(units) - units).detach()  # straight-through
         return self.decoder(self.hash_to_code(signs))
 
-    def loss(self, images: torch.Tensor) -> Losses:
+    def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> Losses:
         cfg = self.config
         noisy = images
         if cfg.noise_std > 0:

@@ -1,13 +1,16 @@
 """Models by name, and the pieces every model shares: its training config and its export signature.
 
-A model class has `Config` (a `TrainConfig`), `loss(images) -> Losses`, `preview(images) -> images` for the
-progress grid, `graphs() -> {graph name: Graph}` (what export writes to the model repository) and
-`evaluate(data) -> metrics` (what its model card reports).
+A model class has `Config` (a `TrainConfig`), `optimizers()`, `train_step(images, labels, optimizers) ->
+terms` and `validate(images, labels) -> terms` (what the training loop calls), `preview(images) -> images`
+for the progress grid, `graphs() -> {graph name: Graph}` (what export writes to the model repository) and
+`evaluate(data) -> metrics` (what its model card reports). Models trained on one loss derive from
+`LossModel` and define `loss(images, labels) -> Losses`; GANs define their own alternating steps.
 """
 from dataclasses import dataclass, field
 
 import torch
 from pydantic import BaseModel, ConfigDict
+from torch import nn
 
 
 class TrainConfig(BaseModel):
@@ -38,14 +41,39 @@ class Graph:
     module: torch.nn.Module
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    capability: str  # what the gateway serves it for: "encode", ...
+    capability: str  # what the gateway serves it for: "encode", "generate", "classify"
+
+
+class LossModel(nn.Module):
+    """A model trained by minimising `loss(images, labels)` with Adam."""
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"model": torch.optim.Adam(self.parameters(), lr=self.config.learning_rate)}
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, optimizers: dict) -> dict[str, float]:
+        losses = self.loss(images, labels)
+        optimizers["model"].zero_grad()
+        losses.total.backward()
+        optimizers["model"].step()
+        return {"loss": losses.total.item(), **losses.terms}
+
+    @torch.no_grad()
+    def validate(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        total = sum(self.loss(x, y).total.item() * len(x) for x, y in zip(images.split(1000), labels.split(1000)))
+        return {"loss": total / len(images)}
 
 
 def _models() -> dict[str, type]:
     from training.autoencoder import ConvAutoencoder
+    from training.classifier import LeNet
+    from training.conv_vae import ConvVAE
+    from training.gan import ACGAN, DCGAN, WGANGP
     from training.vae import VAE
 
-    return {"autoencoder": ConvAutoencoder, "vae": VAE}
+    return {
+        "autoencoder": ConvAutoencoder, "vae": VAE, "lenet": LeNet,
+        "conv_vae": ConvVAE, "dcgan": DCGAN, "wgan_gp": WGANGP, "acgan": ACGAN,
+    }
 
 
 MODELS: dict[str, type] = _models()

@@ -1,4 +1,4 @@
-"""The one training loop: Adam on a model's `loss`, a checkpoint after every epoch, resumable."""
+"""The one training loop: the model's `train_step` over shuffled batches, a checkpoint after every epoch, resumable."""
 import json
 import os
 import time
@@ -44,12 +44,12 @@ def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, 
         config = model_class(name).Config(**(overrides or {}))
         torch.manual_seed(config.seed)
         model = build(name, config.model_dump())
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    if "optimizer" in checkpoint:
-        optimizer.load_state_dict(checkpoint["optimizer"])
+    optimizers = model.optimizers()
+    for key, state in checkpoint.get("optimizers", {}).items():
+        optimizers[key].load_state_dict(state)
 
-    train_images = torch.from_numpy(data.train.images[:, None])
-    valid_images = torch.from_numpy(data.valid.images[:, None])
+    train_images, train_labels = torch.from_numpy(data.train.images[:, None]), torch.from_numpy(data.train.labels).long()
+    valid_images, valid_labels = torch.from_numpy(data.valid.images[:, None]), torch.from_numpy(data.valid.labels).long()
     preview = valid_images[:PREVIEW_IMAGES]
     step, history = checkpoint["step"], checkpoint["history"]
     for epoch in range(checkpoint["epoch"], config.epochs):
@@ -57,18 +57,18 @@ def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, 
         started = time.perf_counter()
         order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(config.seed * 10_000 + epoch))
         batches = tqdm(order.split(config.batch_size), desc=f"{name} epoch {epoch + 1}/{config.epochs}", leave=False, mininterval=5)
+        sums: dict[str, float] = {}
         for indices in batches:
-            losses = model.loss(train_images[indices])
-            optimizer.zero_grad()
-            losses.total.backward()
-            optimizer.step()
+            terms = model.train_step(train_images[indices], train_labels[indices], optimizers)
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value
             step += 1
-            batches.set_postfix(loss=f"{losses.total.item():.2f}", refresh=False)
+            batches.set_postfix({key: f"{value:.3g}" for key, value in terms.items()}, refresh=False)
         model.eval()
-        with torch.no_grad():
-            valid_loss = sum(model.loss(batch).total.item() * len(batch) for batch in valid_images.split(1000))
         history.append({
-            "epoch": epoch + 1, "step": step, "valid_loss": valid_loss / len(valid_images),
+            "epoch": epoch + 1, "step": step,
+            "train": {key: value / len(batches) for key, value in sums.items()},
+            "valid": model.validate(valid_images, valid_labels),
             "seconds": round(time.perf_counter() - started, 1),
         })
         print(json.dumps(history[-1]), flush=True)
@@ -77,7 +77,7 @@ def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, 
             "model": name,
             "config": config.model_dump(),
             "state_dict": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "optimizers": {key: optimizer.state_dict() for key, optimizer in optimizers.items()},
             "epoch": epoch + 1,
             "step": step,
             "history": history,

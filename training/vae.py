@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from serving.mnist import Mnist
 from training.autoencoder import encoder_retrieval
-from training.registry import Graph, Losses, TensorSpec, TrainConfig
+from training.registry import Graph, LossModel, Losses, TensorSpec, TrainConfig
 
 
 class VAEConfig(TrainConfig):
@@ -17,7 +17,7 @@ class VAEConfig(TrainConfig):
     hidden: int = 400
 
 
-class VAE(nn.Module):
+class VAE(LossModel):
     Config = VAEConfig
 
     def __init__(self, config: VAEConfig):
@@ -40,7 +40,7 @@ class VAE(nn.Module):
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.decoder(latent))
 
-    def loss(self, images: torch.Tensor) -> Losses:
+    def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> Losses:
         """Negative ELBO per image: Bernoulli reconstruction + KL(q(z|x) || N(0, I))."""
         mean, log_variance = self.encode(images)
         logits = self.decoder(self.reparameterize(mean, log_variance))

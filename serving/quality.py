@@ -1,0 +1,106 @@
+"""Sample quality in the feature space of the project's MNIST classifier (model `lenet`, graph
+`classifier`: probabilities and 128 penultimate features). Inception-based FID means little on digits and
+its weights cannot be downloaded here, so FID, the classifier score ("inception score") and class accuracy
+are all computed with that classifier, always beside the same figures for real data.
+"""
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+
+from serving.generation import sample_latents
+from serving.mnist import Mnist
+from serving.repository import ONNX_FILE, read_repository
+
+FEATURE_ENTRY = "lenet_classifier"
+DEFAULT_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
+SAMPLES = 10_000
+SEED = 0
+BATCH = 1000
+
+
+class FeatureNetwork:
+    """The newest version of the classifier: images (n, 1, 28, 28) -> (probabilities, features)."""
+
+    def __init__(self, repository_root: Path = DEFAULT_REPOSITORY):
+        entry = read_repository(repository_root)[FEATURE_ENTRY]
+        self.version = entry.versions[0]
+        self._session = onnxruntime.InferenceSession(
+            str(entry.version_path(self.version) / ONNX_FILE), providers=["CPUExecutionProvider"]
+        )
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        parts = [self._session.run(["probabilities", "features"], {"image": images[i : i + BATCH]}) for i in range(0, len(images), BATCH)]
+        return np.concatenate([p for p, _ in parts]), np.concatenate([f for _, f in parts])
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """FID between two feature sets: |mu_a - mu_b|^2 + tr(Sa + Sb - 2 (Sa Sb)^1/2)."""
+    mean_a, mean_b = a.mean(0, dtype=np.float64), b.mean(0, dtype=np.float64)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    # tr((Sa Sb)^1/2) = sum of sqrt(eigenvalues of Sa^1/2 Sb Sa^1/2), a symmetric PSD matrix
+    values, vectors = np.linalg.eigh(cov_a)
+    root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
+    return float(((mean_a - mean_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
+
+
+def classifier_score(probabilities: np.ndarray) -> float:
+    """exp(E_x KL(p(y|x) || p(y))), the inception score with the MNIST classifier: 10 at best."""
+    p = np.clip(probabilities.astype(np.float64), 1e-12, 1)
+    marginal = p.mean(0)
+    return float(np.exp((p * (np.log(p) - np.log(marginal))).sum(1).mean()))
+
+
+def intra_class_diversity(features: np.ndarray, labels: np.ndarray) -> float:
+    """Mean distance between two samples of the same class in feature space (averaged over classes)."""
+    distances = []
+    for label in np.unique(labels):
+        group = features[labels == label].astype(np.float64)
+        n = len(group)
+        squared = (group**2).sum(1)
+        total = (squared.sum() * 2 * n - 2 * (group.sum(0) ** 2).sum())  # sum over pairs (i, j) of |fi - fj|^2
+        distances.append(np.sqrt(max(total, 0) / (n * (n - 1))))
+    return float(np.mean(distances))
+
+
+def real_floor(data: Mnist, features: FeatureNetwork) -> dict[str, float]:
+    """What real data scores: FID of 10k training images against the 10k test images, and the test
+    set's classifier score, class error and intra-class diversity."""
+    test_probabilities, test_features = features(data.test.images[:, None])
+    _, train_features = features(data.train.images[:SAMPLES, None])
+    return {
+        "fid": frechet_distance(train_features, test_features),
+        "classifier_score": classifier_score(test_probabilities),
+        "class_accuracy": float((test_probabilities.argmax(1) == data.test.labels).mean()),
+        "intra_class_diversity": intra_class_diversity(test_features, data.test.labels),
+    }
+
+
+def evaluate_generator(
+    run: Callable[[dict[str, np.ndarray]], np.ndarray], inputs, data: Mnist, features: FeatureNetwork | None = None,
+    truncation: float | None = None, samples: int = SAMPLES,
+) -> dict[str, float]:
+    """FID against the test set and classifier score of `samples` images generated from seed 0 (indices
+    0..samples-1, as the gateway draws them); a conditional generator (a `label` input) asks for the
+    classes in turn and is also scored on class accuracy and intra-class diversity."""
+    features = features or FeatureNetwork()
+    dims = {spec.name: spec.dims for spec in inputs}
+    images, labels = [], np.arange(samples) % 10
+    for start in range(0, samples, BATCH):
+        count = min(BATCH, samples - start)
+        feeds = {"latent": sample_latents(SEED, start, count, dims["latent"][0], truncation)}
+        if "label" in dims:
+            feeds["label"] = labels[start : start + count, None]
+        images.append(run(feeds))
+    probabilities, sample_features = features(np.concatenate(images))
+    _, test_features = features(data.test.images[:, None])
+    metrics = {
+        "fid": frechet_distance(sample_features, test_features),
+        "classifier_score": classifier_score(probabilities),
+    }
+    if "label" in dims:
+        metrics["class_accuracy"] = float((probabilities.argmax(1) == labels).mean())
+        metrics["intra_class_diversity"] = intra_class_diversity(sample_features, labels)
+    return metrics

@@ -1,0 +1,102 @@
+"""LeNet-style MNIST classifier, trained on all 50k labels: the project's feature network for judging
+generated images (FID in its feature space, classifier score, class accuracy; see serving/quality.py).
+
+Two 5x5 convolution + max-pool blocks, a 128-unit hidden layer (the features) with dropout, ten logits.
+Training shifts each image by up to `max_shift` pixels, a cheap augmentation that is worth ~0.2 points.
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from serving.mnist import Mnist
+from training.registry import Graph, LossModel, Losses, TensorSpec, TrainConfig
+
+CLASSES = 10
+
+
+class LeNetConfig(TrainConfig):
+    epochs: int = 12
+    channels: int = 32
+    features: int = 128
+    dropout: float = 0.5
+    max_shift: int = 2
+
+
+class LeNet(LossModel):
+    Config = LeNetConfig
+
+    def __init__(self, config: LeNetConfig):
+        super().__init__()
+        self.config = config
+        c = config.channels
+        self.body = nn.Sequential(
+            nn.Conv2d(1, c, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),  # 14x14
+            nn.Conv2d(c, 2 * c, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),  # 7x7
+            nn.Flatten(), nn.Linear(2 * c * 49, config.features), nn.ReLU(),
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.features, CLASSES)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, features)."""
+        features = self.body(images)
+        return self.head(self.dropout(features)), features
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> Losses:
+        if self.training and self.config.max_shift:
+            images = _shift(images, self.config.max_shift)
+        logits, _ = self(images)
+        loss = F.cross_entropy(logits, labels)
+        return Losses(loss, {"error": (logits.argmax(1) != labels).float().mean().item()})
+
+    @torch.no_grad()
+    def validate(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        return {"error": _error(self, images, labels)}
+
+    @torch.no_grad()
+    def preview(self, images: torch.Tensor) -> torch.Tensor:
+        """The inputs with the shift augmentation the model trains on."""
+        return torch.cat([images, _shift(images, self.config.max_shift)])
+
+    def graphs(self) -> dict[str, Graph]:
+        return {
+            "classifier": Graph(
+                module=_ClassifierGraph(self),
+                inputs=(TensorSpec("image", "float32", (1, 28, 28)),),
+                outputs=(
+                    TensorSpec("probabilities", "float32", (CLASSES,)),
+                    TensorSpec("features", "float32", (self.config.features,)),
+                ),
+                capability="classify",
+            )
+        }
+
+    @torch.no_grad()
+    def evaluate(self, data: Mnist) -> dict[str, float]:
+        test = torch.from_numpy(data.test.images[:, None])
+        return {"test_error": _error(self, test, torch.from_numpy(data.test.labels))}
+
+
+def _error(model: LeNet, images: torch.Tensor, labels: torch.Tensor) -> float:
+    wrong = sum((model(x)[0].argmax(1) != y).sum().item() for x, y in zip(images.split(1000), labels.split(1000)))
+    return wrong / len(images)
+
+
+def _shift(images: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Each image moved by its own random offset in [-max_shift, max_shift]^2, zero-filled."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (max_shift,) * 4)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n))
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]
+    return padded[torch.arange(n)[:, None, None], 0, rows, cols][:, None]
+
+
+class _ClassifierGraph(nn.Module):
+    def __init__(self, model: LeNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        logits, features = self.model(image)
+        return torch.softmax(logits, 1), features

@@ -1,0 +1,233 @@
+"""GANs for 28x28 digits: DCGAN, WGAN-GP and a class-conditional AC-GAN, on one pair of building blocks.
+
+- DCGAN (Radford et al. 2016): fractionally-strided convolutions in G, strided ones in D, no pooling,
+  batch norm in both, ReLU in G and LeakyReLU in D, N(0, 0.02) init, Adam(2e-4, beta1 0.5).
+- WGAN-GP (Gulrajani et al. 2017): the same generator; a critic without batch norm, trained `critic_steps`
+  times per generator step with the gradient penalty (lambda 10), Adam(1e-4, betas 0.5, 0.9).
+- AC-GAN (Odena et al. 2017): the label goes into G (one-hot beside the latent) and into D's loss (D
+  predicts it besides real/fake). Truncation (BigGAN) is applied to the latents at sampling time, in the
+  gateway (serving/generation.py), not here.
+
+The generators output images in [0, 1] like the data; discriminators map their input to [-1, 1].
+"""
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from serving.mnist import Mnist
+from serving.quality import evaluate_generator
+from training.registry import Graph, TensorSpec, TrainConfig
+
+CLASSES = 10
+PREVIEW_SAMPLES = 64
+
+
+class GANConfig(TrainConfig):
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    latent_dim: int = 64
+    channels: int = 64
+
+
+class WGANGPConfig(GANConfig):
+    epochs: int = 20
+    batch_size: int = 320  # critic_steps minibatches of 64: one generator step per batch
+    learning_rate: float = 1e-4
+    beta2: float = 0.9
+    critic_steps: int = 5
+    gradient_penalty: float = 10.0
+
+
+class Generator(nn.Module):
+    def __init__(self, latent_dim: int, channels: int, classes: int = 0):
+        super().__init__()
+        self.classes = classes
+        c = channels
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim + classes, 2 * c * 49, bias=False), nn.BatchNorm1d(2 * c * 49), nn.ReLU(),
+            nn.Unflatten(1, (2 * c, 7, 7)),
+            nn.ConvTranspose2d(2 * c, c, 4, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),  # 14x14
+            nn.ConvTranspose2d(c, 1, 4, 2, 1), nn.Tanh(),  # 28x28
+        )
+
+    def forward(self, latent: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.classes:
+            latent = torch.cat([latent, F.one_hot(labels, self.classes).to(latent.dtype)], 1)
+        return (self.net(latent) + 1) / 2
+
+
+class Discriminator(nn.Module):
+    def __init__(self, channels: int, batch_norm: bool, outputs: int = 1):
+        super().__init__()
+        c = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),  # 14x14
+            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.BatchNorm2d(2 * c) if batch_norm else nn.Identity(), nn.LeakyReLU(0.2),
+            nn.Flatten(), nn.Linear(2 * c * 49, outputs),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images * 2 - 1)
+
+
+def _dcgan_init(module: nn.Module) -> None:
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class GAN(nn.Module):
+    """What the three GANs share: optimizers, sampling, preview grid, export signature, evaluation."""
+
+    Config = GANConfig
+    classes = 0  # > 0: class-conditional
+    discriminator_outputs = 1
+    discriminator_batch_norm = True
+
+    def __init__(self, config: GANConfig):
+        super().__init__()
+        self.config = config
+        self.generator = Generator(config.latent_dim, config.channels, self.classes)
+        self.discriminator = Discriminator(config.channels, self.discriminator_batch_norm, self.discriminator_outputs)
+        self.apply(_dcgan_init)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        cfg = self.config
+        return {
+            "generator": torch.optim.Adam(self.generator.parameters(), cfg.learning_rate, betas=(cfg.beta1, cfg.beta2)),
+            "discriminator": torch.optim.Adam(self.discriminator.parameters(), cfg.learning_rate, betas=(cfg.beta1, cfg.beta2)),
+        }
+
+    def sample_inputs(self, count: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        latent = torch.randn(count, self.config.latent_dim, generator=generator)
+        labels = torch.randint(0, self.classes, (count,), generator=generator) if self.classes else None
+        return latent, labels
+
+    @torch.no_grad()
+    def validate(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Discriminator scores on held-out real images against as many fixed-seed samples."""
+        latent, fake_labels = self.sample_inputs(len(images), torch.Generator().manual_seed(0))
+        real = torch.cat([self.discriminator(x)[:, 0] for x in images.split(1000)])
+        fake = torch.cat([
+            self.discriminator(self.generator(z, y))[:, 0]
+            for z, y in zip(latent.split(1000), fake_labels.split(1000) if self.classes else [None] * len(images))
+        ])
+        return {"real_score": real.mean().item(), "fake_score": fake.mean().item()}
+
+    @torch.no_grad()
+    def preview(self, images: torch.Tensor) -> torch.Tensor:
+        """The same fixed latents every epoch (labels cycle through the classes)."""
+        latent = torch.randn(PREVIEW_SAMPLES, self.config.latent_dim, generator=torch.Generator().manual_seed(0))
+        labels = torch.arange(PREVIEW_SAMPLES) % self.classes if self.classes else None
+        return self.generator(latent, labels)
+
+    def graphs(self) -> dict[str, Graph]:
+        inputs = (TensorSpec("latent", "float32", (self.config.latent_dim,)),)
+        if self.classes:
+            inputs += (TensorSpec("label", "int64", (1,)),)
+        return {
+            "generator": Graph(
+                module=_GeneratorGraph(self.generator),
+                inputs=inputs,
+                outputs=(TensorSpec("image", "float32", (1, 28, 28)),),
+                capability="generate",
+            )
+        }
+
+    @torch.no_grad()
+    def evaluate(self, data: Mnist) -> dict[str, float]:
+        return evaluate_generator_graph(self.graphs()["generator"], data)
+
+
+class DCGAN(GAN):
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, optimizers: dict) -> dict[str, float]:
+        latent, _ = self.sample_inputs(len(images))
+        fake = self.generator(latent)
+        real_logits, fake_logits = self.discriminator(images), self.discriminator(fake.detach())
+        d_loss = _bce(real_logits, 1) + _bce(fake_logits, 0)
+        _step(optimizers["discriminator"], d_loss)
+        g_loss = _bce(self.discriminator(fake), 1)  # non-saturating
+        _step(optimizers["generator"], g_loss)
+        return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
+
+
+class WGANGP(GAN):
+    Config = WGANGPConfig
+    discriminator_batch_norm = False  # the penalty is per sample; batch norm would couple the samples
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, optimizers: dict) -> dict[str, float]:
+        cfg = self.config
+        for real in images.chunk(cfg.critic_steps):
+            fake = self.generator(self.sample_inputs(len(real))[0]).detach()
+            wasserstein = self.discriminator(real).mean() - self.discriminator(fake).mean()
+            penalty = self._gradient_penalty(real, fake)
+            _step(optimizers["discriminator"], -wasserstein + cfg.gradient_penalty * penalty)
+        g_loss = -self.discriminator(self.generator(self.sample_inputs(len(real))[0])).mean()
+        _step(optimizers["generator"], g_loss)
+        return {"wasserstein": wasserstein.item(), "penalty": penalty.item(), "g_loss": g_loss.item()}
+
+    def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """(||grad D(x)|| - 1)^2 at random points between real and fake samples."""
+        mix = torch.rand(len(real), 1, 1, 1)
+        between = (mix * real + (1 - mix) * fake).requires_grad_(True)
+        (gradient,) = torch.autograd.grad(self.discriminator(between).sum(), between, create_graph=True)
+        return ((gradient.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+class ACGAN(GAN):
+    classes = CLASSES
+    discriminator_outputs = 1 + CLASSES  # real/fake logit, then class logits
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, optimizers: dict) -> dict[str, float]:
+        latent, fake_labels = self.sample_inputs(len(images))
+        fake = self.generator(latent, fake_labels)
+        real_out, fake_out = self.discriminator(images), self.discriminator(fake.detach())
+        d_loss = (
+            _bce(real_out[:, 0], 1) + _bce(fake_out[:, 0], 0)
+            + F.cross_entropy(real_out[:, 1:], labels) + F.cross_entropy(fake_out[:, 1:], fake_labels)
+        )
+        _step(optimizers["discriminator"], d_loss)
+        out = self.discriminator(fake)
+        g_loss = _bce(out[:, 0], 1) + F.cross_entropy(out[:, 1:], fake_labels)
+        _step(optimizers["generator"], g_loss)
+        real_error = (real_out[:, 1:].argmax(1) != labels).float().mean()
+        return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "d_class_error": real_error.item()}
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits.flatten(), torch.full((logits.numel(),), float(target)))
+
+
+def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+@torch.no_grad()
+def evaluate_generator_graph(graph: Graph, data: Mnist) -> dict[str, float]:
+    """Sample quality of a generator graph, on the same latents and labels the gateway would feed it."""
+
+    def run(inputs: dict) -> np.ndarray:
+        return graph.module(**{name: torch.from_numpy(array) for name, array in inputs.items()})[0].numpy()
+
+    return evaluate_generator(run, graph.inputs, data)
+
+
+class _GeneratorGraph(nn.Module):
+    """latent [N, D] (and label [N, 1] int64 if conditional) -> image [N, 1, 28, 28] in [0, 1]."""
+
+    def __init__(self, generator: Generator):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, latent: torch.Tensor, label: torch.Tensor | None = None):
+        return (self.generator(latent, None if label is None else label[:, 0]),)
