@@ -60,17 +60,15 @@ def export_checkpoint(checkpoint_path: Path, repository_root: Path, data: Mnist)
         (max(repository.available_versions(repository_root / e), default=0) for e in graphs if (repository_root / e).is_dir()),
         default=0,
     )
-    rng = np.random.default_rng(0)
-    real = data.test.images[:PARITY_IMAGES, None]
-    random = rng.random(real.shape, dtype=np.float32)
     written = []
     for entry_name, (graph_name, graph) in graphs.items():
         entry_path = repository_root / entry_name
         (entry_path / "configs").mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=entry_path, prefix=".staging-"))
         try:
-            _write_graph(graph, staging, real)
-            parity = {"real": _parity(graph, staging, real), "random": _parity(graph, staging, random)}
+            examples = _parity_inputs(graph, data)
+            _write_graph(graph, staging, examples["real"])
+            parity = {kind: _parity(graph, staging, inputs) for kind, inputs in examples.items()}
             shutil.copyfile(TRITON_MODEL_SOURCE, staging / "model.py")
             card = {
                 "model": checkpoint["model"],
@@ -103,16 +101,38 @@ def load_into_triton(url: str, entry_names: list[str]) -> None:
         client.load_model(name)
 
 
-def _write_graph(graph: Graph, directory: Path, example: np.ndarray) -> None:
-    sample = torch.from_numpy(example[:2])
+def _parity_inputs(graph: Graph, data: Mnist) -> dict[str, dict[str, np.ndarray]]:
+    """Inputs for the parity check, by input name: "real" ones like those served (test images, standard
+    normal latents, every class), and "random" ones off that distribution (uniform noise images, latents
+    three times wider, shuffled classes)."""
+    rng = np.random.default_rng(0)
+    real, random = {}, {}
+    for spec in graph.inputs:
+        shape = (PARITY_IMAGES, *spec.dims)
+        if spec.name == "image":
+            real[spec.name] = data.test.images[:PARITY_IMAGES, None]
+            random[spec.name] = rng.random(shape, dtype=np.float32)
+        elif spec.name == "latent":
+            real[spec.name] = rng.standard_normal(shape, dtype=np.float32)
+            random[spec.name] = 3 * rng.standard_normal(shape, dtype=np.float32)
+        elif spec.name == "label":
+            real[spec.name] = (np.arange(PARITY_IMAGES) % graph.classes).reshape(shape)
+            random[spec.name] = rng.permutation(real[spec.name])
+        else:
+            raise ValueError(f"no parity inputs for an input named {spec.name!r}")
+    return {"real": real, "random": random}
+
+
+def _write_graph(graph: Graph, directory: Path, examples: dict[str, np.ndarray]) -> None:
+    sample = tuple(torch.from_numpy(examples[spec.name][:2]) for spec in graph.inputs)
     batch = torch.export.Dim("batch")
     torch.onnx.export(
         graph.module,
-        (sample,),
+        sample,
         directory / repository.ONNX_FILE,
         input_names=[t.name for t in graph.inputs],
         output_names=[t.name for t in graph.outputs],
-        dynamic_shapes={graph.inputs[0].name: {0: batch}},
+        dynamic_shapes={spec.name: {0: batch} for spec in graph.inputs},
         dynamo=True,
         external_data=False,
         verbose=False,
@@ -141,16 +161,17 @@ def _strip_debug_records(path: Path) -> None:
     os.replace(stripped, path)
 
 
-def _parity(graph: Graph, directory: Path, images: np.ndarray) -> dict[str, dict[str, float]]:
+def _parity(graph: Graph, directory: Path, inputs: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """Per output: the worst float difference or the fraction of differing integers, ONNX and TorchScript."""
+    tensors = [torch.from_numpy(inputs[spec.name]) for spec in graph.inputs]
     with torch.no_grad():
-        expected = [t.numpy() for t in graph.module(torch.from_numpy(images))]
+        expected = [t.numpy() for t in graph.module(*tensors)]
         scripted = torch.jit.load(directory / repository.TORCHSCRIPT_FILE)
         candidates = {
             "onnx": onnxruntime.InferenceSession(str(directory / repository.ONNX_FILE), providers=["CPUExecutionProvider"]).run(
-                [t.name for t in graph.outputs], {graph.inputs[0].name: images}
+                [t.name for t in graph.outputs], inputs
             ),
-            "torchscript": [t.numpy() for t in scripted(torch.from_numpy(images))],
+            "torchscript": [t.numpy() for t in scripted(*tensors)],
         }
     report = {}
     for runtime, outputs in candidates.items():
@@ -192,8 +213,13 @@ def _config_text(entry_name: str, model: str, graph_name: str, graph: Graph, nat
     for spec in graph.inputs:
         warmup.inputs[spec.name].data_type = repository.TRITON_DTYPES[spec.dtype]
         warmup.inputs[spec.name].dims.extend(spec.dims)
-        warmup.inputs[spec.name].random_data = True
+        if spec.dtype == "float32":
+            warmup.inputs[spec.name].random_data = True
+        else:  # random integers would be out of range for a class label
+            warmup.inputs[spec.name].zero_data = True
     parameters = {"model": model, "graph": graph_name, "capability": graph.capability}
+    if graph.classes:
+        parameters["classes"] = str(graph.classes)
     if native:
         config.platform = "onnxruntime_onnx"
         config.instance_group.add(count=1, kind=model_config_pb2.ModelInstanceGroup.KIND_GPU)

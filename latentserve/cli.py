@@ -137,6 +137,20 @@ def cmd_index(args) -> None:
         _print(stub.GetIndexStats(search_pb2.GetIndexStatsRequest()))
 
 
+def cmd_generate(args) -> None:
+    from latentserve.batch_job import Job, run
+
+    job = Job(model=args.model, version=args.version, count=args.count, seed=args.seed, label=args.label,
+              truncation=args.truncation, format=args.format, chunk_size=args.chunk_size)
+    run(args.target, args.out, job, args.resume, args.grid)
+
+
+def cmd_eval(args) -> None:
+    from serving.evaluation import main as evaluate
+
+    evaluate(args.repository, args.models, args.samples)
+
+
 def cmd_bench(args) -> None:
     if args.what == "retrieval":
         from training.benchmark_retrieval import main as bench
@@ -154,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     train = verbs.add_parser("train", help="train a model (resumes from its run directory)")
-    train.add_argument("model", help="model name: autoencoder, vae")
+    train.add_argument("model", help="model name: autoencoder, vae, lenet, conv_vae, dcgan, wgan_gp, acgan")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     train.add_argument("--run-dir", type=Path, help="default: runs/MODEL")
     train.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
@@ -194,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--duration", type=float, default=5.0, help="seconds per serving measurement")
     bench.set_defaults(func=cmd_bench)
 
+    evaluate = verbs.add_parser("eval", help="measure the shipped models' quality (docs/benchmarks.md)")
+    evaluate.add_argument("what", choices=["generation"])
+    evaluate.add_argument("--models", nargs="+", default=["conv_vae", "dcgan", "wgan_gp", "acgan"])
+    evaluate.add_argument("--samples", type=int, default=10_000)
+    evaluate.add_argument("--repository", type=Path, default=Path("model_repository"))
+    evaluate.set_defaults(func=cmd_eval)
+
     def client(name: str, help: str) -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, help=help)
         sub.add_argument("--target", default="127.0.0.1:50051", help="gateway address")
@@ -227,6 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("ids", nargs="+")
     actions.add_parser("stats", help="item count and the encoder the index is bound to")
     index.set_defaults(func=cmd_index)
+
+    generate = client("generate", "a batch generation job: images from a seed into a directory, resumable")
+    generate.add_argument("--model", default="", help="default: the server's default generator")
+    generate.add_argument("--version", type=int, default=0, help="0: the newest (then pinned in job.json)")
+    generate.add_argument("--count", type=int, required=True)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--class", dest="label", type=int, help="class-conditional models: every image of this class")
+    generate.add_argument("--truncation", type=float, help="BigGAN truncation threshold (e.g. 0.5)")
+    generate.add_argument("--format", choices=["png", "npz"], default="png")
+    generate.add_argument("--chunk-size", type=int, default=256, help="images per streamed message and per npz file")
+    generate.add_argument("--out", type=Path, required=True)
+    generate.add_argument("--resume", action="store_true", help="continue the job in --out")
+    generate.add_argument("--grid", action="store_true", help="also write OUT/grid.png of the first 100 images")
+    generate.set_defaults(func=cmd_generate)
     return parser
 
 

@@ -1,11 +1,9 @@
 """The encode capability: images -> real-valued codes and packed binary codes."""
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
-from serving.errors import ResourceExhausted
-from serving.runtime import Runtime, resolve
+from serving.runtime import InflightLimit, Runtime, resolve
 
 CAPABILITY = "encode"
 IMAGE_INPUT, CODE_OUTPUT, BITS_OUTPUT = "image", "code", "binary_code"
@@ -21,21 +19,15 @@ class Codes:
 
 
 class Encoding:
-    def __init__(self, runtime: Runtime, max_inflight_per_model: int):
+    def __init__(self, runtime: Runtime, inflight: InflightLimit):
         self.runtime = runtime
-        self.max_inflight = max_inflight_per_model
-        self._inflight: Counter[str] = Counter()  # the bounded queue in front of each model
+        self.inflight = inflight
 
     async def encode(self, model: str, version: int, images: np.ndarray, timeout: float | None = None) -> Codes:
         """`images` (n, 1, 28, 28) float32 in [0, 1]; `version` 0 runs the newest loaded version."""
         entry, version = resolve(self.runtime, model, CAPABILITY, version)
-        if self._inflight[entry.name] >= self.max_inflight:
-            raise ResourceExhausted(f"{self.max_inflight} requests already queued for {model!r}; retry later")
-        self._inflight[entry.name] += 1
-        try:
+        with self.inflight.admit(entry):
             outputs = await self.runtime.infer(entry, version, {IMAGE_INPUT: images}, timeout)
-        finally:
-            self._inflight[entry.name] -= 1
         bits = outputs[BITS_OUTPUT]
         return Codes(model, version, outputs[CODE_OUTPUT], np.packbits(bits, axis=1), bits.shape[1])
 

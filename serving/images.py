@@ -7,6 +7,7 @@ exactly 28x28 per image ([28, 28] or [1, 28, 28]; a batch adds a leading N), uin
 """
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
@@ -87,3 +88,25 @@ def _pixels(tensor: common_pb2.Tensor, field: str, count: int) -> np.ndarray:
     if values.min() < 0 or values.max() > 1:
         raise InvalidArgument("float32 pixels must lie in [0, 1]", f"{field}.data")
     return values.astype(np.float32)
+
+
+def encode_png(images: np.ndarray) -> list[bytes]:
+    """(n, 1, 28, 28) float32 in [0, 1] -> 8-bit grey PNG files."""
+    files = []
+    for pixels in (np.clip(images[:, 0], 0, 1) * 255).round().astype(np.uint8):
+        buffer = io.BytesIO()
+        PILImage.fromarray(pixels).save(buffer, format="PNG")
+        files.append(buffer.getvalue())
+    return files
+
+
+def save_grid(images: np.ndarray, path: Path, columns: int) -> None:
+    """A contact sheet: `images` (n, 1, h, w) in [0, 1], `columns` to a row with a 2-pixel gap, as PNG."""
+    n, _, h, w = images.shape
+    rows = -(-n // columns)
+    canvas = np.zeros((rows * (h + 2) + 2, columns * (w + 2) + 2), dtype=np.uint8)
+    pixels = (np.clip(images[:, 0], 0, 1) * 255).round().astype(np.uint8)
+    for i, image in enumerate(pixels):
+        top, left = 2 + (i // columns) * (h + 2), 2 + (i % columns) * (w + 2)
+        canvas[top : top + h, left : left + w] = image
+    PILImage.fromarray(canvas).save(path)

@@ -39,28 +39,54 @@ def _observe(method: str, code: grpc.StatusCode, start: float) -> None:
     LATENCY.labels(method).observe(time.perf_counter() - start)
 
 
+def _failure(method: str, error: Exception) -> grpc.Status:
+    if isinstance(error, ServingError):
+        return _status(error.code, str(error), error.field, error.description)
+    log.error("%s failed", method, exc_info=error)
+    return _status(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+
 class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
+    """Wraps unary calls and our server-streaming ones; the health Watch and reflection streams pass through."""
+
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler  # streaming calls (health Watch, reflection) pass through
-        method, inner = details.method, handler.unary_unary
+        method = details.method
+        if handler is not None and handler.unary_unary is not None:
+            inner = handler.unary_unary
 
-        async def call(request, context):
-            start = time.perf_counter()
-            try:
-                response = await inner(request, context)
-            except ServingError as error:
-                status = _status(error.code, str(error), error.field, error.description)
-            except Exception:
-                log.exception("%s failed", method)
-                status = _status(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-            else:
-                _observe(method, grpc.StatusCode.OK, start)
-                return response
-            _observe(method, status.code, start)  # before abort: the client may read /metrics as soon as it has the status
-            await context.abort(status.code, status.details, status.trailing_metadata)
+            async def call(request, context):
+                start = time.perf_counter()
+                try:
+                    response = await inner(request, context)
+                except Exception as error:  # noqa: BLE001 - every failure becomes a status, the server goes on
+                    status = _failure(method, error)
+                else:
+                    _observe(method, grpc.StatusCode.OK, start)
+                    return response
+                _observe(method, status.code, start)  # before abort: the client may read /metrics as soon as it has the status
+                await context.abort(status.code, status.details, status.trailing_metadata)
 
-        return grpc.unary_unary_rpc_method_handler(
-            call, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+            return grpc.unary_unary_rpc_method_handler(
+                call, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            )
+        if handler is not None and handler.unary_stream is not None and method.startswith("/latentserve."):
+            inner = handler.unary_stream
+
+            async def stream(request, context):
+                start = time.perf_counter()
+                try:
+                    async for response in inner(request, context):
+                        yield response
+                except Exception as error:  # noqa: BLE001
+                    status = _failure(method, error)
+                else:
+                    _observe(method, grpc.StatusCode.OK, start)
+                    return
+                _observe(method, status.code, start)
+                await context.abort(status.code, status.details, status.trailing_metadata)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            )
+        return handler

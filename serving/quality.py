@@ -79,19 +79,19 @@ def real_floor(data: Mnist, features: FeatureNetwork) -> dict[str, float]:
 
 
 def evaluate_generator(
-    run: Callable[[dict[str, np.ndarray]], np.ndarray], inputs, data: Mnist, features: FeatureNetwork | None = None,
-    truncation: float | None = None, samples: int = SAMPLES,
+    run: Callable[[dict[str, np.ndarray]], np.ndarray], latent_dim: int, classes: int, data: Mnist,
+    features: FeatureNetwork | None = None, truncation: float | None = None, samples: int = SAMPLES,
 ) -> dict[str, float]:
     """FID against the test set and classifier score of `samples` images generated from seed 0 (indices
-    0..samples-1, as the gateway draws them); a conditional generator (a `label` input) asks for the
-    classes in turn and is also scored on class accuracy and intra-class diversity."""
+    0..samples-1, latents drawn as the gateway draws them). A conditional generator (`classes` > 0) is
+    asked for the classes in turn and also scored on class accuracy and intra-class diversity."""
     features = features or FeatureNetwork()
-    dims = {spec.name: spec.dims for spec in inputs}
-    images, labels = [], np.arange(samples) % 10
+    labels = np.arange(samples) % max(classes, 1)
+    images = []
     for start in range(0, samples, BATCH):
         count = min(BATCH, samples - start)
-        feeds = {"latent": sample_latents(SEED, start, count, dims["latent"][0], truncation)}
-        if "label" in dims:
+        feeds = {"latent": sample_latents(SEED, start, count, latent_dim, truncation)}
+        if classes:
             feeds["label"] = labels[start : start + count, None]
         images.append(run(feeds))
     probabilities, sample_features = features(np.concatenate(images))
@@ -100,7 +100,7 @@ def evaluate_generator(
         "fid": frechet_distance(sample_features, test_features),
         "classifier_score": classifier_score(probabilities),
     }
-    if "label" in dims:
+    if classes:
         metrics["class_accuracy"] = float((probabilities.argmax(1) == labels).mean())
         metrics["intra_class_diversity"] = intra_class_diversity(sample_features, labels)
     return metrics

@@ -5,7 +5,7 @@
     model_repository/<model>_<graph>/<version>/{model.onnx, model.pt, model.py, card.json}
 
 config.pbtxt is the one description of an entry: its tensors, version policy, and (as parameters) the
-model, graph and capability it serves. It is parsed with Triton's own ModelConfig message.
+model, graph and capability it serves (and, for a class-conditional graph, how many classes). It is parsed with Triton's own ModelConfig message.
 """
 import json
 from dataclasses import dataclass
@@ -50,6 +50,7 @@ class Entry:
     outputs: tuple[TensorSignature, ...]
     versions: tuple[int, ...]
     cards: dict[int, dict]  # model card of every version on disk
+    classes: int = 0  # a class-conditional graph's labels are 0..classes-1
 
     def version_path(self, version: int) -> Path:
         return self.path / str(version)
@@ -96,6 +97,7 @@ def read_entry(path: Path) -> Entry:
         outputs=_signature(config.output),
         versions=select_versions(config, available),
         cards={v: json.loads((path / str(v) / CARD_FILE).read_text()) for v in available},
+        classes=int(parameters.get("classes", 0)),
     )
 
 

@@ -12,15 +12,26 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Gauge, start_http_server
 
-from latentserve.v1 import encoder_pb2, encoder_pb2_grpc, models_pb2, models_pb2_grpc, search_pb2, search_pb2_grpc
+from latentserve.v1 import (
+    encoder_pb2,
+    encoder_pb2_grpc,
+    generator_pb2,
+    generator_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    search_pb2,
+    search_pb2_grpc,
+)
+from serving import generation
 from serving.encoding import Encoding
+from serving.generation import Generation
 from serving.interceptors import ErrorsAndMetrics
 from serving.errors import NotFound
-from serving.runtime import encoder_entry
+from serving.runtime import InflightLimit, encoder_entry
 from serving.runtime.embedded import EmbeddedRuntime
 from serving.runtime.triton import TritonRuntime
 from serving.search import Search
-from serving.servicers import EncoderServicer, Gateway, ModelsServicer, SearchServicer
+from serving.servicers import EncoderServicer, Gateway, GeneratorServicer, ModelsServicer, SearchServicer
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,6 +39,7 @@ log = logging.getLogger(__name__)
 MODELS = models_pb2.DESCRIPTOR.services_by_name["Models"].full_name
 ENCODER = encoder_pb2.DESCRIPTOR.services_by_name["Encoder"].full_name
 SEARCH = search_pb2.DESCRIPTOR.services_by_name["Search"].full_name
+GENERATOR = generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name
 INDEX_ITEMS = Gauge("latentserve_index_items", "items in the search index")
 
 
@@ -44,9 +56,10 @@ class Server:
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.gateway), self.grpc)
         encoder_pb2_grpc.add_EncoderServicer_to_server(EncoderServicer(self.gateway), self.grpc)
         search_pb2_grpc.add_SearchServicer_to_server(SearchServicer(self.gateway), self.grpc)
+        generator_pb2_grpc.add_GeneratorServicer_to_server(GeneratorServicer(self.gateway), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
-            (MODELS, ENCODER, SEARCH, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (MODELS, ENCODER, SEARCH, GENERATOR, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.grpc,
         )
         self.port = self.grpc.add_insecure_port(f"{settings.host}:{settings.port}")
@@ -55,7 +68,7 @@ class Server:
         self.metrics = None  # (HTTP server, thread) of /metrics
 
     async def start(self) -> None:
-        for service in ("", MODELS, ENCODER, SEARCH):
+        for service in ("", MODELS, ENCODER, SEARCH, GENERATOR):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc.start()
         if self.settings.metrics_port:
@@ -75,7 +88,9 @@ class Server:
         settings, gateway = self.settings, self.gateway
         try:
             gateway.runtime = await self._runtime()
-            gateway.encoding = Encoding(gateway.runtime, settings.max_inflight_per_model)
+            inflight = InflightLimit(settings.max_inflight_per_model)
+            gateway.encoding = Encoding(gateway.runtime, inflight)
+            gateway.generation = Generation(gateway.runtime, inflight)
             await self._update_health()
             if encoder_entry(gateway.runtime, settings.index_model) is None:
                 raise NotFound(f"no encoder {settings.index_model!r} in {settings.model_repository}", "index_model")
@@ -95,14 +110,20 @@ class Server:
         self.watch = asyncio.create_task(self._watch())
 
     async def _update_health(self) -> None:
-        """Each service is SERVING while what it needs is ready: the index model, the index's version."""
+        """Each service is SERVING while what it needs is ready: the index model, the index's version, the
+        default generator."""
         runtime, search = self.gateway.runtime, self.gateway.search
         await runtime.refresh()
         index_model = encoder_entry(runtime, self.settings.index_model)
+        default_generator = next((
+            e for e in runtime.entries().values()
+            if e.model == self.settings.default_generator and e.capability == generation.CAPABILITY
+        ), None)
         serving = {
             MODELS: True,
             ENCODER: index_model is not None and bool(index_model.versions),
             SEARCH: search is not None and search.ready(),
+            GENERATOR: default_generator is not None and bool(default_generator.versions),
         }
         serving[""] = all(serving.values())
         for service, up in serving.items():

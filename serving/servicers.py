@@ -3,29 +3,35 @@ import json
 
 import numpy as np
 
+import asyncio
+
 from latentserve.v1 import (
     common_pb2,
     encoder_pb2,
     encoder_pb2_grpc,
+    generator_pb2,
+    generator_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
     search_pb2,
     search_pb2_grpc,
 )
 from serving.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from serving.images import TENSOR_DTYPES, decode_batch, decode_image
+from serving.generation import Generated, check_truncation, interpolate, sample_latents
+from serving.images import TENSOR_DTYPES, decode_batch, decode_image, encode_png
 from serving.settings import Settings
 
 API_DTYPES = {dtype.name: code for code, dtype in TENSOR_DTYPES.items()}  # numpy name -> DataType
 
 
 class Gateway:
-    """What the servicers share; `runtime`, `encoding` and `search` are None until loading finishes."""
+    """What the servicers share; the runtime and capabilities are None until loading finishes."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.runtime = None
         self.encoding = None
+        self.generation = None
         self.search = None
 
     def require_runtime(self):
@@ -37,6 +43,11 @@ class Gateway:
         if self.encoding is None:
             raise Unavailable("models are still loading")
         return self.encoding
+
+    def require_generation(self):
+        if self.generation is None:
+            raise Unavailable("models are still loading")
+        return self.generation
 
     def require_search(self):
         if self.search is None:
@@ -91,6 +102,130 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
 
 def _tensor(array: np.ndarray, dtype: int) -> common_pb2.Tensor:
     return common_pb2.Tensor(shape=array.shape, dtype=dtype, data=np.ascontiguousarray(array).tobytes())
+
+
+def _float_tensor(tensor: common_pb2.Tensor, field: str) -> np.ndarray:
+    """A float32 Tensor message -> array of its shape."""
+    if tensor.dtype != common_pb2.DATA_TYPE_FLOAT32:
+        raise InvalidArgument("want DATA_TYPE_FLOAT32", f"{field}.dtype")
+    shape = tuple(tensor.shape)
+    if any(n < 0 for n in shape) or len(tensor.data) != 4 * int(np.prod(shape)):
+        raise InvalidArgument(f"{len(tensor.data)} bytes do not fill shape {list(shape)} of float32", f"{field}.data")
+    return np.frombuffer(tensor.data, "<f4").reshape(shape)
+
+
+def _png(image_format: int) -> bool:
+    """Whether images go out as PNG files (else as one float32 tensor)."""
+    if image_format not in (generator_pb2.IMAGE_FORMAT_UNSPECIFIED, generator_pb2.IMAGE_FORMAT_TENSOR, generator_pb2.IMAGE_FORMAT_PNG):
+        raise InvalidArgument(f"unknown format {image_format}", "format")
+    return image_format == generator_pb2.IMAGE_FORMAT_PNG
+
+
+def _image_fields(images: np.ndarray, png: bool) -> dict:
+    return {"png": encode_png(images)} if png else {"images": _tensor(images[:, 0], common_pb2.DATA_TYPE_FLOAT32)}
+
+
+class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+
+    def _resolve(self, model: common_pb2.ModelRef):
+        return self.gateway.require_generation().generator(model.name or self.gateway.settings.default_generator, model.version)
+
+    def _count(self, count: int, limit: int, field: str = "count") -> int:
+        if count <= 0:
+            raise InvalidArgument("must be at least 1", field)
+        if count > limit:
+            raise ResourceExhausted(f"{count} images; the limit is {limit}", field)
+        return count
+
+    def _response(self, generated: Generated, png: bool) -> generator_pb2.GenerateResponse:
+        return generator_pb2.GenerateResponse(
+            model=common_pb2.ModelRef(name=generated.generator.entry.model, version=generated.generator.version),
+            latents=_tensor(generated.latents, common_pb2.DATA_TYPE_FLOAT32),
+            labels=[] if generated.labels is None else generated.labels.tolist(),
+            **_image_fields(generated.images, png),
+        )
+
+    async def Generate(self, request, context):
+        generation, settings = self.gateway.require_generation(), self.gateway.settings
+        generator, png = self._resolve(request.model), _png(request.format)
+        sampling = request.sampling
+        truncation = check_truncation(sampling.truncation if sampling.HasField("truncation") else None, "sampling.truncation")
+        if request.HasField("latents"):
+            if request.count:
+                raise InvalidArgument("leave 0 when `latents` is set", "count")
+            latents = generation.latents(generator, _float_tensor(request.latents, "latents"), "latents")
+            self._count(len(latents), settings.max_batch_images, "latents")
+        else:
+            count = self._count(request.count, settings.max_batch_images)
+            if sampling.start_index < 0:
+                raise InvalidArgument("must be 0 or more", "sampling.start_index")
+            latents = sample_latents(sampling.seed, sampling.start_index, count, generator.latent_dim, truncation)
+        labels = generation.labels(generator, list(sampling.labels), sampling.start_index, len(latents), "sampling.labels")
+        generated = await generation.run(generator, latents, labels, context.time_remaining())
+        return self._response(generated, png)
+
+    async def Interpolate(self, request, context):
+        generation = self.gateway.require_generation()
+        generator, png = self._resolve(request.model), _png(request.format)
+        if request.steps < 2:
+            raise InvalidArgument("must be at least 2 (the endpoints)", "steps")
+        steps = self._count(request.steps, self.gateway.settings.max_batch_images, "steps")
+        truncation = check_truncation(request.truncation if request.HasField("truncation") else None, "truncation")
+        kind = request.WhichOneof("endpoints")
+        if kind == "seeds":
+            ends = [sample_latents(seed, 0, 1, generator.latent_dim, truncation)[0] for seed in (request.seeds.start, request.seeds.end)]
+        elif kind == "latents":
+            ends = generation.latents(generator, _float_tensor(request.latents, "latents"), "latents")
+            if len(ends) != 2:
+                raise InvalidArgument(f"{len(ends)} latents; want 2 (start and end)", "latents.shape")
+        else:
+            raise InvalidArgument("set `seeds` or `latents`", "endpoints")
+        spherical = request.method == generator_pb2.INTERPOLATION_SPHERICAL
+        latents = interpolate(ends[0], ends[1], steps, spherical)
+        label = [request.label] if request.HasField("label") else [0] if generator.classes else []
+        labels = generation.labels(generator, label, 0, steps, "label")
+        generated = await generation.run(generator, latents, labels, context.time_remaining())
+        return self._response(generated, png)
+
+    async def GenerateStream(self, request, context):
+        generation, settings = self.gateway.require_generation(), self.gateway.settings
+        generator, png = self._resolve(request.model), _png(request.format)
+        count = self._count(request.count, settings.max_stream_images)
+        sampling = request.sampling
+        if sampling.start_index < 0:
+            raise InvalidArgument("must be 0 or more", "sampling.start_index")
+        if len(sampling.labels) > 1:
+            raise InvalidArgument("give at most one label for a stream", "sampling.labels")
+        truncation = check_truncation(sampling.truncation if sampling.HasField("truncation") else None, "sampling.truncation")
+        if request.chunk_size < 0:
+            raise InvalidArgument("must be positive (0: the default)", "chunk_size")
+        chunk = min(self._count(request.chunk_size or settings.default_chunk_images, settings.max_batch_images, "chunk_size"), count)
+        first, stop = sampling.start_index, sampling.start_index + count
+        generation.labels(generator, list(sampling.labels), first, 0, "sampling.labels")  # check them before any work
+
+        async def produce(start: int) -> Generated:
+            size = min(chunk, stop - start)
+            latents = await asyncio.to_thread(sample_latents, sampling.seed, start, size, generator.latent_dim, truncation)
+            labels = generation.labels(generator, list(sampling.labels), start, size, "sampling.labels")
+            return await generation.run(generator, latents, labels, context.time_remaining())
+
+        # One chunk computed ahead while the previous one is sent; a cancelled call cancels it.
+        pending = asyncio.ensure_future(produce(first))
+        try:
+            for start in range(first, stop, chunk):
+                generated = await pending
+                if start + chunk < stop:
+                    pending = asyncio.ensure_future(produce(start + chunk))
+                yield generator_pb2.GenerateChunk(
+                    model=common_pb2.ModelRef(name=generator.entry.model, version=generator.version),
+                    start_index=start,
+                    labels=[] if generated.labels is None else generated.labels.tolist(),
+                    **_image_fields(generated.images, png),
+                )
+        finally:
+            pending.cancel()
 
 
 class SearchServicer(search_pb2_grpc.SearchServicer):

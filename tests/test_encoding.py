@@ -7,6 +7,7 @@ import pytest
 from serving import repository
 from serving.encoding import Encoding
 from serving.errors import ResourceExhausted
+from serving.runtime import InflightLimit
 from tests.conftest import MODEL_REPOSITORY
 
 
@@ -27,7 +28,7 @@ class HeldRuntime:
 def test_requests_over_the_in_flight_limit_are_refused_until_one_finishes():
     async def scenario():
         runtime = HeldRuntime()
-        encoding = Encoding(runtime, max_inflight_per_model=2)
+        encoding = Encoding(runtime, InflightLimit(2))
         images = np.zeros((1, 1, 28, 28), np.float32)
         held = [asyncio.create_task(encoding.encode("autoencoder", 0, images)) for _ in range(2)]
         await asyncio.sleep(0)

@@ -7,7 +7,21 @@ import torch
 
 from training.registry import MODELS, build
 
-SMALL = {"autoencoder": {"channels": 8, "code_dim": 8, "hash_bits": 16}, "vae": {"hidden": 32, "latent_dim": 4}}
+SMALL = {
+    "autoencoder": {"channels": 8, "code_dim": 8, "hash_bits": 16},
+    "vae": {"hidden": 32, "latent_dim": 4},
+    "lenet": {"channels": 4, "features": 16},
+    "conv_vae": {"channels": 8, "latent_dim": 4},
+    "dcgan": {"channels": 8, "latent_dim": 8},
+    "wgan_gp": {"channels": 8, "latent_dim": 8, "batch_size": 16, "critic_steps": 2},
+    "acgan": {"channels": 8, "latent_dim": 8},
+}
+
+
+
+
+def _with_capability(capability: str) -> list[str]:
+    return [n for n in sorted(MODELS) if any(g.capability == capability for g in build(n, SMALL[n]).graphs().values())]
 
 
 @pytest.fixture(params=sorted(MODELS))
@@ -20,6 +34,25 @@ def images(mnist):
     return torch.from_numpy(mnist.train.images[:16, None])
 
 
+@pytest.fixture
+def labels(mnist):
+    return torch.from_numpy(mnist.train.labels[:16]).long()
+
+
+def graph_inputs(graph, images: torch.Tensor) -> list[torch.Tensor]:
+    """Inputs for a graph, by input name: the images, standard-normal latents, or class labels."""
+    torch.manual_seed(0)
+    n, made = len(images), []
+    for spec in graph.inputs:
+        if spec.name == "image":
+            made.append(images)
+        elif spec.name == "latent":
+            made.append(torch.randn(n, *spec.dims))
+        else:
+            made.append(torch.randint(0, graph.classes, (n, *spec.dims)))
+    return made
+
+
 def test_every_model_has_a_small_config():
     assert set(SMALL) == set(MODELS)
 
@@ -28,13 +61,14 @@ def test_graphs_give_their_declared_outputs(name, images):
     model = build(name, SMALL[name]).eval()
     for graph in model.graphs().values():
         with torch.no_grad():
-            outputs = graph.module(images)
-        assert [spec.name for spec in graph.inputs] == ["image"]
+            outputs = graph.module(*graph_inputs(graph, images))
+        assert [spec.name for spec in graph.inputs] in (["image"], ["latent"], ["latent", "label"])
         for spec, output in zip(graph.outputs, outputs, strict=True):
             assert output.shape == (len(images), *spec.dims)
             assert output.dtype == getattr(torch, spec.dtype)
 
 
+@pytest.mark.parametrize("name", _with_capability("encode"))
 def test_binary_code_is_zero_or_one(name, images):
     model = build(name, SMALL[name]).eval()
     with torch.no_grad():
@@ -42,10 +76,21 @@ def test_binary_code_is_zero_or_one(name, images):
     assert set(bits.unique().tolist()) <= {0, 1}
 
 
-def test_loss_is_finite_and_names_its_terms(name, images):
-    losses = build(name, SMALL[name]).loss(images)
-    assert torch.isfinite(losses.total)
-    assert losses.terms and all(np.isfinite(v) for v in losses.terms.values())
+@pytest.mark.parametrize("name", _with_capability("generate"))
+def test_generated_images_lie_in_the_data_range(name, images):
+    model = build(name, SMALL[name]).eval()
+    (graph,) = [g for g in model.graphs().values() if g.capability == "generate"]
+    with torch.no_grad():
+        (generated,) = graph.module(*graph_inputs(graph, images))
+    assert generated.min() >= 0 and generated.max() <= 1
+
+
+def test_training_and_validation_terms_are_finite(name, images, labels):
+    model = build(name, SMALL[name]).train()
+    terms = model.train_step(images, labels, model.optimizers())
+    assert terms and all(np.isfinite(v) for v in terms.values())
+    validation = model.eval().validate(images, labels)
+    assert validation and all(np.isfinite(v) for v in validation.values())
 
 
 def test_save_load_round_trip(name, images):
@@ -61,28 +106,26 @@ def test_save_load_round_trip(name, images):
         assert torch.equal(value, restored.state_dict()[key]), key
     with torch.no_grad():
         for graph, restored_graph in zip(model.graphs().values(), restored.graphs().values()):
-            for a, b in zip(graph.module(images), restored_graph.module(images)):
+            inputs = graph_inputs(graph, images)
+            for a, b in zip(graph.module(*inputs), restored_graph.module(*inputs)):
                 assert torch.equal(a, b)
 
 
-def test_one_training_step_changes_the_weights(name, images):
+def test_one_training_step_changes_the_weights(name, images, labels):
     torch.manual_seed(0)
     model = build(name, SMALL[name]).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    optimizer.zero_grad()
-    model.loss(images).total.backward()
-    optimizer.step()
+    model.train_step(images, labels, model.optimizers())
     changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
     trainable = [k for k, p in model.named_parameters()]
     assert set(trainable) <= set(changed)
 
 
-def test_an_eval_step_changes_nothing(name, images):
+def test_an_eval_step_changes_nothing(name, images, labels):
     model = build(name, SMALL[name]).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
-        model.loss(images)
+        model.validate(images, labels)
         model.preview(images[:4])
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key

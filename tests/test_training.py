@@ -17,7 +17,7 @@ def test_checkpoint_holds_what_resuming_needs(tmp_path, small_mnist):
     assert checkpoint["epoch"] == 1 and checkpoint["step"] == 4  # 512 images / 128
     assert checkpoint["config"]["code_dim"] == 8
     assert checkpoint["data_sha256"] == small_mnist.sha256
-    assert checkpoint["optimizer"]["state"]
+    assert checkpoint["optimizers"]["model"]["state"]
     grid = Image.open(tmp_path / "grid.png")
     assert grid.size[0] > 16 * 28 and grid.size[1] > 3 * 28  # 16 columns, 3 rows
 

@@ -61,13 +61,17 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, channels: int, batch_norm: bool, outputs: int = 1):
+    """Strided convolutions with LeakyReLU. As a WGAN critic (`critic`): no batch norm, because the
+    gradient penalty is per sample and batch norm couples the samples; no output bias, because the
+    Wasserstein loss is blind to it."""
+
+    def __init__(self, channels: int, critic: bool = False, outputs: int = 1):
         super().__init__()
         c = channels
         self.net = nn.Sequential(
             nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),  # 14x14
-            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.BatchNorm2d(2 * c) if batch_norm else nn.Identity(), nn.LeakyReLU(0.2),
-            nn.Flatten(), nn.Linear(2 * c * 49, outputs),
+            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.Identity() if critic else nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.2),
+            nn.Flatten(), nn.Linear(2 * c * 49, outputs, bias=not critic),
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -90,13 +94,13 @@ class GAN(nn.Module):
     Config = GANConfig
     classes = 0  # > 0: class-conditional
     discriminator_outputs = 1
-    discriminator_batch_norm = True
+    critic = False  # a WGAN critic rather than a classifier of real and fake
 
     def __init__(self, config: GANConfig):
         super().__init__()
         self.config = config
         self.generator = Generator(config.latent_dim, config.channels, self.classes)
-        self.discriminator = Discriminator(config.channels, self.discriminator_batch_norm, self.discriminator_outputs)
+        self.discriminator = Discriminator(config.channels, self.critic, self.discriminator_outputs)
         self.apply(_dcgan_init)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -139,6 +143,7 @@ class GAN(nn.Module):
                 inputs=inputs,
                 outputs=(TensorSpec("image", "float32", (1, 28, 28)),),
                 capability="generate",
+                classes=self.classes,
             )
         }
 
@@ -161,7 +166,7 @@ class DCGAN(GAN):
 
 class WGANGP(GAN):
     Config = WGANGPConfig
-    discriminator_batch_norm = False  # the penalty is per sample; batch norm would couple the samples
+    critic = True
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, optimizers: dict) -> dict[str, float]:
         cfg = self.config
@@ -219,7 +224,8 @@ def evaluate_generator_graph(graph: Graph, data: Mnist) -> dict[str, float]:
     def run(inputs: dict) -> np.ndarray:
         return graph.module(**{name: torch.from_numpy(array) for name, array in inputs.items()})[0].numpy()
 
-    return evaluate_generator(run, graph.inputs, data)
+    latent_dim = next(spec.dims[0] for spec in graph.inputs if spec.name == "latent")
+    return evaluate_generator(run, latent_dim, graph.classes, data)
 
 
 class _GeneratorGraph(nn.Module):

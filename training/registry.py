@@ -42,6 +42,7 @@ class Graph:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     capability: str  # what the gateway serves it for: "encode", "generate", "classify"
+    classes: int = 0  # a class-conditional graph: its `label` input takes 0..classes-1
 
 
 class LossModel(nn.Module):

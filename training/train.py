@@ -8,7 +8,7 @@ import torch
 from tqdm import tqdm
 
 from serving.mnist import Mnist
-from training.grid import save_grid
+from serving.images import save_grid
 from training.registry import build, model_class
 
 PREVIEW_IMAGES = 16
@@ -72,7 +72,7 @@ def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, 
             "seconds": round(time.perf_counter() - started, 1),
         })
         print(json.dumps(history[-1]), flush=True)
-        save_grid(model.preview(preview), run_dir / "grid.png", columns=PREVIEW_IMAGES)
+        save_grid(model.preview(preview).numpy(), run_dir / "grid.png", columns=PREVIEW_IMAGES)
         _save_atomically(path, {
             "model": name,
             "config": config.model_dump(),

@@ -1,11 +1,13 @@
 """The runtime interface the gateway talks to. Implementations: `embedded` (in-process onnxruntime over
 the model repository; the default) and `triton` (Triton Inference Server over gRPC). Both run the same
 files of the model repository and give the same outputs."""
+import contextlib
+from collections import Counter
 from typing import Protocol
 
 import numpy as np
 
-from serving.errors import InvalidArgument, NotFound, Unavailable
+from serving.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from serving.repository import Entry
 
 
@@ -45,3 +47,22 @@ def resolve(runtime: Runtime, model: str, capability: str, version: int, field: 
     if version not in entry.versions:
         raise NotFound(f"version {version} of {model!r} is not loaded; loaded: {list(entry.versions)}", f"{field}.version")
     return entry, version
+
+
+class InflightLimit:
+    """The bounded queue in front of each model entry, shared by every capability: a request beyond
+    `limit` running or waiting is refused with RESOURCE_EXHAUSTED instead of queueing without bound."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._counts: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def admit(self, entry: Entry):
+        if self._counts[entry.name] >= self.limit:
+            raise ResourceExhausted(f"{self.limit} requests already queued for {entry.model!r}; retry later")
+        self._counts[entry.name] += 1
+        try:
+            yield
+        finally:
+            self._counts[entry.name] -= 1

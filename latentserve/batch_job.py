@@ -1,0 +1,141 @@
+"""`latentserve generate`: a batch generation job against a running gateway, resumable after a kill.
+
+The job directory holds `job.json` (what was asked, with the model version pinned at the first run) and
+the images: PNG files `images/<index>.png`, or `chunks/<first>-<last>.npz` (float32 images, labels,
+indices). Every file is written to a temporary name and renamed, so a file that exists is complete. A
+resumed job asks the gateway again from the start of the first chunk it does not wholly hold, so every
+batch the model runs is the one an uninterrupted job would have run; since sample i depends only on
+(model version, seed, i), the finished directory is the same, byte for byte, as that of a job that was
+never interrupted.
+"""
+import io
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+from tqdm import tqdm
+
+from latentserve.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from serving.images import save_grid
+
+GRID_IMAGES = 100
+
+
+@dataclass(frozen=True)
+class Job:
+    model: str
+    version: int  # 0 until the first chunk says which version runs; then pinned
+    count: int
+    seed: int
+    label: int | None
+    truncation: float | None
+    format: str  # "png" or "npz"
+    chunk_size: int
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+def _png_path(directory: Path, index: int) -> Path:
+    return directory / "images" / f"{index:09d}.png"
+
+
+def _chunk_path(directory: Path, start: int, stop: int) -> Path:
+    return directory / "chunks" / f"{start:09d}-{stop - 1:09d}.npz"
+
+
+def _done(directory: Path, job: Job) -> int:
+    """Where to start again: the first chunk (from index 0, `chunk_size` apart) not wholly written."""
+    if job.format == "png":
+        index = 0
+        while index < job.count and _png_path(directory, index).exists():
+            index += 1
+        return index if index == job.count else index - index % job.chunk_size
+    start = 0
+    while start < job.count and _chunk_path(directory, start, min(start + job.chunk_size, job.count)).exists():
+        start += job.chunk_size
+    return min(start, job.count)
+
+
+def _open(directory: Path, asked: Job, resume: bool) -> Job:
+    path = directory / "job.json"
+    if path.exists():
+        if not resume:
+            raise SystemExit(f"{directory} already holds a job; pass --resume to continue it, or choose another --out")
+        job = Job(**json.loads(path.read_text()))
+        if {**asdict(job), "version": 0} != {**asdict(asked), "version": 0} or asked.version not in (0, job.version):
+            raise SystemExit(f"{directory} holds a different job: {asdict(job)}")
+        return job
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / ("images" if asked.format == "png" else "chunks")).mkdir(exist_ok=True)
+    _write_atomically(path, json.dumps(asdict(asked), indent=2).encode())
+    return asked
+
+
+def run(target: str, directory: Path, asked: Job, resume: bool, grid: bool) -> None:
+    job = _open(directory, asked, resume)
+    done = _done(directory, job)
+    progress = tqdm(total=job.count, initial=done, unit="img", desc=f"{job.model} seed {job.seed}", smoothing=0.1)
+    if done < job.count:
+        sampling = generator_pb2.Sampling(seed=job.seed, start_index=done, labels=[] if job.label is None else [job.label])
+        if job.truncation is not None:
+            sampling.truncation = job.truncation
+        request = generator_pb2.GenerateStreamRequest(
+            model=common_pb2.ModelRef(name=job.model, version=job.version),
+            count=job.count - done,
+            sampling=sampling,
+            chunk_size=job.chunk_size,
+            format=generator_pb2.IMAGE_FORMAT_PNG if job.format == "png" else generator_pb2.IMAGE_FORMAT_TENSOR,
+        )
+        with grpc.insecure_channel(target) as channel:
+            for chunk in generator_pb2_grpc.GeneratorStub(channel).GenerateStream(request):
+                if job.version == 0:  # pin the version that runs, so a resumed job uses the same one
+                    job = Job(**{**asdict(job), "version": chunk.model.version})
+                    _write_atomically(directory / "job.json", json.dumps(asdict(job), indent=2).encode())
+                _save_chunk(directory, job, chunk)
+                progress.update(len(chunk.png) or chunk.images.shape[0])
+    progress.close()
+    if grid:
+        save_grid(_first_images(directory, job, min(GRID_IMAGES, job.count)), directory / "grid.png", columns=10)
+
+
+def _save_chunk(directory: Path, job: Job, chunk: generator_pb2.GenerateChunk) -> None:
+    if job.format == "png":
+        for offset, data in enumerate(chunk.png):
+            _write_atomically(_png_path(directory, chunk.start_index + offset), data)
+        return
+    images = np.frombuffer(chunk.images.data, "<f4").reshape(chunk.images.shape)
+    stop = chunk.start_index + len(images)
+    buffer = _npz_bytes(
+        images=images, indices=np.arange(chunk.start_index, stop, dtype=np.int64), labels=np.asarray(chunk.labels, np.int64)
+    )
+    _write_atomically(_chunk_path(directory, chunk.start_index, stop), buffer)
+
+
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _first_images(directory: Path, job: Job, count: int) -> np.ndarray:
+    """The job's first `count` images as (n, 1, 28, 28) floats, for the contact sheet."""
+    if job.format == "png":
+        from PIL import Image
+
+        return np.stack([np.asarray(Image.open(_png_path(directory, i)), np.float32)[None] / 255 for i in range(count)])
+    parts, start = [], 0
+    while start < count:
+        with np.load(_chunk_path(directory, start, min(start + job.chunk_size, job.count))) as chunk:
+            parts.append(chunk["images"])
+        start += job.chunk_size
+    return np.concatenate(parts)[:count, None]
