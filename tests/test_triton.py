@@ -12,7 +12,7 @@ import tritonclient.grpc as triton_client
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
+from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, generator_pb2, generator_pb2_grpc
 from serving import repository
 from serving.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from serving.runtime.triton import TritonRuntime, _error
@@ -84,6 +84,22 @@ def test_gateway_on_triton_splits_large_batches_and_matches_onnxruntime(triton, 
         response = _encode(channel, images)
     codes = np.frombuffer(response.codes.data, "<f4").reshape(response.codes.shape)
     np.testing.assert_allclose(codes, onnx_codes("autoencoder_encoder", images[:, None] / np.float32(255)), atol=1e-5)
+
+
+def test_gateway_on_triton_generates_what_the_embedded_runtime_does(triton, start_gateway, tmp_path):
+    """The conditional generator has two inputs, one of them int64 labels, through Triton's Python backend."""
+    on_triton = start_gateway(runtime="triton", triton_url=triton.grpc_url, data_dir=tmp_path / "t", gallery="none")
+    embedded = start_gateway(data_dir=tmp_path / "e", gallery="none")
+    request = generator_pb2.GenerateRequest(
+        model=common_pb2.ModelRef(name="acgan"), count=20, sampling=generator_pb2.Sampling(seed=3, labels=[4], truncation=0.7)
+    )
+    images = []
+    for gateway in (on_triton, embedded):
+        with gateway.channel() as channel:
+            response = generator_pb2_grpc.GeneratorStub(channel).Generate(request)
+        assert list(response.labels) == [4] * 20
+        images.append(np.frombuffer(response.images.data, "<f4").reshape(response.images.shape))
+    np.testing.assert_allclose(images[0], images[1], atol=1e-5)
 
 
 def test_gateway_follows_triton_down_and_back_without_a_restart(start_gateway, tmp_path):

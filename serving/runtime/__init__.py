@@ -57,6 +57,10 @@ class InflightLimit:
         self.limit = limit
         self._counts: Counter[str] = Counter()
 
+    def total(self) -> int:
+        """Requests running or waiting now, over all entries."""
+        return sum(self._counts.values())
+
     @contextlib.contextmanager
     def admit(self, entry: Entry):
         if self._counts[entry.name] >= self.limit:
