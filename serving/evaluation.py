@@ -20,11 +20,11 @@ TRUNCATIONS = (None, 1.0, 0.75, 0.5)
 def main(repository_root: Path, models: list[str], samples: int) -> None:
     data = load_mnist()
     features = quality.FeatureNetwork(repository_root)
-    floor = quality.real_floor(data, features)
+    floor = quality.real_floor(data, features, samples)
     print(f"feature network: {quality.FEATURE_ENTRY} v{features.version}; {samples} samples per row, seed 0\n")
     print("| model | version | truncation | FID | FID / floor | classifier score | class accuracy | intra-class diversity |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| real: 10k train vs 10k test | | | {floor['fid']:.3f} | 1 | {floor['classifier_score']:.3f} | "
+    print(f"| real: {samples} train vs 10k test images | | | {floor['fid']:.3f} | 1 | {floor['classifier_score']:.3f} | "
           f"{floor['class_accuracy']:.2%} | {floor['intra_class_diversity']:.3f} |")
     entries = {e.model: e for e in read_repository(repository_root).values() if e.capability == CAPABILITY}
     for model in models:

@@ -66,11 +66,12 @@ def intra_class_diversity(features: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(distances))
 
 
-def real_floor(data: Mnist, features: FeatureNetwork) -> dict[str, float]:
-    """What real data scores: FID of 10k training images against the 10k test images, and the test
-    set's classifier score, class error and intra-class diversity."""
+def real_floor(data: Mnist, features: FeatureNetwork, samples: int = SAMPLES) -> dict[str, float]:
+    """What real data scores: FID of the first `samples` training images against the 10k test images (the
+    same count as a generator's samples: FID's bias depends on it), and the test set's classifier score,
+    class accuracy and intra-class diversity."""
     test_probabilities, test_features = features(data.test.images[:, None])
-    _, train_features = features(data.train.images[:SAMPLES, None])
+    _, train_features = features(data.train.images[:samples, None])
     return {
         "fid": frechet_distance(train_features, test_features),
         "classifier_score": classifier_score(test_probabilities),
