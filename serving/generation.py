@@ -2,6 +2,7 @@
 from dataclasses import dataclass
 
 import numpy as np
+from prometheus_client import Counter
 
 from serving.errors import InvalidArgument
 from serving.repository import Entry
@@ -55,6 +56,7 @@ def sample_latents(seed: int, start: int, count: int, dim: int, truncation: floa
 CAPABILITY = "generate"
 LATENT_INPUT, LABEL_INPUT, IMAGE_OUTPUT = "latent", "label", "image"
 TRUNCATION_RANGE = (0.05, 4.0)  # below: mostly redraws; above: the same as no truncation
+GENERATED = Counter("latentserve_generated_images_total", "images generated", ["model"])
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class Generation:
             inputs[LABEL_INPUT] = labels[:, None]
         with self.inflight.admit(generator.entry):
             outputs = await self.runtime.infer(generator.entry, generator.version, inputs, timeout)
+        GENERATED.labels(generator.entry.model).inc(len(latents))
         return Generated(generator, outputs[IMAGE_OUTPUT], latents, labels)
 
 

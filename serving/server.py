@@ -41,6 +41,7 @@ ENCODER = encoder_pb2.DESCRIPTOR.services_by_name["Encoder"].full_name
 SEARCH = search_pb2.DESCRIPTOR.services_by_name["Search"].full_name
 GENERATOR = generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name
 INDEX_ITEMS = Gauge("latentserve_index_items", "items in the search index")
+INFLIGHT = Gauge("latentserve_inflight_requests", "inference requests running or queued in the gateway")
 
 
 class Server:
@@ -91,6 +92,7 @@ class Server:
             inflight = InflightLimit(settings.max_inflight_per_model)
             gateway.encoding = Encoding(gateway.runtime, inflight)
             gateway.generation = Generation(gateway.runtime, inflight)
+            INFLIGHT.set_function(inflight.total)
             await self._update_health()
             if encoder_entry(gateway.runtime, settings.index_model) is None:
                 raise NotFound(f"no encoder {settings.index_model!r} in {settings.model_repository}", "index_model")

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from grpc_tools import protoc
 
-from latentserve.v1 import encoder_pb2, encoder_pb2_grpc
+from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, generator_pb2, generator_pb2_grpc
 from serving.triton_server import free_port
 from tests.conftest import ROOT
 
@@ -40,16 +40,23 @@ def test_every_verb_has_help(verb):
     assert result.returncode == 0 and "usage: latentserve" in result.stdout
 
 
-def test_metrics_count_calls_by_method_and_code(start_gateway, tmp_path):
+def test_metrics_count_calls_by_method_and_code_and_generated_images(start_gateway, tmp_path):
     port = free_port()
     gateway = start_gateway(data_dir=tmp_path, gallery="none", metrics_port=port)
-    series = 'latentserve_requests_total{code="INVALID_ARGUMENT",method="/latentserve.v1.Encoder/Encode"}'
 
-    def count() -> float:
+    def count(series: str) -> float:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(series)), 0.0)
 
-    before = count()
-    with gateway.channel() as channel, pytest.raises(grpc.RpcError):
-        encoder_pb2_grpc.EncoderStub(channel).Encode(encoder_pb2.EncodeRequest())
-    assert count() == before + 1
+    failed = 'latentserve_requests_total{code="INVALID_ARGUMENT",method="/latentserve.v1.Encoder/Encode"}'
+    streamed = 'latentserve_requests_total{code="OK",method="/latentserve.v1.Generator/GenerateStream"}'
+    generated = 'latentserve_generated_images_total{model="acgan"}'
+    before = {series: count(series) for series in (failed, streamed, generated)}
+    with gateway.channel() as channel:
+        with pytest.raises(grpc.RpcError):
+            encoder_pb2_grpc.EncoderStub(channel).Encode(encoder_pb2.EncodeRequest())
+        request = generator_pb2.GenerateStreamRequest(model=common_pb2.ModelRef(name="acgan"), count=5, chunk_size=2)
+        assert len(list(generator_pb2_grpc.GeneratorStub(channel).GenerateStream(request))) == 3
+    assert count(failed) == before[failed] + 1
+    assert count(streamed) == before[streamed] + 1
+    assert count(generated) == before[generated] + 5

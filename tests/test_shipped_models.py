@@ -1,9 +1,11 @@
 """The committed model repository: complete versions, honest cards, and a retrieval quality floor."""
 import numpy as np
+import onnxruntime
 import pytest
 
 from serving import repository
 from serving.mnist import BUNDLED_SHA256
+from serving.quality import FeatureNetwork, evaluate_generator, real_floor
 from tests.conftest import MODEL_REPOSITORY
 from training import retrieval
 from training.benchmark_retrieval import encode_with_onnx
@@ -12,8 +14,11 @@ ENTRIES = repository.read_repository(MODEL_REPOSITORY)
 REPOSITORY_BUDGET_BYTES = 50 * 1024 * 1024
 
 
-def test_the_service_ships_its_encoders():
-    assert {"autoencoder_encoder", "vae_encoder"} <= set(ENTRIES)
+def test_the_service_ships_its_encoders_generators_and_feature_network():
+    assert {
+        "autoencoder_encoder", "vae_encoder", "lenet_classifier", "conv_vae_encoder", "conv_vae_decoder",
+        "dcgan_generator", "wgan_gp_generator", "acgan_generator",
+    } <= set(ENTRIES)
     size = sum(p.stat().st_size for p in MODEL_REPOSITORY.rglob("*") if p.is_file())
     assert size < REPOSITORY_BUDGET_BYTES
 
@@ -28,7 +33,10 @@ def test_every_served_version_is_complete_and_carded(name):
         card = entry.cards[version]
         assert card["data"]["sha256"] == BUNDLED_SHA256
         assert card["version"] == version and card["model"] == entry.model
-        assert all(v <= card["parity"]["float_tolerance"] for k, v in card["parity"]["real"].items() if k.endswith(".code"))
+        float_outputs = [t.name for t in entry.outputs if t.dtype == np.float32]
+        for inputs in ("real", "random"):
+            assert all(card["parity"][inputs][f"{runtime}.{name}"] <= card["parity"]["float_tolerance"]
+                       for runtime in ("onnx", "torchscript") for name in float_outputs)
         assert card["source_commit"] != "unknown"
 
 
@@ -61,3 +69,48 @@ def test_the_autoencoder_beats_raw_pixels_and_pca_on_retrieval(mnist, protocol):
     assert bits_map > 0.40  # the low end of published unsupervised hashing (PCA-ITQ) on this protocol
     card = entry.cards[entry.versions[0]]["metrics"]
     assert abs(card["retrieval_code_map"] - code_map) < 0.005 and abs(card["retrieval_bits_map"] - bits_map) < 0.005
+
+
+# Generation: the quality floor of the shipped generators, on fewer samples than docs/benchmarks.md uses
+QUALITY_SAMPLES = 2000
+GANS = ("dcgan", "wgan_gp", "acgan")
+
+
+@pytest.fixture(scope="module")
+def features():
+    return FeatureNetwork(MODEL_REPOSITORY)
+
+
+@pytest.fixture(scope="module")
+def floor(mnist, features):
+    return real_floor(mnist, features, QUALITY_SAMPLES)
+
+
+def _sample_quality(model: str, mnist, features, truncation=None) -> dict[str, float]:
+    entry = next(e for e in ENTRIES.values() if e.model == model and e.capability == "generate")
+    session = onnxruntime.InferenceSession(str(entry.version_path(entry.versions[0]) / repository.ONNX_FILE), providers=["CPUExecutionProvider"])
+    latent_dim = next(t.dims[0] for t in entry.inputs if t.name == "latent")
+    return evaluate_generator(lambda feeds: session.run(["image"], feeds)[0], latent_dim, entry.classes, mnist, features,
+                              truncation, QUALITY_SAMPLES)
+
+
+def test_the_feature_network_is_a_99_3_percent_classifier(mnist, features):
+    probabilities, _ = features(mnist.test.images[:, None])
+    assert (probabilities.argmax(1) == mnist.test.labels).mean() >= 0.993
+
+
+@pytest.mark.parametrize("model", GANS)
+def test_every_gan_has_classifier_score_9_and_fid_within_10x_the_real_floor(model, mnist, features, floor):
+    quality = _sample_quality(model, mnist, features)
+    assert quality["classifier_score"] >= 9.0, quality
+    assert quality["fid"] <= 10 * floor["fid"], (quality, floor)
+
+
+def test_the_conditional_gan_draws_the_requested_class_and_truncation_trades_diversity(mnist, features):
+    untruncated, truncated = _sample_quality("acgan", mnist, features, 1.0), _sample_quality("acgan", mnist, features, 0.5)
+    assert untruncated["class_accuracy"] >= 0.97 and truncated["class_accuracy"] >= untruncated["class_accuracy"] - 0.005
+    assert truncated["intra_class_diversity"] < untruncated["intra_class_diversity"]
+
+
+def test_the_vae_samples_are_recognisable_digits(mnist, features):
+    assert _sample_quality("conv_vae", mnist, features)["classifier_score"] >= VAE_CLASSIFIER_SCORE_FLOOR

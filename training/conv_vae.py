@@ -53,7 +53,7 @@ class ConvVAE(VAE):
 
     @torch.no_grad()
     def evaluate(self, data: Mnist) -> dict[str, float]:
-        return {"test_negative_elbo": self.test_negative_elbo(data), **evaluate_generator_graph(self.graphs()["decoder"], data)}
+        return {**self.test_negative_elbo(data), **evaluate_generator_graph(self.graphs()["decoder"], data)}
 
 
 class _DecoderGraph(nn.Module):
