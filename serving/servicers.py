@@ -161,10 +161,10 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             count = self._count(request.count, settings.max_batch_images)
             if sampling.start_index < 0:
                 raise InvalidArgument("must be 0 or more", "sampling.start_index")
-            latents = sample_latents(sampling.seed, sampling.start_index, count, generator.latent_dim, truncation)
+            latents = await asyncio.to_thread(sample_latents, sampling.seed, sampling.start_index, count, generator.latent_dim, truncation)
         labels = generation.labels(generator, list(sampling.labels), sampling.start_index, len(latents), "sampling.labels")
         generated = await generation.run(generator, latents, labels, context.time_remaining())
-        return self._response(generated, png)
+        return await asyncio.to_thread(self._response, generated, png)  # PNG encoding off the event loop
 
     async def Interpolate(self, request, context):
         generation = self.gateway.require_generation()
@@ -187,7 +187,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         label = [request.label] if request.HasField("label") else [0] if generator.classes else []
         labels = generation.labels(generator, label, 0, steps, "label")
         generated = await generation.run(generator, latents, labels, context.time_remaining())
-        return self._response(generated, png)
+        return await asyncio.to_thread(self._response, generated, png)
 
     async def GenerateStream(self, request, context):
         generation, settings = self.gateway.require_generation(), self.gateway.settings
@@ -205,25 +205,29 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         first, stop = sampling.start_index, sampling.start_index + count
         generation.labels(generator, list(sampling.labels), first, 0, "sampling.labels")  # check them before any work
 
-        async def produce(start: int) -> Generated:
+        def message(start: int, generated: Generated) -> generator_pb2.GenerateChunk:
+            return generator_pb2.GenerateChunk(
+                model=common_pb2.ModelRef(name=generator.entry.model, version=generator.version),
+                start_index=start,
+                labels=[] if generated.labels is None else generated.labels.tolist(),
+                **_image_fields(generated.images, png),
+            )
+
+        async def produce(start: int) -> generator_pb2.GenerateChunk:
             size = min(chunk, stop - start)
             latents = await asyncio.to_thread(sample_latents, sampling.seed, start, size, generator.latent_dim, truncation)
             labels = generation.labels(generator, list(sampling.labels), start, size, "sampling.labels")
-            return await generation.run(generator, latents, labels, context.time_remaining())
+            generated = await generation.run(generator, latents, labels, context.time_remaining())
+            return await asyncio.to_thread(message, start, generated)
 
-        # One chunk computed ahead while the previous one is sent; a cancelled call cancels it.
+        # The next chunk is computed while the current one is sent; a cancelled call cancels it.
         pending = asyncio.ensure_future(produce(first))
         try:
             for start in range(first, stop, chunk):
-                generated = await pending
+                ready = await pending
                 if start + chunk < stop:
                     pending = asyncio.ensure_future(produce(start + chunk))
-                yield generator_pb2.GenerateChunk(
-                    model=common_pb2.ModelRef(name=generator.entry.model, version=generator.version),
-                    start_index=start,
-                    labels=[] if generated.labels is None else generated.labels.tolist(),
-                    **_image_fields(generated.images, png),
-                )
+                yield ready
         finally:
             pending.cancel()
 
