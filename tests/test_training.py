@@ -38,3 +38,9 @@ def test_resume_refuses_a_changed_config_or_other_data(tmp_path, small_mnist):
         train("autoencoder", tmp_path, small_mnist, {"code_dim": 4}, threads=1)
     with pytest.raises(ValueError, match="trained on data"):
         train("autoencoder", tmp_path, replace(small_mnist, sha256="other"), {}, threads=1)
+
+
+def test_learning_rate_decays_per_epoch_and_survives_resume(tmp_path, small_mnist):
+    train("autoencoder", tmp_path, small_mnist, {**TINY, "epochs": 1, "learning_rate_decay": 0.5}, threads=1)
+    checkpoint = load_checkpoint(train("autoencoder", tmp_path, small_mnist, {"epochs": 3}, threads=1))
+    assert checkpoint["optimizers"]["model"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5**2)

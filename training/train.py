@@ -54,6 +54,9 @@ def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, 
     step, history = checkpoint["step"], checkpoint["history"]
     for epoch in range(checkpoint["epoch"], config.epochs):
         model.train()
+        for optimizer in optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate * config.learning_rate_decay**epoch
         started = time.perf_counter()
         order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(config.seed * 10_000 + epoch))
         batches = tqdm(order.split(config.batch_size), desc=f"{name} epoch {epoch + 1}/{config.epochs}", leave=False, mininterval=5)
