@@ -96,13 +96,18 @@ def run(target: str, directory: Path, asked: Job, resume: bool, grid: bool) -> N
             chunk_size=job.chunk_size,
             format=generator_pb2.IMAGE_FORMAT_PNG if job.format == "png" else generator_pb2.IMAGE_FORMAT_TENSOR,
         )
-        with grpc.insecure_channel(target) as channel:
-            for chunk in generator_pb2_grpc.GeneratorStub(channel).GenerateStream(request):
-                if job.version == 0:  # pin the version that runs, so a resumed job uses the same one
-                    job = Job(**{**asdict(job), "version": chunk.model.version})
-                    _write_atomically(directory / "job.json", json.dumps(asdict(job), indent=2).encode())
-                _save_chunk(directory, job, chunk)
-                progress.update(len(chunk.png) or chunk.images.shape[0])
+        try:
+            with grpc.insecure_channel(target) as channel:
+                for chunk in generator_pb2_grpc.GeneratorStub(channel).GenerateStream(request):
+                    if job.version == 0:  # pin the version that runs, so a resumed job uses the same one
+                        job = Job(**{**asdict(job), "version": chunk.model.version})
+                        _write_atomically(directory / "job.json", json.dumps(asdict(job), indent=2).encode())
+                    _save_chunk(directory, job, chunk)
+                    progress.update(len(chunk.png) or chunk.images.shape[0])
+        except grpc.RpcError as error:
+            progress.close()
+            raise SystemExit(f"generation stopped: {error.code().name}: {error.details()}; "
+                             f"{progress.n} of {job.count} images are in {directory}; continue with --resume") from None
     progress.close()
     if grid:
         save_grid(_first_images(directory, job, min(GRID_IMAGES, job.count)), directory / "grid.png", columns=10)

@@ -69,3 +69,9 @@ def test_a_job_pins_the_version_and_refuses_a_different_job_in_the_same_director
     assert recorded["version"] >= 1 and recorded["count"] == 5 and recorded["label"] is None
     other = subprocess.run(job(gateway, tmp_path, "--count", "6", "--resume"), capture_output=True, text=True)
     assert other.returncode != 0 and "different job" in other.stderr
+
+
+def test_a_refused_job_says_why_and_how_to_continue(gateway, tmp_path):
+    result = subprocess.run(job(gateway, tmp_path, "--count", "5", "--class", "12"), capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "INVALID_ARGUMENT" in result.stderr and "sampling.labels[0]" in result.stderr and "--resume" in result.stderr
