@@ -2,8 +2,12 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+IMAGE_BYTES = 28 * 28 * 4 + 64  # one float32 image, plus its share of a response's other fields
+MESSAGE_OVERHEAD_BYTES = 64 * 1024
 
 
 class Settings(BaseSettings):
@@ -31,3 +35,11 @@ class Settings(BaseSettings):
     max_inflight_per_model: int = Field(64, ge=1, description="requests running or queued per model; more: RESOURCE_EXHAUSTED")
     intra_op_threads: int = Field(1, ge=1, description="onnxruntime threads per inference")
     inference_workers: int = Field(2, ge=1, description="inferences running at once (embedded runtime)")
+
+    @model_validator(mode="after")
+    def _batches_fit_in_a_message(self) -> "Settings":
+        """A full batch of float32 images (a Generate response, a stream chunk) must fit in one message."""
+        needed = self.max_batch_images * IMAGE_BYTES + MESSAGE_OVERHEAD_BYTES
+        if needed > self.max_message_bytes:
+            raise ValueError(f"max_batch_images {self.max_batch_images} needs max_message_bytes >= {needed}")
+        return self

@@ -15,6 +15,7 @@ from PIL import Image
 
 from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, models_pb2, models_pb2_grpc, search_pb2, search_pb2_grpc
 from serving import repository
+from serving.settings import Settings
 from tests.conftest import MODEL_REPOSITORY, RunningGateway, wait_for
 
 
@@ -319,3 +320,9 @@ def test_embedded_runtime_follows_new_and_broken_versions(start_gateway, tmp_pat
         broken.with_name(".tmp").rename(broken)  # the newest version now cannot load
         time.sleep(1.0)
         assert stub.Encode(encoder_pb2.EncodeRequest(images=batch(GOOD))).model.version == shipped + 1
+
+
+def test_settings_refuse_batches_that_would_not_fit_in_one_message():
+    with pytest.raises(ValueError, match="max_message_bytes"):
+        Settings(max_batch_images=10_000, max_message_bytes=1024 * 1024)
+    assert Settings(max_batch_images=256).max_message_bytes == 16 * 1024 * 1024
