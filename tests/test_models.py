@@ -139,3 +139,15 @@ def test_unknown_model_is_refused():
 def test_config_rejects_unknown_fields(name):
     with pytest.raises(ValueError):
         build(name, {"no_such_field": 1})
+
+
+def test_a_gan_with_weight_averaging_serves_the_average(images, labels):
+    torch.manual_seed(0)
+    model = build("acgan", {**SMALL["acgan"], "ema_decay": 0.5}).train()
+    optimizers = model.optimizers()
+    assert not any(p is a for p in optimizers["generator"].param_groups[0]["params"] for a in model.generator_average.parameters())
+    before = [p.clone() for p in model.generator.parameters()]
+    model.train_step(images, labels, optimizers)
+    for average, old, new in zip(model.generator_average.parameters(), before, model.generator.parameters()):
+        torch.testing.assert_close(average, (old + new) / 2)  # decay 0.5: halfway from the old weights
+    assert model.graphs()["generator"].module.generator is model.generator_average

@@ -6,10 +6,12 @@
   times per generator step with the gradient penalty (lambda 10), Adam(1e-4, betas 0.5, 0.9).
 - AC-GAN (Odena et al. 2017): the label goes into G (one-hot beside the latent) and into D's loss (D
   predicts it besides real/fake). Truncation (BigGAN) is applied to the latents at sampling time, in the
-  gateway (serving/generation.py), not here.
+  gateway (serving/generation.py), not here. It serves a moving average of G's weights (`ema_decay`).
 
 The generators output images in [0, 1] like the data; discriminators map their input to [-1, 1].
 """
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -31,6 +33,11 @@ class GANConfig(TrainConfig):
     beta2: float = 0.999
     latent_dim: int = 64
     channels: int = 64
+    ema_decay: float = 0.0  # > 0: serve a moving average of G's weights (Yazici et al. 2019); 0: G itself
+
+
+class ACGANConfig(GANConfig):
+    ema_decay: float = 0.999
 
 
 class WGANGPConfig(GANConfig):
@@ -102,6 +109,21 @@ class GAN(nn.Module):
         self.generator = Generator(config.latent_dim, config.channels, self.classes)
         self.discriminator = Discriminator(config.channels, self.critic, self.discriminator_outputs)
         self.apply(_dcgan_init)
+        if config.ema_decay:
+            self.generator_average = copy.deepcopy(self.generator).requires_grad_(False)
+
+    def served_generator(self) -> Generator:
+        """What previews, evaluation and export use: the weight average if the config keeps one."""
+        return self.generator_average if self.config.ema_decay else self.generator
+
+    def generator_step(self, optimizers: dict, loss: torch.Tensor) -> None:
+        _step(optimizers["generator"], loss)
+        if self.config.ema_decay:
+            with torch.no_grad():
+                for average, weight in zip(self.generator_average.parameters(), self.generator.parameters()):
+                    average.lerp_(weight, 1 - self.config.ema_decay)
+                for average, statistic in zip(self.generator_average.buffers(), self.generator.buffers()):
+                    average.copy_(statistic)  # batch-norm statistics follow the live generator
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         cfg = self.config
@@ -121,7 +143,7 @@ class GAN(nn.Module):
         latent, fake_labels = self.sample_inputs(len(images), torch.Generator().manual_seed(0))
         real = torch.cat([self.discriminator(x)[:, 0] for x in images.split(1000)])
         fake = torch.cat([
-            self.discriminator(self.generator(z, y))[:, 0]
+            self.discriminator(self.served_generator()(z, y))[:, 0]
             for z, y in zip(latent.split(1000), fake_labels.split(1000) if self.classes else [None] * len(images))
         ])
         return {"real_score": real.mean().item(), "fake_score": fake.mean().item()}
@@ -131,7 +153,7 @@ class GAN(nn.Module):
         """The same fixed latents every epoch (labels cycle through the classes)."""
         latent = torch.randn(PREVIEW_SAMPLES, self.config.latent_dim, generator=torch.Generator().manual_seed(0))
         labels = torch.arange(PREVIEW_SAMPLES) % self.classes if self.classes else None
-        return self.generator(latent, labels)
+        return self.served_generator()(latent, labels)
 
     def graphs(self) -> dict[str, Graph]:
         inputs = (TensorSpec("latent", "float32", (self.config.latent_dim,)),)
@@ -139,7 +161,7 @@ class GAN(nn.Module):
             inputs += (TensorSpec("label", "int64", (1,)),)
         return {
             "generator": Graph(
-                module=_GeneratorGraph(self.generator),
+                module=_GeneratorGraph(self.served_generator()),
                 inputs=inputs,
                 outputs=(TensorSpec("image", "float32", (1, 28, 28)),),
                 capability="generate",
@@ -160,7 +182,7 @@ class DCGAN(GAN):
         d_loss = _bce(real_logits, 1) + _bce(fake_logits, 0)
         _step(optimizers["discriminator"], d_loss)
         g_loss = _bce(self.discriminator(fake), 1)  # non-saturating
-        _step(optimizers["generator"], g_loss)
+        self.generator_step(optimizers, g_loss)
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
 
 
@@ -176,7 +198,7 @@ class WGANGP(GAN):
             penalty = self._gradient_penalty(real, fake)
             _step(optimizers["discriminator"], -wasserstein + cfg.gradient_penalty * penalty)
         g_loss = -self.discriminator(self.generator(self.sample_inputs(len(real))[0])).mean()
-        _step(optimizers["generator"], g_loss)
+        self.generator_step(optimizers, g_loss)
         return {"wasserstein": wasserstein.item(), "penalty": penalty.item(), "g_loss": g_loss.item()}
 
     def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -188,6 +210,7 @@ class WGANGP(GAN):
 
 
 class ACGAN(GAN):
+    Config = ACGANConfig
     classes = CLASSES
     discriminator_outputs = 1 + CLASSES  # real/fake logit, then class logits
 
@@ -202,7 +225,7 @@ class ACGAN(GAN):
         _step(optimizers["discriminator"], d_loss)
         out = self.discriminator(fake)
         g_loss = _bce(out[:, 0], 1) + F.cross_entropy(out[:, 1:], fake_labels)
-        _step(optimizers["generator"], g_loss)
+        self.generator_step(optimizers, g_loss)
         real_error = (real_out[:, 1:].argmax(1) != labels).float().mean()
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "d_class_error": real_error.item()}
 
