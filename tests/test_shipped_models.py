@@ -120,5 +120,7 @@ def test_the_conditional_gan_draws_the_requested_class_and_truncation_trades_div
     assert truncated["intra_class_diversity"] < untruncated["intra_class_diversity"]
 
 
-def test_the_vae_samples_are_recognisable_digits(mnist, features):
-    assert _sample_quality("conv_vae", mnist, features)["classifier_score"] >= VAE_CLASSIFIER_SCORE_FLOOR
+def test_the_vae_keeps_its_shipped_sample_quality_and_elbo(mnist, features):
+    assert _sample_quality("conv_vae", mnist, features)["classifier_score"] >= 6.0  # measured 6.19
+    card = ENTRIES["conv_vae_decoder"].cards[ENTRIES["conv_vae_decoder"].versions[0]]["metrics"]
+    assert card["test_negative_elbo"] < 105 and card["test_negative_elbo_binarized"] < 105  # 100.5 and 99.0 nats
