@@ -6,13 +6,10 @@ the real-vs-real floor. The class-conditional model is also scored as truncation
 """
 from pathlib import Path
 
-import numpy as np
-import onnxruntime
-
 from serving import quality
-from serving.generation import CAPABILITY, IMAGE_OUTPUT, LATENT_INPUT
+from serving.generation import CAPABILITY
 from serving.mnist import load_mnist
-from serving.repository import ONNX_FILE, read_repository
+from serving.repository import read_repository
 
 TRUNCATIONS = (None, 1.0, 0.75, 0.5)
 
@@ -29,15 +26,8 @@ def main(repository_root: Path, models: list[str], samples: int) -> None:
     entries = {e.model: e for e in read_repository(repository_root).values() if e.capability == CAPABILITY}
     for model in models:
         entry = entries[model]
-        version = entry.versions[0]
-        session = onnxruntime.InferenceSession(str(entry.version_path(version) / ONNX_FILE), providers=["CPUExecutionProvider"])
-        latent_dim = next(t.dims[0] for t in entry.inputs if t.name == LATENT_INPUT)
-
-        def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
-            return session.run([IMAGE_OUTPUT], feeds)[0]
-
         for truncation in TRUNCATIONS if entry.classes else (None,):
-            m = quality.evaluate_generator(run, latent_dim, entry.classes, data, features, truncation, samples)
+            m = quality.evaluate_entry(entry, data, features, truncation, samples)
             conditional = f"{m['class_accuracy']:.2%} | {m['intra_class_diversity']:.3f}" if entry.classes else " | "
-            print(f"| {model} | {version} | {truncation or 'none'} | {m['fid']:.3f} | {m['fid'] / floor['fid']:.1f} | "
+            print(f"| {model} | {entry.versions[0]} | {truncation or 'none'} | {m['fid']:.3f} | {m['fid'] / floor['fid']:.1f} | "
                   f"{m['classifier_score']:.3f} | {conditional} |", flush=True)

@@ -11,7 +11,7 @@ import onnxruntime
 
 from serving.generation import sample_latents
 from serving.mnist import Mnist
-from serving.repository import ONNX_FILE, read_repository
+from serving.repository import ONNX_FILE, Entry, read_repository
 
 FEATURE_ENTRY = "lenet_classifier"
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
@@ -106,3 +106,12 @@ def evaluate_generator(
         metrics["class_accuracy"] = float((probabilities.argmax(1) == labels).mean())
         metrics["intra_class_diversity"] = intra_class_diversity(sample_features, labels)
     return metrics
+
+
+def evaluate_entry(entry: Entry, data: Mnist, features: FeatureNetwork, truncation: float | None = None,
+                   samples: int = SAMPLES) -> dict[str, float]:
+    """`evaluate_generator` on the newest version of a repository generator, run in onnxruntime."""
+    session = onnxruntime.InferenceSession(str(entry.version_path(entry.versions[0]) / ONNX_FILE), providers=["CPUExecutionProvider"])
+    latent_dim = next(t.dims[0] for t in entry.inputs if t.name == "latent")
+    return evaluate_generator(lambda feeds: session.run(["image"], feeds)[0], latent_dim, entry.classes, data, features,
+                              truncation, samples)

@@ -6,8 +6,8 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-IMAGE_BYTES = 28 * 28 * 4 + 64  # one float32 image, plus its share of a response's other fields
-MESSAGE_OVERHEAD_BYTES = 64 * 1024
+BYTES_PER_IMAGE = 4096  # a float32 28x28 image (3,136 bytes) with its latent (up to ~230 floats) and label
+MESSAGE_OVERHEAD_BYTES = 4096
 
 
 class Settings(BaseSettings):
@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _batches_fit_in_a_message(self) -> "Settings":
         """A full batch of float32 images (a Generate response, a stream chunk) must fit in one message."""
-        needed = self.max_batch_images * IMAGE_BYTES + MESSAGE_OVERHEAD_BYTES
+        needed = self.max_batch_images * BYTES_PER_IMAGE + MESSAGE_OVERHEAD_BYTES
         if needed > self.max_message_bytes:
             raise ValueError(f"max_batch_images {self.max_batch_images} needs max_message_bytes >= {needed}")
         return self

@@ -273,12 +273,13 @@ def test_a_service_is_not_serving_until_its_models_load(start_gateway, tmp_path)
 
 
 def test_messages_over_the_size_limit_are_refused(start_gateway, tmp_path):
-    gateway = start_gateway(data_dir=tmp_path, gallery="none", max_message_bytes=4096)
+    gateway = start_gateway(data_dir=tmp_path, gallery="none", max_message_bytes=12288, max_batch_images=2)
     with gateway.channel() as channel:
         stub = encoder_pb2_grpc.EncoderStub(channel)
         with pytest.raises(grpc.RpcError) as raised:
-            stub.Encode(encoder_pb2.EncodeRequest(images=common_pb2.Images(tensor=raw(np.zeros((2, 28, 28), np.float32), FLOAT))))
+            stub.Encode(encoder_pb2.EncodeRequest(images=common_pb2.Images(tensor=raw(np.zeros((4, 28, 28), np.float32), FLOAT))))
         assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in raised.value.details()  # refused by gRPC for its size, before any decoding
         assert stub.Encode(encoder_pb2.EncodeRequest(images=batch(GOOD))).num_bits == 32
 
 

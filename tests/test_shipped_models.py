@@ -1,11 +1,10 @@
 """The committed model repository: complete versions, honest cards, and a retrieval quality floor."""
 import numpy as np
-import onnxruntime
 import pytest
 
 from serving import repository
 from serving.mnist import BUNDLED_SHA256
-from serving.quality import FeatureNetwork, evaluate_generator, real_floor
+from serving.quality import FeatureNetwork, evaluate_entry, real_floor
 from tests.conftest import MODEL_REPOSITORY
 from training import retrieval
 from training.benchmark_retrieval import encode_with_onnx
@@ -95,10 +94,7 @@ def floor(mnist, features):
 
 def _sample_quality(model: str, mnist, features, truncation=None) -> dict[str, float]:
     entry = next(e for e in ENTRIES.values() if e.model == model and e.capability == "generate")
-    session = onnxruntime.InferenceSession(str(entry.version_path(entry.versions[0]) / repository.ONNX_FILE), providers=["CPUExecutionProvider"])
-    latent_dim = next(t.dims[0] for t in entry.inputs if t.name == "latent")
-    return evaluate_generator(lambda feeds: session.run(["image"], feeds)[0], latent_dim, entry.classes, mnist, features,
-                              truncation, QUALITY_SAMPLES)
+    return evaluate_entry(entry, mnist, features, truncation, QUALITY_SAMPLES)
 
 
 def test_the_feature_network_is_a_99_3_percent_classifier(mnist, features):
