@@ -20,7 +20,7 @@ import onnxruntime
 from latentserve.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from serving import repository
 from serving.benchmark import gateway_process
-from serving.generation import CAPABILITY, IMAGE_OUTPUT, sample_latents
+from serving.generation import CAPABILITY, IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, sample_latents
 from serving.settings import Settings
 
 CHUNK = 256
@@ -36,10 +36,10 @@ def direct(entry: repository.Entry, threads: int, duration: float) -> float:
     options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(entry.version_path(entry.versions[0]) / repository.ONNX_FILE), options,
                                            providers=["CPUExecutionProvider"])
-    latent_dim = next(t.dims[0] for t in entry.inputs if t.name == "latent")
-    feeds = {"latent": sample_latents(0, 0, CHUNK, latent_dim)}
+    latent_dim = next(t.dims[0] for t in entry.inputs if t.name == LATENT_INPUT)
+    feeds = {LATENT_INPUT: sample_latents(0, 0, CHUNK, latent_dim)}
     if entry.classes:
-        feeds["label"] = (np.arange(CHUNK) % entry.classes)[:, None]
+        feeds[LABEL_INPUT] = (np.arange(CHUNK) % entry.classes)[:, None]
     done, lock, stop_at = [0], threading.Lock(), time.perf_counter() + duration
 
     def worker():

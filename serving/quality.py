@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from serving.generation import sample_latents
+from serving.generation import IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, sample_latents
 from serving.mnist import Mnist
 from serving.repository import ONNX_FILE, Entry, read_repository
 
@@ -92,9 +92,9 @@ def evaluate_generator(
     images = []
     for start in range(0, samples, BATCH):
         count = min(BATCH, samples - start)
-        feeds = {"latent": sample_latents(SEED, start, count, latent_dim, truncation)}
+        feeds = {LATENT_INPUT: sample_latents(SEED, start, count, latent_dim, truncation)}
         if classes:
-            feeds["label"] = labels[start : start + count, None]
+            feeds[LABEL_INPUT] = labels[start : start + count, None]
         images.append(run(feeds))
     probabilities, sample_features = features(np.concatenate(images))
     _, test_features = features(data.test.images[:, None])
@@ -112,6 +112,6 @@ def evaluate_entry(entry: Entry, data: Mnist, features: FeatureNetwork, truncati
                    samples: int = SAMPLES) -> dict[str, float]:
     """`evaluate_generator` on the newest version of a repository generator, run in onnxruntime."""
     session = onnxruntime.InferenceSession(str(entry.version_path(entry.versions[0]) / ONNX_FILE), providers=["CPUExecutionProvider"])
-    latent_dim = next(t.dims[0] for t in entry.inputs if t.name == "latent")
-    return evaluate_generator(lambda feeds: session.run(["image"], feeds)[0], latent_dim, entry.classes, data, features,
+    latent_dim = next(t.dims[0] for t in entry.inputs if t.name == LATENT_INPUT)
+    return evaluate_generator(lambda feeds: session.run([IMAGE_OUTPUT], feeds)[0], latent_dim, entry.classes, data, features,
                               truncation, samples)
