@@ -49,12 +49,16 @@ def _process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def direct(model_path: Path, images: np.ndarray, concurrency: int, duration: float) -> dict[str, float]:
-    settings = Settings()
+def gateway_session(model_path: Path) -> onnxruntime.InferenceSession:
+    """onnxruntime on one ONNX file with the session options the embedded runtime uses by default."""
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = settings.intra_op_threads
+    options.intra_op_num_threads = Settings().intra_op_threads
     options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+
+def direct(model_path: Path, images: np.ndarray, concurrency: int, duration: float) -> dict[str, float]:
+    session = gateway_session(model_path)
     inputs = {"image": images[:, None].astype(np.float32) / 255}
     latencies, lock, stop_at = [], threading.Lock(), time.perf_counter() + duration
 

@@ -15,13 +15,11 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnxruntime
 
 from latentserve.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from serving import repository
-from serving.benchmark import gateway_process
-from serving.generation import CAPABILITY, IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, sample_latents
-from serving.settings import Settings
+from serving.benchmark import gateway_process, gateway_session
+from serving.generation import CAPABILITY, IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, latent_dim_of, sample_latents
 
 CHUNK = 256
 STREAM_IMAGES = 20_480
@@ -31,13 +29,8 @@ MODELS = ("dcgan", "acgan")
 
 def direct(entry: repository.Entry, threads: int, duration: float) -> float:
     """Images per second of the bare graph on `threads` threads, each looping over one batch of `CHUNK`."""
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = Settings().intra_op_threads
-    options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(str(entry.version_path(entry.versions[0]) / repository.ONNX_FILE), options,
-                                           providers=["CPUExecutionProvider"])
-    latent_dim = next(t.dims[0] for t in entry.inputs if t.name == LATENT_INPUT)
-    feeds = {LATENT_INPUT: sample_latents(0, 0, CHUNK, latent_dim)}
+    session = gateway_session(entry.version_path(entry.versions[0]) / repository.ONNX_FILE)
+    feeds = {LATENT_INPUT: sample_latents(0, 0, CHUNK, latent_dim_of(entry))}
     if entry.classes:
         feeds[LABEL_INPUT] = (np.arange(CHUNK) % entry.classes)[:, None]
     done, lock, stop_at = [0], threading.Lock(), time.perf_counter() + duration

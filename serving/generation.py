@@ -77,6 +77,11 @@ class Generated:
     labels: np.ndarray | None  # (n,) int64, conditional models only
 
 
+def latent_dim_of(entry: Entry) -> int:
+    """The size of a generator graph's latent input."""
+    return next(tensor.dims[0] for tensor in entry.inputs if tensor.name == LATENT_INPUT)
+
+
 class Generation:
     def __init__(self, runtime: Runtime, inflight: InflightLimit):
         self.runtime = runtime
@@ -84,8 +89,8 @@ class Generation:
 
     def generator(self, model: str, version: int) -> Generator:
         entry, version = resolve(self.runtime, model, CAPABILITY, version)
-        dims = {tensor.name: tensor.dims for tensor in entry.inputs}
-        return Generator(entry, version, dims[LATENT_INPUT][0], entry.classes if LABEL_INPUT in dims else 0)
+        conditional = any(tensor.name == LABEL_INPUT for tensor in entry.inputs)
+        return Generator(entry, version, latent_dim_of(entry), entry.classes if conditional else 0)
 
     def labels(self, generator: Generator, labels: list[int], start: int, count: int, field: str) -> np.ndarray | None:
         """Labels of samples start..start+count-1: one for all, one each, or (none given) index mod classes."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from serving.generation import IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, sample_latents
+from serving.generation import IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, latent_dim_of, sample_latents
 from serving.mnist import Mnist
 from serving.repository import ONNX_FILE, Entry, read_repository
 
@@ -119,6 +119,5 @@ def evaluate_entry(entry: Entry, data: Mnist, features: FeatureNetwork, truncati
                    samples: int = SAMPLES) -> dict[str, float]:
     """`evaluate_generator` on the newest version of a repository generator, run in onnxruntime."""
     session = onnxruntime.InferenceSession(str(entry.version_path(entry.versions[0]) / ONNX_FILE), providers=["CPUExecutionProvider"])
-    latent_dim = next(t.dims[0] for t in entry.inputs if t.name == LATENT_INPUT)
-    return evaluate_generator(lambda feeds: session.run([IMAGE_OUTPUT], feeds)[0], latent_dim, entry.classes, data, features,
+    return evaluate_generator(lambda feeds: session.run([IMAGE_OUTPUT], feeds)[0], latent_dim_of(entry), entry.classes, data, features,
                               truncation, samples)
