@@ -6,7 +6,8 @@
   times per generator step with the gradient penalty (lambda 10), Adam(1e-4, betas 0.5, 0.9).
 - AC-GAN (Odena et al. 2017): the label goes into G (one-hot beside the latent) and into D's loss (D
   predicts it besides real/fake). Truncation (BigGAN) is applied to the latents at sampling time, in the
-  gateway (serving/generation.py), not here. It serves a moving average of G's weights (`ema_decay`).
+  gateway (serving/generation.py), not here.
+All three serve a moving average of G's weights (`ema_decay`).
 
 The generators output images in [0, 1] like the data; discriminators map their input to [-1, 1].
 """
@@ -33,15 +34,15 @@ class GANConfig(TrainConfig):
     beta2: float = 0.999
     latent_dim: int = 64
     channels: int = 64
-    ema_decay: float = 0.0  # > 0: serve a moving average of G's weights (Yazici et al. 2019); 0: G itself
+    ema_decay: float = 0.999  # > 0: serve a moving average of G's weights (Yazici et al. 2019); 0: G itself
 
 
-class ACGANConfig(GANConfig):
-    ema_decay: float = 0.999
+class DCGANConfig(GANConfig):
+    epochs: int = 24
 
 
 class WGANGPConfig(GANConfig):
-    epochs: int = 20
+    epochs: int = 24
     batch_size: int = 320  # critic_steps minibatches of 64: one generator step per batch
     learning_rate: float = 1e-4
     beta2: float = 0.9
@@ -175,6 +176,8 @@ class GAN(nn.Module):
 
 
 class DCGAN(GAN):
+    Config = DCGANConfig
+
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, optimizers: dict) -> dict[str, float]:
         latent, _ = self.sample_inputs(len(images))
         fake = self.generator(latent)
@@ -210,7 +213,6 @@ class WGANGP(GAN):
 
 
 class ACGAN(GAN):
-    Config = ACGANConfig
     classes = CLASSES
     discriminator_outputs = 1 + CLASSES  # real/fake logit, then class logits
 
