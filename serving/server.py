@@ -13,6 +13,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Gauge, start_http_server
 
 from latentserve.v1 import (
+    classifier_pb2,
+    classifier_pb2_grpc,
     encoder_pb2,
     encoder_pb2_grpc,
     generator_pb2,
@@ -22,7 +24,8 @@ from latentserve.v1 import (
     search_pb2,
     search_pb2_grpc,
 )
-from serving import generation
+from serving import classification, generation
+from serving.classification import Classification
 from serving.encoding import Encoding
 from serving.generation import Generation
 from serving.interceptors import ErrorsAndMetrics
@@ -31,7 +34,7 @@ from serving.runtime import InflightLimit, encoder_entry
 from serving.runtime.embedded import EmbeddedRuntime
 from serving.runtime.triton import TritonRuntime
 from serving.search import Search
-from serving.servicers import EncoderServicer, Gateway, GeneratorServicer, ModelsServicer, SearchServicer
+from serving.servicers import ClassifierServicer, EncoderServicer, Gateway, GeneratorServicer, ModelsServicer, SearchServicer
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ MODELS = models_pb2.DESCRIPTOR.services_by_name["Models"].full_name
 ENCODER = encoder_pb2.DESCRIPTOR.services_by_name["Encoder"].full_name
 SEARCH = search_pb2.DESCRIPTOR.services_by_name["Search"].full_name
 GENERATOR = generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name
+CLASSIFIER = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
 INDEX_ITEMS = Gauge("latentserve_index_items", "items in the search index")
 INFLIGHT = Gauge("latentserve_inflight_requests", "inference requests running or queued in the gateway")
 
@@ -58,9 +62,10 @@ class Server:
         encoder_pb2_grpc.add_EncoderServicer_to_server(EncoderServicer(self.gateway), self.grpc)
         search_pb2_grpc.add_SearchServicer_to_server(SearchServicer(self.gateway), self.grpc)
         generator_pb2_grpc.add_GeneratorServicer_to_server(GeneratorServicer(self.gateway), self.grpc)
+        classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierServicer(self.gateway), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
-            (MODELS, ENCODER, SEARCH, GENERATOR, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (MODELS, ENCODER, SEARCH, GENERATOR, CLASSIFIER, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.grpc,
         )
         self.port = self.grpc.add_insecure_port(f"{settings.host}:{settings.port}")
@@ -69,7 +74,7 @@ class Server:
         self.metrics = None  # (HTTP server, thread) of /metrics
 
     async def start(self) -> None:
-        for service in ("", MODELS, ENCODER, SEARCH, GENERATOR):
+        for service in ("", MODELS, ENCODER, SEARCH, GENERATOR, CLASSIFIER):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc.start()
         if self.settings.metrics_port:
@@ -92,6 +97,7 @@ class Server:
             inflight = InflightLimit(settings.max_inflight_per_model)
             gateway.encoding = Encoding(gateway.runtime, inflight)
             gateway.generation = Generation(gateway.runtime, inflight)
+            gateway.classification = Classification(gateway.runtime, inflight)
             INFLIGHT.set_function(inflight.total)
             await self._update_health()
             if encoder_entry(gateway.runtime, settings.index_model) is None:
@@ -113,19 +119,20 @@ class Server:
 
     async def _update_health(self) -> None:
         """Each service is SERVING while what it needs is ready: the index model, the index's version, the
-        default generator."""
+        default generator, the default classifier."""
         runtime, search = self.gateway.runtime, self.gateway.search
         await runtime.refresh()
-        index_model = encoder_entry(runtime, self.settings.index_model)
-        default_generator = next((
-            e for e in runtime.entries().values()
-            if e.model == self.settings.default_generator and e.capability == generation.CAPABILITY
-        ), None)
+
+        def ready(model: str, capability: str) -> bool:
+            entry = next((e for e in runtime.entries().values() if e.model == model and e.capability == capability), None)
+            return entry is not None and bool(entry.versions)
+
         serving = {
             MODELS: True,
-            ENCODER: index_model is not None and bool(index_model.versions),
+            ENCODER: ready(self.settings.index_model, "encode"),
             SEARCH: search is not None and search.ready(),
-            GENERATOR: default_generator is not None and bool(default_generator.versions),
+            GENERATOR: ready(self.settings.default_generator, generation.CAPABILITY),
+            CLASSIFIER: ready(self.settings.default_classifier, classification.CAPABILITY),
         }
         serving[""] = all(serving.values())
         for service, up in serving.items():

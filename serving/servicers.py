@@ -6,6 +6,8 @@ import numpy as np
 import asyncio
 
 from latentserve.v1 import (
+    classifier_pb2,
+    classifier_pb2_grpc,
     common_pb2,
     encoder_pb2,
     encoder_pb2_grpc,
@@ -31,6 +33,7 @@ class Gateway:
         self.settings = settings
         self.runtime = None
         self.encoding = None
+        self.classification = None
         self.generation = None
         self.search = None
 
@@ -43,6 +46,11 @@ class Gateway:
         if self.encoding is None:
             raise Unavailable("models are still loading")
         return self.encoding
+
+    def require_classification(self):
+        if self.classification is None:
+            raise Unavailable("models are still loading")
+        return self.classification
 
     def require_generation(self):
         if self.generation is None:
@@ -97,6 +105,25 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             codes=_tensor(codes.values, common_pb2.DATA_TYPE_FLOAT32),
             bits=_tensor(codes.bits, common_pb2.DATA_TYPE_UINT8),
             num_bits=codes.num_bits,
+        )
+
+
+class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+
+    async def Classify(self, request, context):
+        settings = self.gateway.settings
+        images = decode_batch(request.images, "images", settings.max_batch_images, settings.max_image_pixels)
+        classified = await self.gateway.require_classification().classify(
+            request.model.name or settings.default_classifier, request.model.version, images, context.time_remaining()
+        )
+        return classifier_pb2.ClassifyResponse(
+            model=common_pb2.ModelRef(name=classified.model, version=classified.version),
+            probabilities=_tensor(classified.probabilities, common_pb2.DATA_TYPE_FLOAT32),
+            labels=classified.labels.tolist(),
+            confidences=classified.confidences.tolist(),
+            entropies=classified.entropies.tolist(),
         )
 
 
