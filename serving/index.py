@@ -96,6 +96,13 @@ class CodeIndex:
             distances, rows = self._bits.search(bits.reshape(1, -1), k + (exclude_row is not None))
             return self._hits(distances[0], rows[0], exclude_row, k)
 
+    def codes(self) -> tuple[list[str], np.ndarray]:
+        """Every stored item's id and real-valued code, in the order they were added."""
+        with self._lock:
+            stored = self._db.execute("SELECT id, code FROM items ORDER BY row").fetchall()
+        codes = np.stack([np.frombuffer(code, np.float32) for _, code in stored]) if stored else np.zeros((0, self.binding.code_dim), np.float32)
+        return [item_id for item_id, _ in stored], codes
+
     def is_marked(self, key: str) -> bool:
         with self._lock:
             return self._meta(key) is not None

@@ -5,8 +5,9 @@ import logging
 import numpy as np
 
 from serving.encoding import Encoding
-from serving.errors import FailedPrecondition, InvalidArgument, NotFound
+from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from serving.index import Binding, CodeIndex, Hit, NewItem
+from serving.label_propagation import Method, knn_graph, propagate
 from serving.runtime import encoder_entry
 from serving.mnist import load_mnist
 
@@ -86,3 +87,29 @@ class Search:
         if hashed:
             return await asyncio.to_thread(self.index.search_bits, bits, k, exclude_row)
         return await asyncio.to_thread(self.index.search_code, values, k, exclude_row)
+
+    async def propagate_labels(
+        self, labels: dict[str, int], neighbours: int, method: Method, max_items: int
+    ) -> list[tuple[str, int, float]]:
+        """(id, label, confidence) of every stored item, from the labels of a few (see label_propagation)."""
+        ids, codes = await asyncio.to_thread(self.index.codes)
+        if len(ids) > max_items:
+            raise ResourceExhausted(f"the index holds {len(ids)} items; propagation is limited to {max_items}")
+        if len(ids) < 2:
+            raise FailedPrecondition(f"the index holds {len(ids)} items; propagation needs at least 2")
+        rows = {item_id: row for row, item_id in enumerate(ids)}
+        missing = sorted(set(labels) - set(rows))
+        if missing:
+            raise NotFound(f"no items {', '.join(missing[:10])}", "labels")
+        classes = sorted(set(labels.values()))  # the given classes, as columns of the score matrix
+        labelled = np.asarray([rows[item_id] for item_id in labels])
+        columns = np.searchsorted(classes, list(labels.values()))
+
+        def run() -> np.ndarray:
+            return propagate(knn_graph(codes, neighbours), labelled, columns, len(classes), method)
+
+        scores = await asyncio.to_thread(run)
+        best = scores.argmax(1)
+        confidence = scores[np.arange(len(ids)), best]
+        predicted = np.where(confidence > 0, np.asarray(classes)[best], -1)
+        return list(zip(ids, predicted.tolist(), confidence.tolist()))

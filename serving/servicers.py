@@ -324,6 +324,32 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         await search.delete(ids)
         return search_pb2.DeleteItemsResponse(deleted=len(ids))
 
+    async def PropagateLabels(self, request, context):
+        search, settings = self.gateway.require_search(), self.gateway.settings
+        labels = dict(request.labels)
+        if not labels:
+            raise InvalidArgument("give at least one labelled item", "labels")
+        for item_id, label in labels.items():
+            if label < 0:
+                raise InvalidArgument(f"label {label} of {item_id!r}; want 0 or more", "labels")
+        if request.neighbours < 0:
+            raise InvalidArgument("must be positive (0: the default)", "neighbours")
+        if request.neighbours > settings.max_graph_neighbours:
+            raise ResourceExhausted(f"{request.neighbours} neighbours; the limit is {settings.max_graph_neighbours}", "neighbours")
+        methods = {
+            search_pb2.PROPAGATION_UNSPECIFIED: "spreading",
+            search_pb2.PROPAGATION_SPREADING: "spreading",
+            search_pb2.PROPAGATION_HARMONIC: "harmonic",
+        }
+        if request.method not in methods:
+            raise InvalidArgument(f"unknown method {request.method}", "method")
+        predictions = await search.propagate_labels(
+            labels, request.neighbours or settings.default_graph_neighbours, methods[request.method], settings.max_propagation_items
+        )
+        return search_pb2.PropagateLabelsResponse(predictions=[
+            search_pb2.PredictedLabel(id=item_id, label=label, confidence=confidence) for item_id, label, confidence in predictions
+        ])
+
     async def GetIndexStats(self, request, context):
         search = self.gateway.require_search()
         binding = search.index.binding

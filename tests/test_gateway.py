@@ -171,6 +171,10 @@ def encode(**fields):
     return "Encoder", "Encode", encoder_pb2.EncodeRequest(**fields)
 
 
+def propagate(**fields):
+    return "Search", "PropagateLabels", search_pb2.PropagateLabelsRequest(**fields)
+
+
 def search(**fields):
     return "Search", "Search", search_pb2.SearchRequest(**fields)
 
@@ -216,8 +220,29 @@ BAD_REQUESTS = {
     "delete unknown id": (delete("mnist-test-00001", "nope"), MISSING, "ids"),
     "delete nothing": (delete(), INVALID, "ids"),
     "unknown model name": (("Models", "GetModel", models_pb2.GetModelRequest(name="nope")), MISSING, "name"),
+    "propagate no labels": (propagate(), INVALID, "labels"),
+    "propagate unknown id": (propagate(labels={"mnist-test-00000": 7, "nope": 1}), MISSING, "labels"),
+    "propagate negative label": (propagate(labels={"mnist-test-00000": -2}), INVALID, "labels"),
+    "propagate negative neighbours": (propagate(labels={"mnist-test-00000": 7}, neighbours=-1), INVALID, "neighbours"),
+    "propagate neighbours over limit": (propagate(labels={"mnist-test-00000": 7}, neighbours=101), EXHAUSTED, "neighbours"),
+    "propagate unknown method": (propagate(labels={"mnist-test-00000": 7}, method=9), INVALID, "method"),
 }
 STUBS = {"Encoder": encoder_pb2_grpc.EncoderStub, "Search": search_pb2_grpc.SearchStub, "Models": models_pb2_grpc.ModelsStub}
+
+
+@pytest.mark.parametrize("method", [search_pb2.PROPAGATION_SPREADING, search_pb2.PROPAGATION_HARMONIC])
+def test_propagate_labels_over_the_gallery_from_ten_per_class(channel, mnist, method):
+    labels = mnist.test.labels
+    seeds = {f"mnist-test-{i:05d}": c for c in range(10) for i in np.flatnonzero(labels == c)[:10]}
+    stub = search_pb2_grpc.SearchStub(channel)
+    response = stub.PropagateLabels(search_pb2.PropagateLabelsRequest(labels=seeds, method=method))
+    predicted = {p.id: (p.label, p.confidence) for p in response.predictions}
+    assert len(predicted) == stub.GetIndexStats(search_pb2.GetIndexStatsRequest()).items
+    rest = [i for i in range(len(labels)) if f"mnist-test-{i:05d}" not in seeds]
+    guesses = np.asarray([predicted[f"mnist-test-{i:05d}"][0] for i in rest])
+    accuracy = (guesses == labels[rest]).mean()
+    assert accuracy > 0.9  # measured 0.935 (spreading) and 0.927 (harmonic) on the autoencoder v2 codes
+    assert all(0 < confidence <= 1 for _, confidence in predicted.values())
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))

@@ -45,7 +45,7 @@ class LeNet(LossModel):
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> Losses:
         if self.training and self.config.max_shift:
-            images = _shift(images, self.config.max_shift)
+            images = shift(images, self.config.max_shift)
         logits, _ = self(images)
         loss = F.cross_entropy(logits, labels)
         return Losses(loss, {"error": (logits.argmax(1) != labels).float().mean().item()})
@@ -57,7 +57,7 @@ class LeNet(LossModel):
     @torch.no_grad()
     def preview(self, images: torch.Tensor) -> torch.Tensor:
         """The inputs with the shift augmentation the model trains on."""
-        return torch.cat([images, _shift(images, self.config.max_shift)])
+        return torch.cat([images, shift(images, self.config.max_shift)])
 
     def graphs(self) -> dict[str, Graph]:
         return {
@@ -83,7 +83,7 @@ def _error(model: LeNet, images: torch.Tensor, labels: torch.Tensor) -> float:
     return wrong / len(images)
 
 
-def _shift(images: torch.Tensor, max_shift: int) -> torch.Tensor:
+def shift(images: torch.Tensor, max_shift: int) -> torch.Tensor:
     """Each image moved by its own random offset in [-max_shift, max_shift]^2, zero-filled."""
     n, _, h, w = images.shape
     padded = F.pad(images, (max_shift,) * 4)

@@ -3,7 +3,8 @@
 A model class has `Config` (a `TrainConfig`), `optimizers()`, `train_step(images, labels, optimizers) ->
 terms` and `validate(images, labels) -> terms` (what the training loop calls), `preview(images) -> images`
 for the progress grid, `graphs() -> {graph name: Graph}` (what export writes to the model repository) and
-`evaluate(data) -> metrics` (what its model card reports). Models trained on one loss derive from
+`evaluate(data) -> metrics` (what its model card reports), and optionally `initialise()`, called once when
+a fresh run starts (to load a pretrained part). Models trained on one loss derive from
 `LossModel` and define `loss(images, labels) -> Losses`; GANs define their own alternating steps.
 """
 from dataclasses import dataclass, field
@@ -70,11 +71,15 @@ def _models() -> dict[str, type]:
     from training.classifier import LeNet
     from training.conv_vae import ConvVAE
     from training.gan import ACGAN, DCGAN, WGANGP
+    from training.kingma import M1, M1M2, M2
+    from training.self_training import EntropyMin, FixMatch, SelfTraining
     from training.vae import VAE
 
     return {
         "autoencoder": ConvAutoencoder, "vae": VAE, "lenet": LeNet,
         "conv_vae": ConvVAE, "dcgan": DCGAN, "wgan_gp": WGANGP, "acgan": ACGAN,
+        "m1": M1, "m2": M2, "m1m2": M1M2,
+        "pseudo_label": SelfTraining, "entropy_min": EntropyMin, "fixmatch": FixMatch,
     }
 
 

@@ -10,6 +10,7 @@ from tqdm import tqdm
 from serving.mnist import Mnist
 from serving.images import save_grid
 from training.registry import build, model_class
+from training.semi_supervised import SemiSupervisedConfig, hide_labels
 
 PREVIEW_IMAGES = 16
 
@@ -44,6 +45,8 @@ def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, 
         config = model_class(name).Config(**(overrides or {}))
         torch.manual_seed(config.seed)
         model = build(name, config.model_dump())
+        if hasattr(model, "initialise"):  # a model built on another one's checkpoint (m1m2) loads it here
+            model.initialise()
     optimizers = model.optimizers()
     for key, state in checkpoint.get("optimizers", {}).items():
         optimizers[key].load_state_dict(state)
@@ -51,6 +54,9 @@ def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, 
     train_images, train_labels = torch.from_numpy(data.train.images[:, None]), torch.from_numpy(data.train.labels).long()
     valid_images, valid_labels = torch.from_numpy(data.valid.images[:, None]), torch.from_numpy(data.valid.labels).long()
     preview = valid_images[:PREVIEW_IMAGES]
+    labelled = None
+    if isinstance(config, SemiSupervisedConfig):
+        train_labels, labelled = hide_labels(train_labels, config)
     step, history = checkpoint["step"], checkpoint["history"]
     for epoch in range(checkpoint["epoch"], config.epochs):
         model.train()
@@ -62,6 +68,8 @@ def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, 
         batches = tqdm(order.split(config.batch_size), desc=f"{name} epoch {epoch + 1}/{config.epochs}", leave=False, mininterval=5)
         sums: dict[str, float] = {}
         for indices in batches:
+            if labelled is not None:  # each batch also gets labelled images (training/semi_supervised.py)
+                indices = torch.cat([indices, labelled[torch.randint(len(labelled), (config.labelled_batch_size,))]])
             terms = model.train_step(train_images[indices], train_labels[indices], optimizers)
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from latentserve.v1 import common_pb2 as latentserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blatentserve/v1/search.proto\x12\x0elatentserve.v1\x1a\x1blatentserve/v1/common.proto\"\xa5\x01\n\rSearchRequest\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x15.latentserve.v1.ImageH\x00\x12$\n\x04\x63ode\x18\x02 \x01(\x0b\x32\x14.latentserve.v1.CodeH\x00\x12\x0c\n\x02id\x18\x03 \x01(\tH\x00\x12\t\n\x01k\x18\x04 \x01(\x05\x12$\n\x05space\x18\x05 \x01(\x0e\x32\x15.latentserve.v1.SpaceB\x07\n\x05query\"3\n\x0eSearchResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.latentserve.v1.Hit\"\xa7\x01\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x64istance\x18\x02 \x01(\x02\x12\x12\n\x05label\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x33\n\x08metadata\x18\x04 \x03(\x0b\x32!.latentserve.v1.Hit.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_label\"\xbd\x01\n\x04Item\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x05image\x18\x02 \x01(\x0b\x32\x15.latentserve.v1.Image\x12\x12\n\x05label\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x34\n\x08metadata\x18\x04 \x03(\x0b\x32\".latentserve.v1.Item.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_label\"6\n\x0f\x41\x64\x64ItemsRequest\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.latentserve.v1.Item\"!\n\x10\x41\x64\x64ItemsResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x05\"!\n\x12\x44\x65leteItemsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"&\n\x13\x44\x65leteItemsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"\x16\n\x14GetIndexStatsRequest\"h\n\nIndexStats\x12\r\n\x05items\x18\x01 \x01(\x03\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.latentserve.v1.ModelRef\x12\x10\n\x08\x63ode_dim\x18\x03 \x01(\x05\x12\x10\n\x08num_bits\x18\x04 \x01(\x05*>\n\x05Space\x12\x15\n\x11SPACE_UNSPECIFIED\x10\x00\x12\x0e\n\nSPACE_CODE\x10\x01\x12\x0e\n\nSPACE_HASH\x10\x02\x32\xcb\x02\n\x06Search\x12G\n\x06Search\x12\x1d.latentserve.v1.SearchRequest\x1a\x1e.latentserve.v1.SearchResponse\x12M\n\x08\x41\x64\x64Items\x12\x1f.latentserve.v1.AddItemsRequest\x1a .latentserve.v1.AddItemsResponse\x12V\n\x0b\x44\x65leteItems\x12\".latentserve.v1.DeleteItemsRequest\x1a#.latentserve.v1.DeleteItemsResponse\x12Q\n\rGetIndexStats\x12$.latentserve.v1.GetIndexStatsRequest\x1a\x1a.latentserve.v1.IndexStatsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blatentserve/v1/search.proto\x12\x0elatentserve.v1\x1a\x1blatentserve/v1/common.proto\"\xa5\x01\n\rSearchRequest\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x15.latentserve.v1.ImageH\x00\x12$\n\x04\x63ode\x18\x02 \x01(\x0b\x32\x14.latentserve.v1.CodeH\x00\x12\x0c\n\x02id\x18\x03 \x01(\tH\x00\x12\t\n\x01k\x18\x04 \x01(\x05\x12$\n\x05space\x18\x05 \x01(\x0e\x32\x15.latentserve.v1.SpaceB\x07\n\x05query\"3\n\x0eSearchResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.latentserve.v1.Hit\"\xa7\x01\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x64istance\x18\x02 \x01(\x02\x12\x12\n\x05label\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x33\n\x08metadata\x18\x04 \x03(\x0b\x32!.latentserve.v1.Hit.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_label\"\xbd\x01\n\x04Item\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x05image\x18\x02 \x01(\x0b\x32\x15.latentserve.v1.Image\x12\x12\n\x05label\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x34\n\x08metadata\x18\x04 \x03(\x0b\x32\".latentserve.v1.Item.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_label\"6\n\x0f\x41\x64\x64ItemsRequest\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.latentserve.v1.Item\"!\n\x10\x41\x64\x64ItemsResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x05\"!\n\x12\x44\x65leteItemsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"&\n\x13\x44\x65leteItemsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"\x16\n\x14GetIndexStatsRequest\"h\n\nIndexStats\x12\r\n\x05items\x18\x01 \x01(\x03\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.latentserve.v1.ModelRef\x12\x10\n\x08\x63ode_dim\x18\x03 \x01(\x05\x12\x10\n\x08num_bits\x18\x04 \x01(\x05\"\xcc\x01\n\x16PropagateLabelsRequest\x12\x42\n\x06labels\x18\x01 \x03(\x0b\x32\x32.latentserve.v1.PropagateLabelsRequest.LabelsEntry\x12\x12\n\nneighbours\x18\x02 \x01(\x05\x12+\n\x06method\x18\x03 \x01(\x0e\x32\x1b.latentserve.v1.Propagation\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"?\n\x0ePredictedLabel\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\x05\x12\x12\n\nconfidence\x18\x03 \x01(\x02\"N\n\x17PropagateLabelsResponse\x12\x33\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1e.latentserve.v1.PredictedLabel*>\n\x05Space\x12\x15\n\x11SPACE_UNSPECIFIED\x10\x00\x12\x0e\n\nSPACE_CODE\x10\x01\x12\x0e\n\nSPACE_HASH\x10\x02*_\n\x0bPropagation\x12\x1b\n\x17PROPAGATION_UNSPECIFIED\x10\x00\x12\x19\n\x15PROPAGATION_SPREADING\x10\x01\x12\x18\n\x14PROPAGATION_HARMONIC\x10\x02\x32\xaf\x03\n\x06Search\x12G\n\x06Search\x12\x1d.latentserve.v1.SearchRequest\x1a\x1e.latentserve.v1.SearchResponse\x12M\n\x08\x41\x64\x64Items\x12\x1f.latentserve.v1.AddItemsRequest\x1a .latentserve.v1.AddItemsResponse\x12V\n\x0b\x44\x65leteItems\x12\".latentserve.v1.DeleteItemsRequest\x1a#.latentserve.v1.DeleteItemsResponse\x12Q\n\rGetIndexStats\x12$.latentserve.v1.GetIndexStatsRequest\x1a\x1a.latentserve.v1.IndexStats\x12\x62\n\x0fPropagateLabels\x12&.latentserve.v1.PropagateLabelsRequest\x1a\'.latentserve.v1.PropagateLabelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HIT_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_ITEM_METADATAENTRY']._loaded_options = None
   _globals['_ITEM_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_SPACE']._serialized_start=955
-  _globals['_SPACE']._serialized_end=1017
+  _globals['_PROPAGATELABELSREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_PROPAGATELABELSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_SPACE']._serialized_start=1307
+  _globals['_SPACE']._serialized_end=1369
+  _globals['_PROPAGATION']._serialized_start=1371
+  _globals['_PROPAGATION']._serialized_end=1466
   _globals['_SEARCHREQUEST']._serialized_start=77
   _globals['_SEARCHREQUEST']._serialized_end=242
   _globals['_SEARCHRESPONSE']._serialized_start=244
@@ -62,6 +66,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETINDEXSTATSREQUEST']._serialized_end=847
   _globals['_INDEXSTATS']._serialized_start=849
   _globals['_INDEXSTATS']._serialized_end=953
-  _globals['_SEARCH']._serialized_start=1020
-  _globals['_SEARCH']._serialized_end=1351
+  _globals['_PROPAGATELABELSREQUEST']._serialized_start=956
+  _globals['_PROPAGATELABELSREQUEST']._serialized_end=1160
+  _globals['_PROPAGATELABELSREQUEST_LABELSENTRY']._serialized_start=1115
+  _globals['_PROPAGATELABELSREQUEST_LABELSENTRY']._serialized_end=1160
+  _globals['_PREDICTEDLABEL']._serialized_start=1162
+  _globals['_PREDICTEDLABEL']._serialized_end=1225
+  _globals['_PROPAGATELABELSRESPONSE']._serialized_start=1227
+  _globals['_PROPAGATELABELSRESPONSE']._serialized_end=1305
+  _globals['_SEARCH']._serialized_start=1469
+  _globals['_SEARCH']._serialized_end=1900
 # @@protoc_insertion_point(module_scope)

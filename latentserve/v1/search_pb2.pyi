@@ -13,9 +13,18 @@ class Space(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SPACE_UNSPECIFIED: _ClassVar[Space]
     SPACE_CODE: _ClassVar[Space]
     SPACE_HASH: _ClassVar[Space]
+
+class Propagation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROPAGATION_UNSPECIFIED: _ClassVar[Propagation]
+    PROPAGATION_SPREADING: _ClassVar[Propagation]
+    PROPAGATION_HARMONIC: _ClassVar[Propagation]
 SPACE_UNSPECIFIED: Space
 SPACE_CODE: Space
 SPACE_HASH: Space
+PROPAGATION_UNSPECIFIED: Propagation
+PROPAGATION_SPREADING: Propagation
+PROPAGATION_HARMONIC: Propagation
 
 class SearchRequest(_message.Message):
     __slots__ = ("image", "code", "id", "k", "space")
@@ -114,3 +123,36 @@ class IndexStats(_message.Message):
     code_dim: int
     num_bits: int
     def __init__(self, items: _Optional[int] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., code_dim: _Optional[int] = ..., num_bits: _Optional[int] = ...) -> None: ...
+
+class PropagateLabelsRequest(_message.Message):
+    __slots__ = ("labels", "neighbours", "method")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.ScalarMap[str, int]
+    neighbours: int
+    method: Propagation
+    def __init__(self, labels: _Optional[_Mapping[str, int]] = ..., neighbours: _Optional[int] = ..., method: _Optional[_Union[Propagation, str]] = ...) -> None: ...
+
+class PredictedLabel(_message.Message):
+    __slots__ = ("id", "label", "confidence")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    label: int
+    confidence: float
+    def __init__(self, id: _Optional[str] = ..., label: _Optional[int] = ..., confidence: _Optional[float] = ...) -> None: ...
+
+class PropagateLabelsResponse(_message.Message):
+    __slots__ = ("predictions",)
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    predictions: _containers.RepeatedCompositeFieldContainer[PredictedLabel]
+    def __init__(self, predictions: _Optional[_Iterable[_Union[PredictedLabel, _Mapping]]] = ...) -> None: ...

@@ -56,6 +56,11 @@ class SearchStub:
                 request_serializer=latentserve_dot_v1_dot_search__pb2.GetIndexStatsRequest.SerializeToString,
                 response_deserializer=latentserve_dot_v1_dot_search__pb2.IndexStats.FromString,
                 _registered_method=True)
+        self.PropagateLabels = channel.unary_unary(
+                '/latentserve.v1.Search/PropagateLabels',
+                request_serializer=latentserve_dot_v1_dot_search__pb2.PropagateLabelsRequest.SerializeToString,
+                response_deserializer=latentserve_dot_v1_dot_search__pb2.PropagateLabelsResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServicer:
@@ -87,6 +92,13 @@ class SearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PropagateLabels(self, request, context):
+        """Labels for every stored item from a few labelled ones, spread over the kNN graph of the stored codes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +121,11 @@ def add_SearchServicer_to_server(servicer, server):
                     servicer.GetIndexStats,
                     request_deserializer=latentserve_dot_v1_dot_search__pb2.GetIndexStatsRequest.FromString,
                     response_serializer=latentserve_dot_v1_dot_search__pb2.IndexStats.SerializeToString,
+            ),
+            'PropagateLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.PropagateLabels,
+                    request_deserializer=latentserve_dot_v1_dot_search__pb2.PropagateLabelsRequest.FromString,
+                    response_serializer=latentserve_dot_v1_dot_search__pb2.PropagateLabelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +238,33 @@ class Search:
             '/latentserve.v1.Search/GetIndexStats',
             latentserve_dot_v1_dot_search__pb2.GetIndexStatsRequest.SerializeToString,
             latentserve_dot_v1_dot_search__pb2.IndexStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PropagateLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latentserve.v1.Search/PropagateLabels',
+            latentserve_dot_v1_dot_search__pb2.PropagateLabelsRequest.SerializeToString,
+            latentserve_dot_v1_dot_search__pb2.PropagateLabelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

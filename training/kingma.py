@@ -1,0 +1,193 @@
+"""Kingma, Rezende, Mohamed & Welling (2014), "Semi-supervised learning with deep generative models":
+M1, M2 and M1+M2, with MLPs (softplus) as in the paper.
+
+- M1: a VAE on all images; a classifier on its latent means, trained on the labelled ones only (its
+  gradient does not reach the VAE: the paper's two stages, run side by side).
+- M2: p(x|y,z) p(y) p(z) with q(z|x,y) and the classifier q(y|x). Labelled images cost -L(x,y), the
+  negative bound; unlabelled ones cost U(x) = sum_y q(y|x) (-L(x,y)) - H(q(y|x)), with the sum over all
+  ten classes (not a sample of y), and the labelled ones also pay `classification_weight` x the
+  classifier's cross-entropy (the paper's alpha = 0.1 N on its summed objective; per image of a batch,
+  as here, that is about 0.1 x the number of labels: 10 for 100).
+- M1+M2: M2 over M1's latent space: a trained M1 (`m1_checkpoint`), frozen, turns each image into a
+  sample of q(z1|x); M2 models z1 with a Gaussian p(z1|y,z2). The served classifier takes M1's mean.
+"""
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from serving.mnist import Mnist
+from training.registry import Graph, LossModel, Losses
+from training.semi_supervised import CLASSES, SemiSupervisedConfig, classifier_graph, error_rate, evaluate_classifier
+from training.vae import VAE, VAEConfig
+
+PIXELS = 784
+
+
+def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.Softplus(), nn.Linear(hidden, hidden), nn.Softplus(), nn.Linear(hidden, outputs))
+
+
+class M1Config(SemiSupervisedConfig, VAEConfig):
+    epochs: int = 50
+    latent_dim: int = 50
+    hidden: int = 600
+    learning_rate: float = 3e-4
+    classifier_weight_decay: float = 1e-3  # L2 on the classifier: it sees 100 points
+
+
+class M1(VAE):
+    Config = M1Config
+
+    def __init__(self, config: M1Config):
+        super().__init__(config)
+        self.classifier = nn.Linear(config.latent_dim, CLASSES)
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.encode(images)[0])
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> Losses:
+        elbo = super().loss(images)
+        labelled = labels >= 0
+        logits = self.classifier(self.encode(images[labelled])[0].detach())
+        cross_entropy = F.cross_entropy(logits, labels[labelled])
+        decay = self.config.classifier_weight_decay * self.classifier.weight.square().sum()
+        return Losses(elbo.total + cross_entropy + decay, {**elbo.terms, "cross_entropy": cross_entropy.item()})
+
+    @torch.no_grad()
+    def validate(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        elbo = sum(super(M1, self).loss(x).total.item() * len(x) for x in images.split(1000)) / len(images)
+        return {"negative_elbo": elbo, "error": error_rate(self.classify, images, labels)}
+
+    def graphs(self) -> dict[str, Graph]:
+        return {"classifier": classifier_graph(self)}
+
+    @torch.no_grad()
+    def evaluate(self, data: Mnist) -> dict[str, float]:
+        return {**self.test_negative_elbo(data), **evaluate_classifier(self, data)}
+
+
+class M2Config(SemiSupervisedConfig):
+    epochs: int = 100
+    latent_dim: int = 50
+    hidden: int = 500
+    learning_rate: float = 3e-4
+    classification_weight: float = 10.0
+
+
+class M2Network(nn.Module):
+    """M2 over flat inputs of `dim` values: Bernoulli p(x|y,z) for pixels, Gaussian for M1's latents."""
+
+    def __init__(self, dim: int, hidden: int, latent_dim: int, gaussian: bool):
+        super().__init__()
+        self.gaussian = gaussian
+        self.classifier = _mlp(dim, hidden, CLASSES)
+        self.encoder = _mlp(dim + CLASSES, hidden, 2 * latent_dim)
+        self.decoder = _mlp(latent_dim + CLASSES, hidden, 2 * dim if gaussian else dim)
+
+    def negative_bound(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """-L(x, y) per row, nats: -log p(x|y,z) + KL(q(z|x,y) || N(0, I)) - log p(y), one z sample."""
+        one_hot = F.one_hot(y, CLASSES).to(x.dtype)
+        mean, log_variance = self.encoder(torch.cat([x, one_hot], 1)).chunk(2, 1)
+        z = mean + torch.randn_like(mean) * torch.exp(0.5 * log_variance)
+        out = self.decoder(torch.cat([z, one_hot], 1))
+        if self.gaussian:
+            x_mean, x_log_variance = out.chunk(2, 1)
+            reconstruction = 0.5 * (x_log_variance + (x - x_mean) ** 2 / x_log_variance.exp() + math.log(2 * math.pi)).sum(1)
+        else:
+            reconstruction = F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(1)
+        kl = -0.5 * (1 + log_variance - mean**2 - log_variance.exp()).sum(1)
+        return reconstruction + kl + math.log(CLASSES)
+
+    def unlabelled_cost(self, x: torch.Tensor) -> torch.Tensor:
+        """U(x) per row: every class at once (the batch repeated ten times)."""
+        n = len(x)
+        y = torch.arange(CLASSES).repeat_interleave(n)
+        bounds = self.negative_bound(x.repeat(CLASSES, 1), y).view(CLASSES, n).T  # [n, classes]
+        return self._expected(x, bounds)
+
+    def unlabelled_cost_by_class(self, x: torch.Tensor) -> torch.Tensor:
+        """U(x) with one pass per class: the same value, kept as the check of `unlabelled_cost`."""
+        bounds = torch.stack([self.negative_bound(x, torch.full((len(x),), c)) for c in range(CLASSES)], 1)
+        return self._expected(x, bounds)
+
+    def _expected(self, x: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+        log_q = F.log_softmax(self.classifier(x), 1)
+        q = log_q.exp()
+        return (q * bounds).sum(1) + (q * log_q).sum(1)  # E_q[-L] - H(q)
+
+    def loss(self, x: torch.Tensor, labels: torch.Tensor, classification_weight: float) -> Losses:
+        labelled = labels >= 0
+        bound = torch.cat([self.negative_bound(x[labelled], labels[labelled]), self.unlabelled_cost(x[~labelled])])
+        cross_entropy = F.cross_entropy(self.classifier(x[labelled]), labels[labelled])
+        total = bound.mean() + classification_weight * cross_entropy
+        return Losses(total, {"bound": bound.mean().item(), "cross_entropy": cross_entropy.item()})
+
+
+class M2(LossModel):
+    Config = M2Config
+
+    def __init__(self, config: M2Config):
+        super().__init__()
+        self.config = config
+        self.network = M2Network(PIXELS, config.hidden, config.latent_dim, gaussian=False)
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network.classifier(images.flatten(1))
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> Losses:
+        return self.network.loss(images.flatten(1), labels, self.config.classification_weight)
+
+    @torch.no_grad()
+    def validate(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        return {"error": error_rate(self.classify, images, labels)}
+
+    @torch.no_grad()
+    def preview(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def graphs(self) -> dict[str, Graph]:
+        return {"classifier": classifier_graph(self)}
+
+    @torch.no_grad()
+    def evaluate(self, data: Mnist) -> dict[str, float]:
+        return evaluate_classifier(self, data)
+
+
+class M1M2Config(M2Config):
+    m1_checkpoint: str = "runs/m1/checkpoint.pt"  # read once, when a fresh run starts
+    m1_latent_dim: int = M1Config().latent_dim
+    m1_hidden: int = M1Config().hidden
+
+
+class M1M2(M2):
+    Config = M1M2Config
+
+    def __init__(self, config: M1M2Config):
+        LossModel.__init__(self)
+        self.config = config
+        self.m1 = VAE(VAEConfig(latent_dim=config.m1_latent_dim, hidden=config.m1_hidden)).requires_grad_(False)
+        self.network = M2Network(config.m1_latent_dim, config.hidden, config.latent_dim, gaussian=True)
+
+    def initialise(self) -> None:
+        """At the start of a fresh run: M1's trained VAE, frozen."""
+        checkpoint = torch.load(Path(self.config.m1_checkpoint), map_location="cpu", weights_only=True)
+        shape = {key: checkpoint["config"][key] for key in ("latent_dim", "hidden")} if checkpoint["model"] == "m1" else None
+        if shape != {"latent_dim": self.config.m1_latent_dim, "hidden": self.config.m1_hidden}:
+            raise ValueError(f"{self.config.m1_checkpoint} is not an m1 of latent_dim {self.config.m1_latent_dim}, hidden {self.config.m1_hidden}")
+        self.m1.load_state_dict({k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("classifier.")})
+
+    def train(self, mode: bool = True) -> "M1M2":
+        super().train(mode)
+        self.m1.eval()
+        return self
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network.classifier(self.m1.encode(images)[0])
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> Losses:
+        with torch.no_grad():
+            z1 = self.m1.reparameterize(*self.m1.encode(images))
+        return self.network.loss(z1, labels, self.config.classification_weight)

@@ -1,0 +1,146 @@
+"""Semi-supervised convolutional classifiers that learn from their own predictions on unlabelled images,
+all on the LeNet network (training/classifier.py):
+
+- `pseudo_label` (Lee 2013): unlabelled images whose predicted probability reaches `threshold` are
+  trained on as if labelled with the prediction (`hard`), or towards the prediction itself (`soft`).
+- `entropy_min` (Grandvalet & Bengio 2005): the entropy of the predictions on unlabelled images is
+  added to the loss.
+- `fixmatch` (Sohn et al. 2020), the consistency-regularised method aimed at the front of the table:
+  hard pseudo-labels from a weakly augmented view (a shift of up to 2 pixels) train the prediction on a
+  strongly augmented view of the same image (random affine: rotation, scale, shear and a larger shift,
+  then a cutout square), so the network must agree with itself across the distortions digits allow.
+
+Every unlabelled term is weighted by `unlabelled_weight`, ramped up linearly over `rampup_steps`.
+"""
+import math
+from typing import Literal
+
+import torch
+from torch.nn import functional as F
+
+from serving.mnist import Mnist
+from training.classifier import LeNet, LeNetConfig, shift
+from training.registry import Graph, Losses, LossModel
+from training.semi_supervised import SemiSupervisedConfig, classifier_graph, error_rate, evaluate_classifier
+
+
+class SelfTrainingConfig(SemiSupervisedConfig):
+    epochs: int = 30
+    batch_size: int = 448  # unlabelled images a step (FixMatch's ratio: 7 per labelled image)
+    labelled_batch_size: int = 64
+    learning_rate_decay: float = 0.93
+    dropout: float = 0.0
+    pseudo_labels: Literal["none", "hard", "soft"] = "hard"
+    threshold: float = 0.95  # predictions below this confidence are not trained on
+    entropy_weight: float = 0.0
+    unlabelled_weight: float = 1.0
+    rampup_steps: int = 500
+    strong_augmentation: bool = False  # FixMatch: pseudo-labels from the weak view train the strong one
+    weak_shift: int = 2
+
+
+class EntropyMinConfig(SelfTrainingConfig):
+    pseudo_labels: Literal["none", "hard", "soft"] = "none"
+    entropy_weight: float = 1.0
+
+
+class FixMatchConfig(SelfTrainingConfig):
+    strong_augmentation: bool = True
+
+
+class SelfTraining(LossModel):
+    Config = SelfTrainingConfig
+
+    def __init__(self, config: SelfTrainingConfig):
+        super().__init__()
+        self.config = config
+        self.network = LeNet(LeNetConfig(dropout=config.dropout))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training steps so far, for the ramp
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images)[0]
+
+    def _rampup(self) -> float:
+        return min(1.0, (self.steps.item() + 1) / (self.config.rampup_steps + 1))
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> Losses:
+        cfg = self.config
+        labelled = labels >= 0
+        weak = shift(images, cfg.weak_shift)
+        supervised = F.cross_entropy(self.classify(weak[labelled]), labels[labelled])
+        unlabelled = weak[~labelled]
+        if cfg.strong_augmentation:
+            with torch.no_grad():
+                targets = F.softmax(self.classify(unlabelled), 1)
+            logits = self.classify(strong_augment(images[~labelled]))
+        else:
+            logits = self.classify(unlabelled)
+            targets = F.softmax(logits.detach(), 1)
+        log_probabilities = F.log_softmax(logits, 1)
+        confidence, predicted = targets.max(1)
+        mask = (confidence >= cfg.threshold).float()
+        if cfg.pseudo_labels == "hard":
+            pseudo = F.nll_loss(log_probabilities, predicted, reduction="none") * mask
+        elif cfg.pseudo_labels == "soft":
+            pseudo = -(targets * log_probabilities).sum(1) * mask
+        else:
+            pseudo = torch.zeros(len(logits))
+        entropy = -(log_probabilities.exp() * log_probabilities).sum(1)
+        count = max(len(logits), 1)  # a batch may hold no unlabelled image
+        pseudo, entropy, confident = pseudo.sum() / count, entropy.sum() / count, mask.sum().item() / count
+        weight = cfg.unlabelled_weight * self._rampup()
+        total = supervised + weight * (pseudo + cfg.entropy_weight * entropy)
+        if self.training:
+            self.steps += 1
+        return Losses(total, {
+            "supervised": supervised.item(), "pseudo": pseudo.item(), "entropy": entropy.item(),
+            "confident": confident,
+        })
+
+    @torch.no_grad()
+    def validate(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        return {"error": error_rate(self.classify, images, labels)}
+
+    @torch.no_grad()
+    def preview(self, images: torch.Tensor) -> torch.Tensor:
+        """The validation images, weakly and strongly augmented."""
+        return torch.cat([images, shift(images, self.config.weak_shift), strong_augment(images)])
+
+    def graphs(self) -> dict[str, Graph]:
+        return {"classifier": classifier_graph(self)}
+
+    @torch.no_grad()
+    def evaluate(self, data: Mnist) -> dict[str, float]:
+        return evaluate_classifier(self, data)
+
+
+def strong_augment(images: torch.Tensor, cutout: int = 10) -> torch.Tensor:
+    """Random affine per image (rotation up to 20 degrees, scale 0.85-1.15, shear up to 0.2, shift up to
+    3 pixels), then a `cutout` x `cutout` square of zeros at a random place."""
+    n = len(images)
+    if n == 0:
+        return images
+    angle = (torch.rand(n) * 2 - 1) * math.radians(20)
+    scale = 0.85 + torch.rand(n) * 0.3
+    shear = (torch.rand(n) * 2 - 1) * 0.2
+    offset = (torch.rand(n, 2) * 2 - 1) * (3 / 14)  # grid units: 14 pixels per unit on 28 pixels
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([
+        torch.stack([cos, -sin + shear * cos, offset[:, 0]], 1),
+        torch.stack([sin, cos + shear * sin, offset[:, 1]], 1),
+    ], 1)
+    grid = F.affine_grid(theta, images.shape, align_corners=False)
+    warped = F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
+    rows = torch.arange(28)[None, :, None]
+    cols = torch.arange(28)[None, None, :]
+    top, left = (torch.randint(-cutout // 2, 28 - cutout // 2, (2, n, 1, 1)))
+    square = (rows >= top) & (rows < top + cutout) & (cols >= left) & (cols < left + cutout)
+    return warped * (~square)[:, None]
+
+
+class EntropyMin(SelfTraining):
+    Config = EntropyMinConfig
+
+
+class FixMatch(SelfTraining):
+    Config = FixMatchConfig
