@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.registry import MODELS, build
+from training.registry import build, models
 
 SMALL = {
     "autoencoder": {"channels": 8, "code_dim": 8, "hash_bits": 16},
@@ -27,10 +27,10 @@ SMALL = {
 
 
 def _with_capability(capability: str) -> list[str]:
-    return [n for n in sorted(MODELS) if any(g.capability == capability for g in build(n, SMALL[n]).graphs().values())]
+    return [n for n in sorted(models()) if any(g.capability == capability for g in build(n, SMALL[n]).graphs().values())]
 
 
-@pytest.fixture(params=sorted(MODELS))
+@pytest.fixture(params=sorted(models()))
 def name(request):
     return request.param
 
@@ -60,7 +60,7 @@ def graph_inputs(graph, images: torch.Tensor) -> list[torch.Tensor]:
 
 
 def test_every_model_has_a_small_config():
-    assert set(SMALL) == set(MODELS)
+    assert set(SMALL) == set(models())
 
 
 def test_graphs_give_their_declared_outputs(name, images):

@@ -87,11 +87,13 @@ class M2Network(nn.Module):
         self.encoder = _mlp(dim + CLASSES, hidden, 2 * latent_dim)
         self.decoder = _mlp(latent_dim + CLASSES, hidden, 2 * dim if gaussian else dim)
 
-    def negative_bound(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """-L(x, y) per row, nats: -log p(x|y,z) + KL(q(z|x,y) || N(0, I)) - log p(y), one z sample."""
+    def negative_bound(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """-L(x, y) per row, nats: -log p(x|y,z) + KL(q(z|x,y) || N(0, I)) - log p(y), with one sample
+        z = mean + sd * noise (noise: standard normal, drawn here unless given)."""
         one_hot = F.one_hot(y, CLASSES).to(x.dtype)
         mean, log_variance = self.encoder(torch.cat([x, one_hot], 1)).chunk(2, 1)
-        z = mean + torch.randn_like(mean) * torch.exp(0.5 * log_variance)
+        noise = torch.randn_like(mean) if noise is None else noise
+        z = mean + noise * torch.exp(0.5 * log_variance)
         out = self.decoder(torch.cat([z, one_hot], 1))
         if self.gaussian:
             x_mean, x_log_variance = out.chunk(2, 1)
@@ -101,16 +103,17 @@ class M2Network(nn.Module):
         kl = -0.5 * (1 + log_variance - mean**2 - log_variance.exp()).sum(1)
         return reconstruction + kl + math.log(CLASSES)
 
-    def unlabelled_cost(self, x: torch.Tensor) -> torch.Tensor:
-        """U(x) per row: every class at once (the batch repeated ten times)."""
+    def unlabelled_cost(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """U(x) per row: every class at once (the batch repeated ten times). `noise`: [classes, n, latent]."""
         n = len(x)
         y = torch.arange(CLASSES).repeat_interleave(n)
-        bounds = self.negative_bound(x.repeat(CLASSES, 1), y).view(CLASSES, n).T  # [n, classes]
+        flat_noise = None if noise is None else noise.flatten(0, 1)
+        bounds = self.negative_bound(x.repeat(CLASSES, 1), y, flat_noise).view(CLASSES, n).T  # [n, classes]
         return self._expected(x, bounds)
 
-    def unlabelled_cost_by_class(self, x: torch.Tensor) -> torch.Tensor:
+    def unlabelled_cost_by_class(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """U(x) with one pass per class: the same value, kept as the check of `unlabelled_cost`."""
-        bounds = torch.stack([self.negative_bound(x, torch.full((len(x),), c)) for c in range(CLASSES)], 1)
+        bounds = torch.stack([self.negative_bound(x, torch.full((len(x),), c), noise[c]) for c in range(CLASSES)], 1)
         return self._expected(x, bounds)
 
     def _expected(self, x: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ for the progress grid, `graphs() -> {graph name: Graph}` (what export writes to 
 a fresh run starts (to load a pretrained part). Models trained on one loss derive from
 `LossModel` and define `loss(images, labels) -> Losses`; GANs define their own alternating steps.
 """
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -66,7 +67,9 @@ class LossModel(nn.Module):
         return {"loss": total / len(images)}
 
 
-def _models() -> dict[str, type]:
+@functools.cache
+def models() -> dict[str, type]:
+    """Every trainable model by name (imported on first use: the model modules import this one)."""
     from training.autoencoder import ConvAutoencoder
     from training.classifier import LeNet
     from training.conv_vae import ConvVAE
@@ -83,13 +86,10 @@ def _models() -> dict[str, type]:
     }
 
 
-MODELS: dict[str, type] = _models()
-
-
 def model_class(name: str) -> type:
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
-    return MODELS[name]
+    if name not in models():
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(models()))}")
+    return models()[name]
 
 
 def build(name: str, config: dict | None = None):
