@@ -146,9 +146,18 @@ def cmd_generate(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from serving.evaluation import main as evaluate
+    if args.what == "generation":
+        from serving.evaluation import main as evaluate
 
-    evaluate(args.repository, args.models, args.samples)
+        evaluate(args.repository, args.models, args.samples)
+    elif args.what == "propagation":
+        from training.benchmark_semi_supervised import propagation
+
+        propagation(args.repository, args.seeds, args.neighbours)
+    else:
+        from training.benchmark_semi_supervised import classification
+
+        classification(args.repository, args.checkpoints)
 
 
 def cmd_bench(args) -> None:
@@ -171,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     train = verbs.add_parser("train", help="train a model (resumes from its run directory)")
-    train.add_argument("model", help="model name: autoencoder, vae, lenet, conv_vae, dcgan, wgan_gp, acgan")
+    train.add_argument("model", help="model name (docs/training.md lists them)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     train.add_argument("--run-dir", type=Path, help="default: runs/MODEL")
     train.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
@@ -212,9 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     evaluate = verbs.add_parser("eval", help="measure the shipped models' quality (docs/benchmarks.md)")
-    evaluate.add_argument("what", choices=["generation"])
-    evaluate.add_argument("--models", nargs="+", default=["conv_vae", "dcgan", "wgan_gp", "acgan"])
-    evaluate.add_argument("--samples", type=int, default=10_000)
+    evaluate.add_argument("what", choices=["generation", "propagation", "classification"])
+    evaluate.add_argument("--models", nargs="+", default=["conv_vae", "dcgan", "wgan_gp", "acgan"], help="generation: which generators")
+    evaluate.add_argument("--samples", type=int, default=10_000, help="generation: samples per model")
+    evaluate.add_argument("--seeds", type=int, default=3, help="propagation: data seeds 0..N-1")
+    evaluate.add_argument("--neighbours", type=int, default=10, help="propagation: k of the kNN graph")
+    evaluate.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="classification: trained runs to score")
     evaluate.add_argument("--repository", type=Path, default=Path("model_repository"))
     evaluate.set_defaults(func=cmd_eval)
 

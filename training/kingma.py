@@ -34,7 +34,6 @@ class M1Config(SemiSupervisedConfig, VAEConfig):
     epochs: int = 50
     latent_dim: int = 50
     hidden: int = 600
-    learning_rate: float = 3e-4
     classifier_weight_decay: float = 1e-3  # L2 on the classifier: it sees 100 points
 
 
