@@ -170,6 +170,9 @@ def cmd_bench(args) -> None:
     elif args.what == "generation":
         from serving.benchmark_generation import main as bench
         bench(args.repository, args.duration)
+    elif args.what == "classification":
+        from serving.benchmark import main_classification as bench
+        bench(args.repository, args.duration)
     else:
         from serving.benchmark_triton import main as bench
         bench(args.repository, args.duration)
@@ -215,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     triton.set_defaults(func=cmd_triton)
 
     bench = verbs.add_parser("bench", help="measure what docs/benchmarks.md reports")
-    bench.add_argument("what", choices=["retrieval", "serving", "triton", "generation"])
+    bench.add_argument("what", choices=["retrieval", "serving", "triton", "generation", "classification"])
     bench.add_argument("--repository", type=Path, default=Path("model_repository"))
     bench.add_argument("--duration", type=float, default=5.0, help="seconds per serving measurement")
     bench.set_defaults(func=cmd_bench)

@@ -1,4 +1,5 @@
-"""`latentserve bench serving`: Encode through the gateway vs onnxruntime called directly, in one run.
+"""`latentserve bench serving` and `bench classification`: Encode (or Classify) through the gateway vs
+onnxruntime called directly, in one run.
 
 The gateway runs as its own process (`latentserve serve`, embedded runtime, default gallery) on a free
 loopback port; the load generator is a grpc.aio client in this process. The direct figures run the same
@@ -23,7 +24,15 @@ import numpy as np
 import onnxruntime
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, search_pb2, search_pb2_grpc
+from latentserve.v1 import (
+    classifier_pb2,
+    classifier_pb2_grpc,
+    common_pb2,
+    encoder_pb2,
+    encoder_pb2_grpc,
+    search_pb2,
+    search_pb2_grpc,
+)
 from serving import repository
 from serving.mnist import load_mnist
 from serving.settings import Settings
@@ -57,15 +66,23 @@ def gateway_session(model_path: Path) -> onnxruntime.InferenceSession:
     return onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
-def direct(model_path: Path, images: np.ndarray, concurrency: int, duration: float) -> dict[str, float]:
+# What each benchmarked call runs: its stub and request type, and the graph outputs the gateway fetches.
+CALLS = {
+    "Encode": (encoder_pb2_grpc.EncoderStub, encoder_pb2.EncodeRequest, ["code", "binary_code"]),
+    "Classify": (classifier_pb2_grpc.ClassifierStub, classifier_pb2.ClassifyRequest, ["probabilities"]),
+}
+
+
+def direct(model_path: Path, method: str, images: np.ndarray, concurrency: int, duration: float) -> dict[str, float]:
     session = gateway_session(model_path)
     inputs = {"image": images[:, None].astype(np.float32) / 255}
+    outputs = CALLS[method][2]
     latencies, lock, stop_at = [], threading.Lock(), time.perf_counter() + duration
 
     def worker():
         while time.perf_counter() < stop_at:
             start = time.perf_counter()
-            session.run(["code", "binary_code"], inputs)
+            session.run(outputs, inputs)
             with lock:
                 latencies.append(time.perf_counter() - start)
 
@@ -90,13 +107,16 @@ async def drive(call, concurrency: int, duration: float) -> tuple[list[float], f
     return latencies, time.perf_counter() - began
 
 
-async def through_gateway(target: str, pid: int, images: np.ndarray, concurrency: int, duration: float) -> dict[str, float]:
+async def through_gateway(
+    target: str, pid: int, method: str, model: str, images: np.ndarray, concurrency: int, duration: float
+) -> dict[str, float]:
+    stub_class, request_class, _ = CALLS[method]
     tensor = common_pb2.Tensor(shape=images.shape, dtype=common_pb2.DATA_TYPE_UINT8, data=images.tobytes())
-    request = encoder_pb2.EncodeRequest(images=common_pb2.Images(tensor=tensor))
+    request = request_class(model=common_pb2.ModelRef(name=model), images=common_pb2.Images(tensor=tensor))
     async with grpc.aio.insecure_channel(target) as channel:
-        stub = encoder_pb2_grpc.EncoderStub(channel)
+        call = getattr(stub_class(channel), method)
         cpu = _process_cpu_seconds(pid)
-        latencies, elapsed = await drive(lambda: stub.Encode(request), concurrency, duration)
+        latencies, elapsed = await drive(lambda: call(request), concurrency, duration)
         cpu = _process_cpu_seconds(pid) - cpu
     return summary(latencies, elapsed, len(images), cpu)
 
@@ -150,25 +170,41 @@ def _wait_serving(target: str, timeout: float = 120) -> None:
     raise TimeoutError(f"gateway at {target} did not become ready")
 
 
-def main(repository_root: Path, duration: float) -> None:
-    entry = repository.read_repository(repository_root)["autoencoder_encoder"]
+def compare(target: str, pid: int, method: str, entry: repository.Entry, duration: float, batches=BATCHES) -> None:
+    """The table of one call on one model: gateway vs direct, for each batch size and concurrency."""
     model_path = entry.version_path(entry.versions[0]) / repository.ONNX_FILE
     test_images = (load_mnist().test.images * 255).round().astype(np.uint8)
+    print(f"{method}, {entry.model} v{entry.versions[0]}, {duration:.0f} s per cell, {os.cpu_count()} cores\n")
+    print("| batch | concurrency | path | requests/s | images/s | p50 ms | p99 ms | CPU ms / request | throughput gateway / direct |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for batch in batches:
+        for concurrency in CONCURRENCY:
+            images = test_images[:batch]
+            ours = asyncio.run(through_gateway(target, pid, method, entry.model, images, concurrency, duration))
+            base = direct(model_path, method, images, concurrency, duration)
+            ratio = ours["images_per_s"] / base["images_per_s"]
+            for path, r in (("gateway", ours), ("onnxruntime direct", base)):
+                print(f"| {batch} | {concurrency} | {path} | {r['requests_per_s']:.0f} | {r['images_per_s']:.0f} | "
+                      f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_ms_per_request']:.2f} | "
+                      f"{f'{ratio:.0%}' if path == 'gateway' else ''} |", flush=True)
+
+
+def main(repository_root: Path, duration: float) -> None:
+    entry = repository.read_repository(repository_root)["autoencoder_encoder"]
+    test_images = (load_mnist().test.images * 255).round().astype(np.uint8)
     with gateway_process(repository_root) as (target, pid):
-        print(f"Encode, autoencoder v{entry.versions[0]}, {duration:.0f} s per cell, {os.cpu_count()} cores\n")
-        print("| batch | concurrency | path | requests/s | images/s | p50 ms | p99 ms | CPU ms / request | throughput gateway / direct |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for batch in BATCHES:
-            for concurrency in CONCURRENCY:
-                images = test_images[:batch]
-                ours = asyncio.run(through_gateway(target, pid, images, concurrency, duration))
-                base = direct(model_path, images, concurrency, duration)
-                ratio = ours["images_per_s"] / base["images_per_s"]
-                for path, r in (("gateway", ours), ("onnxruntime direct", base)):
-                    print(f"| {batch} | {concurrency} | {path} | {r['requests_per_s']:.0f} | {r['images_per_s']:.0f} | "
-                          f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_ms_per_request']:.2f} | "
-                          f"{f'{ratio:.0%}' if path == 'gateway' else ''} |")
+        compare(target, pid, "Encode", entry, duration)
         print("\nSearch on the default gallery (10,000 MNIST test images), k=10, one client\n")
         print("| query | requests/s | p50 ms | p99 ms |\n|---|---|---|---|")
         for name, r in asyncio.run(search_latency(target, test_images, duration)).items():
             print(f"| {name} | {r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
+
+
+def main_classification(repository_root: Path, duration: float) -> None:
+    """Classify on the default classifier, at batch 64 (the issue's figure) and 1."""
+    entry = next(
+        e for e in repository.read_repository(repository_root).values()
+        if e.model == Settings().default_classifier and e.capability == "classify"
+    )
+    with gateway_process(repository_root) as (target, pid):
+        compare(target, pid, "Classify", entry, duration)

@@ -89,7 +89,7 @@ def main(repository_root: Path, duration: float) -> None:
                         before = _triton_counters(triton.metrics_url)
                         direct = asyncio.run(_direct_triton(triton.grpc_url, images, concurrency, duration))
                         middle = _triton_counters(triton.metrics_url)
-                        gateway = asyncio.run(through_gateway(target, pid, images, concurrency, duration))
+                        gateway = asyncio.run(through_gateway(target, pid, "Encode", "autoencoder", images, concurrency, duration))
                         after = _triton_counters(triton.metrics_url)
                         ratio = f"{gateway['requests_per_s'] / direct['requests_per_s']:.0%}"
                         print(_row(f"tritonclient -> Triton, {mode}", batch, concurrency, direct, _batching(before, middle)))
@@ -97,5 +97,5 @@ def main(repository_root: Path, duration: float) -> None:
     with gateway_process(repository_root) as (target, pid):
         for batch in BATCHES:
             for concurrency in CONCURRENCY:
-                embedded = asyncio.run(through_gateway(target, pid, test_images[:batch], concurrency, duration))
+                embedded = asyncio.run(through_gateway(target, pid, "Encode", "autoencoder", test_images[:batch], concurrency, duration))
                 print(_row("gateway -> embedded onnxruntime", batch, concurrency, embedded, None))
