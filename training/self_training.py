@@ -114,7 +114,7 @@ class SelfTraining(LossModel):
         return evaluate_classifier(self, data)
 
 
-def strong_augment(images: torch.Tensor, cutout: int = 10) -> torch.Tensor:
+def strong_augment(images: torch.Tensor, cutout: int = 8) -> torch.Tensor:
     """Random affine per image (rotation up to 20 degrees, scale 0.85-1.15, shear up to 0.2, shift up to
     3 pixels), then a `cutout` x `cutout` square of zeros at a random place."""
     n = len(images)
