@@ -108,6 +108,17 @@ def cmd_encode(args) -> None:
                           "code": [round(float(v), 5) for v in values], "bits": packed.tobytes().hex(), "num_bits": response.num_bits}))
 
 
+def cmd_classify(args) -> None:
+    from latentserve.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
+
+    stub = classifier_pb2_grpc.ClassifierStub(_channel(args))
+    images = common_pb2.Images(encoded=common_pb2.EncodedImages(images=[path.read_bytes() for path in args.images]))
+    response = stub.Classify(classifier_pb2.ClassifyRequest(model=common_pb2.ModelRef(name=args.model, version=args.version), images=images))
+    for path, label, confidence, entropy in zip(args.images, response.labels, response.confidences, response.entropies):
+        print(json.dumps({"image": str(path), "model": response.model.name, "version": response.model.version,
+                          "label": label, "confidence": round(confidence, 5), "entropy": round(entropy, 5)}))
+
+
 def cmd_search(args) -> None:
     from latentserve.v1 import search_pb2, search_pb2_grpc
 
@@ -247,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--model", default="", help="default: the server's index model")
     encode.add_argument("--version", type=int, default=0, help="0: newest")
     encode.set_defaults(func=cmd_encode)
+
+    classify = client("classify", "classify image files (PNG/JPEG)")
+    classify.add_argument("images", type=Path, nargs="+")
+    classify.add_argument("--model", default="", help="default: the server's default classifier")
+    classify.add_argument("--version", type=int, default=0, help="0: newest")
+    classify.set_defaults(func=cmd_classify)
 
     search = client("search", "nearest stored items to an image file or a stored id")
     query = search.add_mutually_exclusive_group(required=True)

@@ -1,5 +1,6 @@
 """The Classifier service end to end over real gRPC on loopback, with the shipped classifiers."""
 import io
+import json
 
 import grpc
 import numpy as np
@@ -101,3 +102,17 @@ def test_bad_input_gets_a_precise_status(stub, case):
     assert raised.value.code() == code, raised.value.details()
     assert raised.value.details().startswith(field + ":"), raised.value.details()
     assert stub.Classify(classifier_pb2.ClassifyRequest(images=tensor_batch(GOOD))).labels  # still serving
+
+
+def test_cli_classify_prints_one_line_per_file(gateway, mnist, tmp_path, capsys):
+    from latentserve.cli import main
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray((mnist.test.images[i] * 255).round().astype(np.uint8)).save(paths[-1])
+    main(["classify", "--target", gateway.target, *map(str, paths)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["image"] for line in lines] == list(map(str, paths))
+    assert [line["label"] for line in lines] == mnist.test.labels[:3].tolist()
+    assert all(0.1 < line["confidence"] <= 1 and line["entropy"] >= 0 for line in lines)
