@@ -75,3 +75,20 @@ def test_export_refuses_a_checkpoint_trained_on_other_data(tmp_path, checkpoint,
 
     with pytest.raises(ValueError, match="trained on data"):
         exporter.export_checkpoint(checkpoint, tmp_path, replace(small_mnist, sha256="other"))
+
+
+@pytest.mark.parametrize("name, config", [
+    ("m1", {"hidden": 32, "latent_dim": 4}),
+    ("m2", {"hidden": 32, "latent_dim": 4}),
+    ("fixmatch", {"batch_size": 128, "labelled_batch_size": 16}),
+])
+def test_semi_supervised_models_export_a_classifier_graph(tmp_path, small_mnist, name, config):
+    run = train(name, tmp_path / "run", small_mnist, {**config, "epochs": 1, "labels_per_class": 2}, threads=1)
+    (version_dir,) = exporter.export_checkpoint(run, tmp_path / "repository", small_mnist)
+    entry = repository.read_repository(tmp_path / "repository")[f"{name}_classifier"]
+    assert (entry.capability, [(t.name, t.dims) for t in entry.outputs]) == ("classify", [("probabilities", (10,))])
+    session = onnxruntime.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    (probabilities,) = session.run(["probabilities"], {"image": small_mnist.test.images[:8, None]})
+    np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
+    card = json.loads((version_dir / "card.json").read_text())
+    assert 0 <= card["metrics"]["test_error"] <= 1 and card["config"]["labels_per_class"] == 2

@@ -70,13 +70,13 @@ class VAE(LossModel):
     def test_negative_elbo(self, data: Mnist) -> dict[str, float]:
         """Nats per test image (one posterior sample each, fixed seed): on the grey levels the model is
         trained on, and on the test images binarised by sampling each pixel (fixed seed), the data of the
-        published MNIST VAE figures."""
+        published MNIST VAE figures. The bound alone, whatever a subclass adds to its loss."""
         rng_state = torch.get_rng_state()
         torch.manual_seed(0)
         grey = torch.from_numpy(data.test.images[:, None])
         results = {}
         for name, images in (("test_negative_elbo", grey), ("test_negative_elbo_binarized", torch.bernoulli(grey))):
-            results[name] = sum(self.loss(batch).total.item() * len(batch) for batch in images.split(1000)) / len(images)
+            results[name] = sum(VAE.loss(self, batch).total.item() * len(batch) for batch in images.split(1000)) / len(images)
         torch.set_rng_state(rng_state)
         return results
 
