@@ -34,6 +34,7 @@ class M1Config(SemiSupervisedConfig, VAEConfig):
     epochs: int = 50
     latent_dim: int = 50
     hidden: int = 600
+    hidden_layers: int = 2
     classifier_weight_decay: float = 1e-3  # L2 on the classifier: it sees 100 points
 
 
@@ -162,6 +163,7 @@ class M1M2Config(M2Config):
     m1_checkpoint: str = "runs/m1/checkpoint.pt"  # read once, when a fresh run starts
     m1_latent_dim: int = M1Config().latent_dim
     m1_hidden: int = M1Config().hidden
+    m1_hidden_layers: int = M1Config().hidden_layers
 
 
 class M1M2(M2):
@@ -170,15 +172,17 @@ class M1M2(M2):
     def __init__(self, config: M1M2Config):
         LossModel.__init__(self)
         self.config = config
-        self.m1 = VAE(VAEConfig(latent_dim=config.m1_latent_dim, hidden=config.m1_hidden)).requires_grad_(False)
+        shape = {"latent_dim": config.m1_latent_dim, "hidden": config.m1_hidden, "hidden_layers": config.m1_hidden_layers}
+        self.m1 = VAE(VAEConfig(**shape)).requires_grad_(False)
         self.network = M2Network(config.m1_latent_dim, config.hidden, config.latent_dim, gaussian=True)
 
     def initialise(self) -> None:
         """At the start of a fresh run: M1's trained VAE, frozen."""
         checkpoint = torch.load(Path(self.config.m1_checkpoint), map_location="cpu", weights_only=True)
-        shape = {key: checkpoint["config"][key] for key in ("latent_dim", "hidden")} if checkpoint["model"] == "m1" else None
-        if shape != {"latent_dim": self.config.m1_latent_dim, "hidden": self.config.m1_hidden}:
-            raise ValueError(f"{self.config.m1_checkpoint} is not an m1 of latent_dim {self.config.m1_latent_dim}, hidden {self.config.m1_hidden}")
+        wanted = {key: getattr(self.m1.config, key) for key in ("latent_dim", "hidden", "hidden_layers")}
+        found = {key: checkpoint["config"].get(key) for key in wanted} if checkpoint["model"] == "m1" else None
+        if found != wanted:
+            raise ValueError(f"{self.config.m1_checkpoint} is not an m1 of {wanted}")
         self.m1.load_state_dict({k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("classifier.")})
 
     def train(self, mode: bool = True) -> "M1M2":

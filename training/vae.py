@@ -15,6 +15,7 @@ from training.registry import Graph, LossModel, Losses, TensorSpec, TrainConfig
 class VAEConfig(TrainConfig):
     latent_dim: int = 20
     hidden: int = 400
+    hidden_layers: int = 1  # in the encoder and in the decoder
 
 
 class VAE(LossModel):
@@ -23,11 +24,11 @@ class VAE(LossModel):
     def __init__(self, config: VAEConfig):
         super().__init__()
         self.config = config
-        self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(784, config.hidden), nn.ReLU())
+        self.hidden = nn.Sequential(nn.Flatten(), *_layers(784, config.hidden, config.hidden_layers))
         self.mean = nn.Linear(config.hidden, config.latent_dim)
         self.log_variance = nn.Linear(config.hidden, config.latent_dim)
         self.decoder = nn.Sequential(
-            nn.Linear(config.latent_dim, config.hidden), nn.ReLU(), nn.Linear(config.hidden, 784), nn.Unflatten(1, (1, 28, 28))
+            *_layers(config.latent_dim, config.hidden, config.hidden_layers), nn.Linear(config.hidden, 784), nn.Unflatten(1, (1, 28, 28))
         )
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +84,14 @@ class VAE(LossModel):
     @torch.no_grad()
     def evaluate(self, data: Mnist) -> dict[str, float]:
         return {**self.test_negative_elbo(data), **encoder_retrieval(_EncoderGraph(self), data)}
+
+
+def _layers(inputs: int, hidden: int, count: int) -> list[nn.Module]:
+    """`count` fully connected ReLU layers of `hidden` units."""
+    layers = []
+    for i in range(count):
+        layers += [nn.Linear(inputs if i == 0 else hidden, hidden), nn.ReLU()]
+    return layers
 
 
 class _EncoderGraph(nn.Module):
