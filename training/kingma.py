@@ -5,9 +5,10 @@ M1, M2 and M1+M2, with MLPs (softplus) as in the paper.
   gradient does not reach the VAE: the paper's two stages, run side by side).
 - M2: p(x|y,z) p(y) p(z) with q(z|x,y) and the classifier q(y|x). Labelled images cost -L(x,y), the
   negative bound; unlabelled ones cost U(x) = sum_y q(y|x) (-L(x,y)) - H(q(y|x)), with the sum over all
-  ten classes (not a sample of y), and the labelled ones also pay `classification_weight` x the
-  classifier's cross-entropy (the paper's alpha = 0.1 N on its summed objective; per image of a batch,
-  as here, that is about 0.1 x the number of labels: 10 for 100).
+  ten classes (not a sample of y); the labelled ones also pay the classifier's cross-entropy, weighted by
+  `alpha`. The paper's objective is sum_l -L + sum_u U + alpha' E_l[-log q(y|x)] with alpha' = 0.1 N:
+  against the mean unlabelled cost, as in a batch here, that is a weight of 0.1 on the mean
+  cross-entropy (its code weights each labelled image's log q(y|x) by 0.1 N / N_labelled).
 - M1+M2: M2 over M1's latent space: a trained M1 (`m1_checkpoint`), frozen, turns each image into a
   sample of q(z1|x); M2 models z1 with a Gaussian p(z1|y,z2). The served classifier takes M1's mean.
 """
@@ -74,7 +75,7 @@ class M2Config(SemiSupervisedConfig):
     latent_dim: int = 50
     hidden: int = 500
     learning_rate: float = 3e-4
-    classification_weight: float = 10.0
+    alpha: float = 0.1
 
 
 class M2Network(nn.Module):
@@ -121,12 +122,14 @@ class M2Network(nn.Module):
         q = log_q.exp()
         return (q * bounds).sum(1) + (q * log_q).sum(1)  # E_q[-L] - H(q)
 
-    def loss(self, x: torch.Tensor, labels: torch.Tensor, classification_weight: float) -> Losses:
+    def loss(self, x: torch.Tensor, labels: torch.Tensor, alpha: float) -> Losses:
+        """Mean -L over the labelled images + mean U over the unlabelled ones + alpha x mean cross-entropy."""
         labelled = labels >= 0
-        bound = torch.cat([self.negative_bound(x[labelled], labels[labelled]), self.unlabelled_cost(x[~labelled])])
+        bound = self.negative_bound(x[labelled], labels[labelled]).mean()
+        unlabelled = self.unlabelled_cost(x[~labelled]).mean() if (~labelled).any() else torch.zeros(())
         cross_entropy = F.cross_entropy(self.classifier(x[labelled]), labels[labelled])
-        total = bound.mean() + classification_weight * cross_entropy
-        return Losses(total, {"bound": bound.mean().item(), "cross_entropy": cross_entropy.item()})
+        total = bound + unlabelled + alpha * cross_entropy
+        return Losses(total, {"labelled_bound": bound.item(), "unlabelled_cost": unlabelled.item(), "cross_entropy": cross_entropy.item()})
 
 
 class M2(LossModel):
@@ -141,7 +144,7 @@ class M2(LossModel):
         return self.network.classifier(images.flatten(1))
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> Losses:
-        return self.network.loss(images.flatten(1), labels, self.config.classification_weight)
+        return self.network.loss(images.flatten(1), labels, self.config.alpha)
 
     @torch.no_grad()
     def validate(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -196,4 +199,4 @@ class M1M2(M2):
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> Losses:
         with torch.no_grad():
             z1 = self.m1.reparameterize(*self.m1.encode(images))
-        return self.network.loss(z1, labels, self.config.classification_weight)
+        return self.network.loss(z1, labels, self.config.alpha)
