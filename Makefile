@@ -24,7 +24,7 @@ test: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. proto/latentserve/v1/*.proto
 
-SHIPPED := autoencoder vae lenet conv_vae dcgan wgan_gp acgan
+SHIPPED := autoencoder vae lenet conv_vae dcgan wgan_gp acgan fixmatch
 
 # Train and export the shipped models (docs/training.md has each one's time; run two at once with
 # --threads 1 on 2 cores). lenet is exported first: the generators' model cards are scored with it.
@@ -40,6 +40,9 @@ bench: $(STAMP)
 	$(BIN)/latentserve bench triton
 	$(BIN)/latentserve eval generation
 	$(BIN)/latentserve bench generation
+	$(BIN)/latentserve eval propagation
+	$(BIN)/latentserve eval classification
+	$(BIN)/latentserve bench classification
 
 clean:
 	rm -rf $(VENV)

@@ -13,7 +13,7 @@ from latentserve.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 from serving import repository
 from tests.conftest import MODEL_REPOSITORY, RunningGateway
 
-CLASSIFIER = "lenet"
+CLASSIFIER = "fixmatch"
 
 
 @pytest.fixture(scope="module")
