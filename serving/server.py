@@ -24,7 +24,7 @@ from latentserve.v1 import (
     search_pb2,
     search_pb2_grpc,
 )
-from serving import classification, generation
+from serving import classification, encoding, generation
 from serving.classification import Classification
 from serving.encoding import Encoding
 from serving.generation import Generation
@@ -129,7 +129,7 @@ class Server:
 
         serving = {
             MODELS: True,
-            ENCODER: ready(self.settings.index_model, "encode"),
+            ENCODER: ready(self.settings.index_model, encoding.CAPABILITY),
             SEARCH: search is not None and search.ready(),
             GENERATOR: ready(self.settings.default_generator, generation.CAPABILITY),
             CLASSIFIER: ready(self.settings.default_classifier, classification.CAPABILITY),
