@@ -43,6 +43,9 @@ class LeNet(LossModel):
         features = self.body(images)
         return self.head(self.dropout(features)), features
 
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        return self(images)[0]
+
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> Losses:
         if self.training and self.config.max_shift:
             images = shift(images, self.config.max_shift)
@@ -52,7 +55,7 @@ class LeNet(LossModel):
 
     @torch.no_grad()
     def validate(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        return {"error": _error(self, images, labels)}
+        return {"error": error_rate(self.classify, images, labels)}
 
     @torch.no_grad()
     def preview(self, images: torch.Tensor) -> torch.Tensor:
@@ -75,11 +78,13 @@ class LeNet(LossModel):
     @torch.no_grad()
     def evaluate(self, data: Mnist) -> dict[str, float]:
         test = torch.from_numpy(data.test.images[:, None])
-        return {"test_error": _error(self, test, torch.from_numpy(data.test.labels))}
+        return {"test_error": error_rate(self.classify, test, torch.from_numpy(data.test.labels))}
 
 
-def _error(model: LeNet, images: torch.Tensor, labels: torch.Tensor) -> float:
-    wrong = sum((model(x)[0].argmax(1) != y).sum().item() for x, y in zip(images.split(1000), labels.split(1000)))
+@torch.no_grad()
+def error_rate(classify, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """The share of `images` whose largest logit from `classify` is not their label."""
+    wrong = sum((classify(x).argmax(1) != y).sum().item() for x, y in zip(images.split(1000), labels.split(1000)))
     return wrong / len(images)
 
 

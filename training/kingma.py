@@ -20,8 +20,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from serving.mnist import Mnist
+from training.classifier import error_rate
 from training.registry import Graph, LossModel, Losses
-from training.semi_supervised import CLASSES, SemiSupervisedConfig, classifier_graph, error_rate, evaluate_classifier
+from training.semi_supervised import CLASSES, SemiSupervisedConfig, classifier_graph, evaluate_classifier
 from training.vae import VAE, VAEConfig
 
 PIXELS = 784

@@ -23,9 +23,9 @@ import torch
 from torch.nn import functional as F
 
 from serving.mnist import Mnist
-from training.classifier import LeNet, LeNetConfig, shift
+from training.classifier import LeNet, LeNetConfig, error_rate, shift
 from training.registry import Graph, Losses, LossModel
-from training.semi_supervised import CLASSES, SemiSupervisedConfig, classifier_graph, error_rate, evaluate_classifier
+from training.semi_supervised import CLASSES, SemiSupervisedConfig, classifier_graph, evaluate_classifier
 
 
 class SelfTrainingConfig(SemiSupervisedConfig):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from serving.mnist import Mnist
+from training.classifier import error_rate
 from training.registry import Graph, TensorSpec, TrainConfig
 
 CLASSES = 10
@@ -47,13 +48,6 @@ def classifier_graph(model: nn.Module) -> Graph:
         outputs=(TensorSpec("probabilities", "float32", (CLASSES,)),),
         capability="classify",
     )
-
-
-@torch.no_grad()
-def error_rate(classify, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """The share of `images` whose largest logit from `classify` is not their label."""
-    wrong = sum((classify(x).argmax(1) != y).sum().item() for x, y in zip(images.split(1000), labels.split(1000)))
-    return wrong / len(images)
 
 
 @torch.no_grad()
