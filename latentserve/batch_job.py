@@ -94,7 +94,7 @@ def run(target: str, directory: Path, asked: Job, resume: bool, grid: bool) -> N
             count=job.count - done,
             sampling=sampling,
             chunk_size=job.chunk_size,
-            format=generator_pb2.IMAGE_FORMAT_PNG if job.format == "png" else generator_pb2.IMAGE_FORMAT_TENSOR,
+            format=common_pb2.IMAGE_FORMAT_PNG if job.format == "png" else common_pb2.IMAGE_FORMAT_TENSOR,
         )
         try:
             with grpc.insecure_channel(target) as channel:

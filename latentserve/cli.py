@@ -119,6 +119,25 @@ def cmd_classify(args) -> None:
                           "label": label, "confidence": round(confidence, 5), "entropy": round(entropy, 5)}))
 
 
+def cmd_translate(args) -> None:
+    from latentserve.v1 import common_pb2, translator_pb2, translator_pb2_grpc
+
+    if len({path.stem for path in args.images}) < len(args.images):
+        raise SystemExit("two images share a file name stem; their outputs would overwrite each other")
+    stub = translator_pb2_grpc.TranslatorStub(_channel(args))
+    images = common_pb2.Images(encoded=common_pb2.EncodedImages(images=[path.read_bytes() for path in args.images]))
+    response = stub.Translate(translator_pb2.TranslateRequest(
+        direction=args.direction, model=common_pb2.ModelRef(name=args.model, version=args.version), images=images,
+        format=common_pb2.IMAGE_FORMAT_PNG,
+    ))
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path, png in zip(args.images, response.png):
+        out = args.out / f"{path.stem}.png"
+        out.write_bytes(png)
+        print(json.dumps({"image": str(path), "model": response.model.name, "version": response.model.version,
+                          "direction": response.direction, "out": str(out)}))
+
+
 def cmd_search(args) -> None:
     from latentserve.v1 import search_pb2, search_pb2_grpc
 
@@ -184,6 +203,9 @@ def cmd_bench(args) -> None:
     elif args.what == "classification":
         from serving.benchmark import main_classification as bench
         bench(args.repository, args.duration)
+    elif args.what == "translation":
+        from serving.benchmark import main_translation as bench
+        bench(args.repository, args.duration)
     else:
         from serving.benchmark_triton import main as bench
         bench(args.repository, args.duration)
@@ -229,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     triton.set_defaults(func=cmd_triton)
 
     bench = verbs.add_parser("bench", help="measure what docs/benchmarks.md reports")
-    bench.add_argument("what", choices=["retrieval", "serving", "triton", "generation", "classification"])
+    bench.add_argument("what", choices=["retrieval", "serving", "triton", "generation", "classification", "translation"])
     bench.add_argument("--repository", type=Path, default=Path("model_repository"))
     bench.add_argument("--duration", type=float, default=5.0, help="seconds per serving measurement")
     bench.set_defaults(func=cmd_bench)
@@ -264,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--model", default="", help="default: the server's default classifier")
     classify.add_argument("--version", type=int, default=0, help="0: newest")
     classify.set_defaults(func=cmd_classify)
+
+    translate = client("translate", "translate image files (PNG/JPEG) into OUT/<stem>.png")
+    translate.add_argument("images", type=Path, nargs="+")
+    translate.add_argument("--direction", required=True, help="e.g. edges2digit (the server's ListDirections)")
+    translate.add_argument("--model", default="", help="default: the one model offering the direction")
+    translate.add_argument("--version", type=int, default=0, help="0: newest")
+    translate.add_argument("--out", type=Path, required=True)
+    translate.set_defaults(func=cmd_translate)
 
     search = client("search", "nearest stored items to an image file or a stored id")
     query = search.add_mutually_exclusive_group(required=True)

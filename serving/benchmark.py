@@ -1,5 +1,5 @@
-"""`latentserve bench serving` and `bench classification`: Encode (or Classify) through the gateway vs
-onnxruntime called directly, in one run.
+"""`latentserve bench serving`, `bench classification` and `bench translation`: Encode (or Classify, or
+Translate) through the gateway vs onnxruntime called directly, in one run.
 
 The gateway runs as its own process (`latentserve serve`, embedded runtime, default gallery) on a free
 loopback port; the load generator is a grpc.aio client in this process. The direct figures run the same
@@ -32,6 +32,8 @@ from latentserve.v1 import (
     encoder_pb2_grpc,
     search_pb2,
     search_pb2_grpc,
+    translator_pb2,
+    translator_pb2_grpc,
 )
 from serving import repository
 from serving.mnist import load_mnist
@@ -66,10 +68,20 @@ def gateway_session(model_path: Path) -> onnxruntime.InferenceSession:
     return onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
-# What each benchmarked call runs: its stub and request type, and the graph outputs the gateway fetches.
+def _ref(entry: repository.Entry) -> common_pb2.ModelRef:
+    return common_pb2.ModelRef(name=entry.model)
+
+
+# What each benchmarked call runs: its stub, its request for an entry (images added per run), and the graph
+# outputs the gateway fetches. A translate request names the direction too: the entry's graph.
 CALLS = {
-    "Encode": (encoder_pb2_grpc.EncoderStub, encoder_pb2.EncodeRequest, ["code", "binary_code"]),
-    "Classify": (classifier_pb2_grpc.ClassifierStub, classifier_pb2.ClassifyRequest, ["probabilities"]),
+    "Encode": (encoder_pb2_grpc.EncoderStub, lambda entry: encoder_pb2.EncodeRequest(model=_ref(entry)), ["code", "binary_code"]),
+    "Classify": (classifier_pb2_grpc.ClassifierStub, lambda entry: classifier_pb2.ClassifyRequest(model=_ref(entry)), ["probabilities"]),
+    "Translate": (
+        translator_pb2_grpc.TranslatorStub,
+        lambda entry: translator_pb2.TranslateRequest(model=_ref(entry), direction=entry.graph),
+        ["translated"],
+    ),
 }
 
 
@@ -108,11 +120,11 @@ async def drive(call, concurrency: int, duration: float) -> tuple[list[float], f
 
 
 async def through_gateway(
-    target: str, pid: int, method: str, model: str, images: np.ndarray, concurrency: int, duration: float
+    target: str, pid: int, method: str, entry: repository.Entry, images: np.ndarray, concurrency: int, duration: float
 ) -> dict[str, float]:
-    stub_class, request_class, _ = CALLS[method]
-    tensor = common_pb2.Tensor(shape=images.shape, dtype=common_pb2.DATA_TYPE_UINT8, data=images.tobytes())
-    request = request_class(model=common_pb2.ModelRef(name=model), images=common_pb2.Images(tensor=tensor))
+    stub_class, request_for, _ = CALLS[method]
+    request = request_for(entry)
+    request.images.tensor.CopyFrom(common_pb2.Tensor(shape=images.shape, dtype=common_pb2.DATA_TYPE_UINT8, data=images.tobytes()))
     async with grpc.aio.insecure_channel(target) as channel:
         call = getattr(stub_class(channel), method)
         cpu = _process_cpu_seconds(pid)
@@ -174,13 +186,13 @@ def compare(target: str, pid: int, method: str, entry: repository.Entry, duratio
     """The table of one call on one model: gateway vs direct, for each batch size and concurrency."""
     model_path = entry.version_path(entry.versions[0]) / repository.ONNX_FILE
     test_images = (load_mnist().test.images * 255).round().astype(np.uint8)
-    print(f"{method}, {entry.model} v{entry.versions[0]}, {duration:.0f} s per cell, {os.cpu_count()} cores\n")
+    print(f"{method}, {entry.name} v{entry.versions[0]}, {duration:.0f} s per cell, {os.cpu_count()} cores\n")
     print("| batch | concurrency | path | requests/s | images/s | p50 ms | p99 ms | CPU ms / request | throughput gateway / direct |")
     print("|---|---|---|---|---|---|---|---|---|")
     for batch in batches:
         for concurrency in CONCURRENCY:
             images = test_images[:batch]
-            ours = asyncio.run(through_gateway(target, pid, method, entry.model, images, concurrency, duration))
+            ours = asyncio.run(through_gateway(target, pid, method, entry, images, concurrency, duration))
             base = direct(model_path, method, images, concurrency, duration)
             ratio = ours["images_per_s"] / base["images_per_s"]
             for path, r in (("gateway", ours), ("onnxruntime direct", base)):
@@ -208,3 +220,14 @@ def main_classification(repository_root: Path, duration: float) -> None:
     )
     with gateway_process(repository_root) as (target, pid):
         compare(target, pid, "Classify", entry, duration)
+
+
+def main_translation(repository_root: Path, duration: float) -> None:
+    """Translate in every direction of every translator in the repository, at batch 64 and 1."""
+    entries = [e for e in repository.read_repository(repository_root).values() if e.capability == "translate"]
+    if not entries:
+        raise SystemExit(f"no translate graphs in {repository_root}")
+    with gateway_process(repository_root) as (target, pid):
+        for entry in entries:
+            compare(target, pid, "Translate", entry, duration)
+            print()

@@ -75,6 +75,6 @@ def main(repository_root: Path, duration: float) -> None:
             entry = entries[model]
             for streams in STREAMS:
                 base = direct(entry, streams, duration)
-                tensor = through_gateway(target, model, streams, generator_pb2.IMAGE_FORMAT_TENSOR)
-                png = through_gateway(target, model, streams, generator_pb2.IMAGE_FORMAT_PNG)
+                tensor = through_gateway(target, model, streams, common_pb2.IMAGE_FORMAT_TENSOR)
+                png = through_gateway(target, model, streams, common_pb2.IMAGE_FORMAT_PNG)
                 print(f"| {model} v{entry.versions[0]} | {streams} | {base:.0f} | {tensor:.0f} | {tensor / base:.0%} | {png:.0f} |", flush=True)

@@ -75,6 +75,7 @@ def _row(label: str, batch: int, concurrency: int, r: dict, batching: tuple[floa
 
 def main(repository_root: Path, duration: float) -> None:
     test_images = (load_mnist().test.images * 255).round().astype(np.uint8)
+    entry = repository.read_repository(repository_root)[MODEL]
     print(f"Encode, {MODEL}, {duration:.0f} s per cell, {os.cpu_count()} cores\n")
     print("| path | batch | concurrency | requests/s | images/s | p50 ms | p99 ms | Triton images / requests per execution | gateway / direct Triton |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -89,7 +90,7 @@ def main(repository_root: Path, duration: float) -> None:
                         before = _triton_counters(triton.metrics_url)
                         direct = asyncio.run(_direct_triton(triton.grpc_url, images, concurrency, duration))
                         middle = _triton_counters(triton.metrics_url)
-                        gateway = asyncio.run(through_gateway(target, pid, "Encode", "autoencoder", images, concurrency, duration))
+                        gateway = asyncio.run(through_gateway(target, pid, "Encode", entry, images, concurrency, duration))
                         after = _triton_counters(triton.metrics_url)
                         ratio = f"{gateway['requests_per_s'] / direct['requests_per_s']:.0%}"
                         print(_row(f"tritonclient -> Triton, {mode}", batch, concurrency, direct, _batching(before, middle)))
@@ -97,5 +98,5 @@ def main(repository_root: Path, duration: float) -> None:
     with gateway_process(repository_root) as (target, pid):
         for batch in BATCHES:
             for concurrency in CONCURRENCY:
-                embedded = asyncio.run(through_gateway(target, pid, "Encode", "autoencoder", test_images[:batch], concurrency, duration))
+                embedded = asyncio.run(through_gateway(target, pid, "Encode", entry, test_images[:batch], concurrency, duration))
                 print(_row("gateway -> embedded onnxruntime", batch, concurrency, embedded, None))

@@ -1,9 +1,11 @@
 """Image messages -> model input (n, 1, 28, 28) float32 in [0, 1].
 
 Encoded images (PNG or JPEG) of any size are converted to 8-bit grey and, if not 28x28, resized with
-Pillow's area (box) filter; they are not inverted (MNIST digits are white on black). Raw tensors must be
-exactly 28x28 per image ([28, 28] or [1, 28, 28]; a batch adds a leading N), uint8 (0..255) or float32
-(finite, 0..1). A batch tensor is converted in one step, which is what makes it the fast path.
+Pillow's area (box) filter, or refused when the caller turns resizing off (`decode_batch(resize=False)`:
+a translation that should map pixels one to one); they are not inverted (MNIST digits are white on black).
+Raw tensors must be exactly 28x28 per image ([28, 28] or [1, 28, 28]; a batch adds a leading N), uint8
+(0..255) or float32 (finite, 0..1). A batch tensor is converted in one step, which is what makes it the
+fast path.
 """
 import io
 import warnings
@@ -20,7 +22,7 @@ FORMATS = {"PNG", "JPEG"}
 TENSOR_DTYPES = {common_pb2.DATA_TYPE_UINT8: np.dtype("<u1"), common_pb2.DATA_TYPE_FLOAT32: np.dtype("<f4")}
 
 
-def decode_batch(images: common_pb2.Images, field: str, max_images: int, max_pixels: int) -> np.ndarray:
+def decode_batch(images: common_pb2.Images, field: str, max_images: int, max_pixels: int, *, resize: bool = True) -> np.ndarray:
     kind = images.WhichOneof("data")
     if kind == "tensor":
         shape = tuple(images.tensor.shape)
@@ -39,7 +41,7 @@ def decode_batch(images: common_pb2.Images, field: str, max_images: int, max_pix
         return _pixels(images.tensor, f"{field}.tensor", count)
     batch = np.empty((count, 1, HEIGHT, WIDTH), np.float32)
     for i, data in enumerate(images.encoded.images):
-        batch[i] = _decode_encoded(data, f"{field}.encoded.images[{i}]", max_pixels)
+        batch[i] = _decode_encoded(data, f"{field}.encoded.images[{i}]", max_pixels, resize)
     return batch
 
 
@@ -55,7 +57,7 @@ def decode_image(image: common_pb2.Image, field: str, max_pixels: int) -> np.nda
     raise InvalidArgument("set `encoded` or `tensor`", field)
 
 
-def _decode_encoded(data: bytes, field: str, max_pixels: int) -> np.ndarray:
+def _decode_encoded(data: bytes, field: str, max_pixels: int, resize: bool = True) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
@@ -68,6 +70,8 @@ def _decode_encoded(data: bytes, field: str, max_pixels: int) -> np.ndarray:
     except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombWarning, PILImage.DecompressionBombError) as error:
         raise InvalidArgument(f"not a decodable PNG or JPEG image ({error})", field) from None
     if grey.size != (WIDTH, HEIGHT):
+        if not resize:
+            raise InvalidArgument(f"{grey.width}x{grey.height} pixels; want 28x28 (resizing is off)", field)
         grey = grey.resize((WIDTH, HEIGHT), PILImage.Resampling.BOX)
     return (np.asarray(grey, dtype=np.float32) / 255.0)[None]
 

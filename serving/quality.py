@@ -1,13 +1,16 @@
-"""Sample quality in the feature space of the project's MNIST classifier (model `lenet`, graph
-`classifier`: probabilities and 128 penultimate features). Inception-based FID means little on digits and
-its weights cannot be downloaded here, so FID, the classifier score ("inception score") and class accuracy
-are all computed with that classifier, always beside the same figures for real data.
+"""Sample and translation quality in the feature space of the project's MNIST classifier (model `lenet`,
+graph `classifier`: probabilities and 128 penultimate features). Inception-based FID means little on digits
+and its weights cannot be downloaded here, so FID, the classifier score ("inception score") and class
+accuracy are all computed with that classifier, always beside the same figures for real data.
 """
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
+from scipy.ndimage import gaussian_filter
+
+from serving import domains
 
 from serving.generation import IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, latent_dim_of, sample_latents
 from serving.mnist import Mnist
@@ -121,3 +124,81 @@ def evaluate_entry(entry: Entry, data: Mnist, features: FeatureNetwork, truncati
     session = onnxruntime.InferenceSession(str(entry.version_path(entry.versions[0]) / ONNX_FILE), providers=["CPUExecutionProvider"])
     return evaluate_generator(lambda feeds: session.run([IMAGE_OUTPUT], feeds)[0], latent_dim_of(entry), entry.classes, data, features,
                               truncation, samples)
+
+
+Translator = Callable[[np.ndarray], np.ndarray]  # images (n, 1, 28, 28) -> translated images, same shape
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image SSIM (Wang et al. 2004) of images in [0, 1]: 11x11 Gaussian window (sigma 1.5), K1 0.01,
+    K2 0.03, borders reflected."""
+    a, b = (x.reshape(len(x), 28, 28).astype(np.float64) for x in (a, b))
+
+    def blur(x):
+        return gaussian_filter(x, sigma=(0, 1.5, 1.5), truncate=3.5)  # radius 5: an 11x11 window
+
+    mean_a, mean_b = blur(a), blur(b)
+    var_a, var_b, cov = blur(a * a) - mean_a**2, blur(b * b) - mean_b**2, blur(a * b) - mean_a * mean_b
+    c1, c2 = 0.01**2, 0.03**2
+    index = (2 * mean_a * mean_b + c1) * (2 * cov + c2) / ((mean_a**2 + mean_b**2 + c1) * (var_a + var_b + c2))
+    return index.mean((1, 2))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image peak signal-to-noise ratio in dB, for a peak of 1."""
+    mse = ((a.reshape(len(a), -1).astype(np.float64) - b.reshape(len(b), -1)) ** 2).mean(1)
+    return 10 * np.log10(1 / np.clip(mse, 1e-10, None))
+
+
+def evaluate_paired(edges2digit: Translator, data: Mnist, features: FeatureNetwork) -> dict[str, float]:
+    """The edge maps of the 10k test digits translated back: L1, SSIM and PSNR to the real digits, and the
+    MNIST classifier's accuracy on the translations against the digits' labels (pix2pix's FCN score)."""
+    target = data.test.images[:, None]
+    translated = edges2digit(domains.edge_map(target))
+    probabilities, _ = features(translated)
+    return {
+        "l1": float(np.abs(translated - target).mean()),
+        "ssim": float(ssim(translated, target).mean()),
+        "psnr": float(psnr(translated, target).mean()),
+        "class_accuracy": float((probabilities.argmax(1) == data.test.labels).mean()),
+    }
+
+
+def classify_uci(images: np.ndarray) -> np.ndarray:
+    return domains.uci_classifier().predict(domains.to_scans(images))
+
+
+def label_preservation(mnist2uci: Translator, uci2mnist: Translator, mnist: np.ndarray, mnist_labels: np.ndarray,
+                       uci: np.ndarray, uci_labels: np.ndarray, features: FeatureNetwork) -> dict[str, float]:
+    """How often the target domain's classifier finds the source label in a translation: the UCI SVM on
+    MNIST digits translated to UCI, the MNIST classifier on UCI digits translated to MNIST."""
+    mnist_probabilities, _ = features(uci2mnist(uci[:, None]))
+    return {
+        "mnist2uci_accuracy": float((classify_uci(mnist2uci(mnist[:, None])) == mnist_labels).mean()),
+        "uci2mnist_accuracy": float((mnist_probabilities.argmax(1) == uci_labels).mean()),
+    }
+
+
+def evaluate_unpaired(mnist2uci: Translator, uci2mnist: Translator, data: Mnist, features: FeatureNetwork) -> dict[str, float]:
+    """Both directions on the test splits (10k MNIST, 500 UCI): label preservation beside the identity map
+    (the untranslated image given to the target domain's classifier), cycle L1, and FID to the target
+    domain's test images with its real-vs-real floor, both on 500 images (the UCI test split's size)."""
+    uci = domains.load_uci_digits()
+    mnist_images, uci_images = data.test.images[:, None], uci.test.images[:, None]
+    n = len(uci_images)
+    to_uci, to_mnist = mnist2uci(mnist_images), uci2mnist(uci_images)
+    metrics = label_preservation(lambda _: to_uci, lambda _: to_mnist, data.test.images, data.test.labels,
+                                 uci.test.images, uci.test.labels, features)
+    _, uci_features = features(uci_images)
+    _, mnist_test_features = features.test_set(data)
+    metrics |= {
+        "mnist2uci_identity_accuracy": float((classify_uci(mnist_images) == data.test.labels).mean()),
+        "uci2mnist_identity_accuracy": float((features(uci_images)[0].argmax(1) == uci.test.labels).mean()),
+        "mnist2uci_cycle_l1": float(np.abs(uci2mnist(to_uci) - mnist_images).mean()),
+        "uci2mnist_cycle_l1": float(np.abs(mnist2uci(to_mnist) - uci_images).mean()),
+        "mnist2uci_fid": frechet_distance(features(to_uci[:n])[1], uci_features),
+        "mnist2uci_fid_floor": frechet_distance(features(uci.train.images[:n, None])[1], uci_features),
+        "uci2mnist_fid": frechet_distance(features(to_mnist)[1], mnist_test_features),
+        "uci2mnist_fid_floor": frechet_distance(features(data.train.images[:n, None])[1], mnist_test_features),
+    }
+    return metrics

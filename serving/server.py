@@ -23,8 +23,10 @@ from latentserve.v1 import (
     models_pb2_grpc,
     search_pb2,
     search_pb2_grpc,
+    translator_pb2,
+    translator_pb2_grpc,
 )
-from serving import classification, encoding, generation
+from serving import classification, encoding, generation, translation
 from serving.classification import Classification
 from serving.encoding import Encoding
 from serving.generation import Generation
@@ -34,8 +36,17 @@ from serving.runtime import InflightLimit, encoder_entry
 from serving.runtime.embedded import EmbeddedRuntime
 from serving.runtime.triton import TritonRuntime
 from serving.search import Search
-from serving.servicers import ClassifierServicer, EncoderServicer, Gateway, GeneratorServicer, ModelsServicer, SearchServicer
+from serving.servicers import (
+    ClassifierServicer,
+    EncoderServicer,
+    Gateway,
+    GeneratorServicer,
+    ModelsServicer,
+    SearchServicer,
+    TranslatorServicer,
+)
 from serving.settings import Settings
+from serving.translation import Translation
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +55,8 @@ ENCODER = encoder_pb2.DESCRIPTOR.services_by_name["Encoder"].full_name
 SEARCH = search_pb2.DESCRIPTOR.services_by_name["Search"].full_name
 GENERATOR = generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name
 CLASSIFIER = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
+TRANSLATOR = translator_pb2.DESCRIPTOR.services_by_name["Translator"].full_name
+SERVICES = (MODELS, ENCODER, SEARCH, GENERATOR, CLASSIFIER, TRANSLATOR)
 INDEX_ITEMS = Gauge("latentserve_index_items", "items in the search index")
 INFLIGHT = Gauge("latentserve_inflight_requests", "inference requests running or queued in the gateway")
 
@@ -63,9 +76,10 @@ class Server:
         search_pb2_grpc.add_SearchServicer_to_server(SearchServicer(self.gateway), self.grpc)
         generator_pb2_grpc.add_GeneratorServicer_to_server(GeneratorServicer(self.gateway), self.grpc)
         classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierServicer(self.gateway), self.grpc)
+        translator_pb2_grpc.add_TranslatorServicer_to_server(TranslatorServicer(self.gateway), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
-            (MODELS, ENCODER, SEARCH, GENERATOR, CLASSIFIER, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.grpc,
         )
         self.port = self.grpc.add_insecure_port(f"{settings.host}:{settings.port}")
@@ -74,7 +88,7 @@ class Server:
         self.metrics = None  # (HTTP server, thread) of /metrics
 
     async def start(self) -> None:
-        for service in ("", MODELS, ENCODER, SEARCH, GENERATOR, CLASSIFIER):
+        for service in ("", *SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc.start()
         if self.settings.metrics_port:
@@ -98,6 +112,7 @@ class Server:
             gateway.encoding = Encoding(gateway.runtime, inflight)
             gateway.generation = Generation(gateway.runtime, inflight)
             gateway.classification = Classification(gateway.runtime, inflight)
+            gateway.translation = Translation(gateway.runtime, inflight)
             INFLIGHT.set_function(inflight.total)
             await self._update_health()
             if encoder_entry(gateway.runtime, settings.index_model) is None:
@@ -119,7 +134,7 @@ class Server:
 
     async def _update_health(self) -> None:
         """Each service is SERVING while what it needs is ready: the index model, the index's version, the
-        default generator, the default classifier."""
+        default generator, the default classifier, any translator (translators have no default)."""
         runtime, search = self.gateway.runtime, self.gateway.search
         await runtime.refresh()
 
@@ -133,6 +148,7 @@ class Server:
             SEARCH: search is not None and search.ready(),
             GENERATOR: ready(self.settings.default_generator, generation.CAPABILITY),
             CLASSIFIER: ready(self.settings.default_classifier, classification.CAPABILITY),
+            TRANSLATOR: any(e.capability == translation.CAPABILITY and e.versions for e in runtime.entries().values()),
         }
         serving[""] = all(serving.values())
         for service, up in serving.items():

@@ -17,6 +17,8 @@ from latentserve.v1 import (
     models_pb2_grpc,
     search_pb2,
     search_pb2_grpc,
+    translator_pb2,
+    translator_pb2_grpc,
 )
 from serving.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from serving.generation import Generated, check_truncation, interpolate, sample_latents
@@ -35,6 +37,7 @@ class Gateway:
         self.encoding = None
         self.classification = None
         self.generation = None
+        self.translation = None
         self.search = None
 
     def require_runtime(self):
@@ -56,6 +59,11 @@ class Gateway:
         if self.generation is None:
             raise Unavailable("models are still loading")
         return self.generation
+
+    def require_translation(self):
+        if self.translation is None:
+            raise Unavailable("models are still loading")
+        return self.translation
 
     def require_search(self):
         if self.search is None:
@@ -143,9 +151,9 @@ def _float_tensor(tensor: common_pb2.Tensor, field: str) -> np.ndarray:
 
 def _png(image_format: int) -> bool:
     """Whether images go out as PNG files (else as one float32 tensor)."""
-    if image_format not in (generator_pb2.IMAGE_FORMAT_UNSPECIFIED, generator_pb2.IMAGE_FORMAT_TENSOR, generator_pb2.IMAGE_FORMAT_PNG):
+    if image_format not in (common_pb2.IMAGE_FORMAT_UNSPECIFIED, common_pb2.IMAGE_FORMAT_TENSOR, common_pb2.IMAGE_FORMAT_PNG):
         raise InvalidArgument(f"unknown format {image_format}", "format")
-    return image_format == generator_pb2.IMAGE_FORMAT_PNG
+    return image_format == common_pb2.IMAGE_FORMAT_PNG
 
 
 def _image_fields(images: np.ndarray, png: bool) -> dict:
@@ -257,6 +265,43 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 yield ready
         finally:
             pending.cancel()
+
+
+class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+
+    async def Translate(self, request, context):
+        translation, settings = self.gateway.require_translation(), self.gateway.settings
+        png = _png(request.format)
+        if request.resize not in (translator_pb2.RESIZE_UNSPECIFIED, translator_pb2.RESIZE_AREA, translator_pb2.RESIZE_NONE):
+            raise InvalidArgument(f"unknown resize mode {request.resize}", "resize")
+        images = decode_batch(
+            request.images, "images", settings.max_batch_images, settings.max_image_pixels,
+            resize=request.resize != translator_pb2.RESIZE_NONE,
+        )
+        translated = await translation.translate(
+            request.direction, request.model.name, request.model.version, images, context.time_remaining()
+        )
+
+        def response() -> translator_pb2.TranslateResponse:
+            return translator_pb2.TranslateResponse(
+                model=common_pb2.ModelRef(name=translated.model, version=translated.version),
+                direction=translated.direction,
+                **_image_fields(translated.images, png),
+            )
+
+        return await asyncio.to_thread(response)  # PNG encoding off the event loop
+
+    async def ListDirections(self, request, context):
+        directions = []
+        for name, entries in sorted(self.gateway.require_translation().directions().items()):
+            for entry in sorted(entries, key=lambda e: e.model):
+                (image_input,), (image_output,) = entry.inputs, entry.outputs
+                directions.append(translator_pb2.Direction(
+                    name=name, model=entry.model, versions=entry.versions, input_dims=image_input.dims, output_dims=image_output.dims
+                ))
+        return translator_pb2.ListDirectionsResponse(directions=directions)
 
 
 class SearchServicer(search_pb2_grpc.SearchServicer):

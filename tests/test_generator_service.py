@@ -147,7 +147,7 @@ def test_interpolation_between_seeds_runs_from_one_sample_to_the_other(stub):
 def test_png_output_decodes_to_the_tensor_output(stub):
     request = dict(model=model(UNCONDITIONAL), count=3, sampling=generator_pb2.Sampling(seed=4))
     as_tensor = images_of(stub.Generate(generator_pb2.GenerateRequest(**request)))
-    files = stub.Generate(generator_pb2.GenerateRequest(format=generator_pb2.IMAGE_FORMAT_PNG, **request)).png
+    files = stub.Generate(generator_pb2.GenerateRequest(format=common_pb2.IMAGE_FORMAT_PNG, **request)).png
     decoded = np.stack([np.asarray(Image.open(io.BytesIO(data))) for data in files])
     assert decoded.shape == (3, 28, 28) and decoded.dtype == np.uint8
     assert np.abs(decoded / 255 - as_tensor).max() <= 0.5 / 255 + 1e-6

@@ -34,7 +34,7 @@ def test_serving_runs_without_torch_or_training():
 
 
 @pytest.mark.parametrize("verb", [[], ["train"], ["export"], ["serve"], ["triton"], ["models"], ["encode"], ["search"], ["index"], ["index", "add"],
-                                   ["generate"], ["eval"], ["bench"]])
+                                   ["generate"], ["translate"], ["eval"], ["bench"]])
 def test_every_verb_has_help(verb):
     result = subprocess.run([sys.executable, "-m", "latentserve.cli", *verb, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: latentserve" in result.stdout

@@ -76,6 +76,7 @@ def models() -> dict[str, type]:
     from training.gan import ACGAN, DCGAN, WGANGP
     from training.kingma import M1, M1M2, M2
     from training.self_training import EntropyMin, FixMatch, SelfTraining
+    from training.translation import CycleGAN, Pix2Pix
     from training.vae import VAE
 
     return {
@@ -83,6 +84,7 @@ def models() -> dict[str, type]:
         "conv_vae": ConvVAE, "dcgan": DCGAN, "wgan_gp": WGANGP, "acgan": ACGAN,
         "m1": M1, "m2": M2, "m1m2": M1M2,
         "pseudo_label": SelfTraining, "entropy_min": EntropyMin, "fixmatch": FixMatch,
+        "pix2pix": Pix2Pix, "cyclegan": CycleGAN,
     }
 
 

@@ -8,20 +8,11 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    IMAGE_FORMAT_UNSPECIFIED: _ClassVar[ImageFormat]
-    IMAGE_FORMAT_TENSOR: _ClassVar[ImageFormat]
-    IMAGE_FORMAT_PNG: _ClassVar[ImageFormat]
-
 class Interpolation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     INTERPOLATION_UNSPECIFIED: _ClassVar[Interpolation]
     INTERPOLATION_LINEAR: _ClassVar[Interpolation]
     INTERPOLATION_SPHERICAL: _ClassVar[Interpolation]
-IMAGE_FORMAT_UNSPECIFIED: ImageFormat
-IMAGE_FORMAT_TENSOR: ImageFormat
-IMAGE_FORMAT_PNG: ImageFormat
 INTERPOLATION_UNSPECIFIED: Interpolation
 INTERPOLATION_LINEAR: Interpolation
 INTERPOLATION_SPHERICAL: Interpolation
@@ -49,8 +40,8 @@ class GenerateRequest(_message.Message):
     count: int
     sampling: Sampling
     latents: _common_pb2.Tensor
-    format: ImageFormat
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., count: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., latents: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., format: _Optional[_Union[ImageFormat, str]] = ...) -> None: ...
+    format: _common_pb2.ImageFormat
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., count: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., latents: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("model", "images", "png", "latents", "labels")
@@ -83,8 +74,8 @@ class InterpolateRequest(_message.Message):
     method: Interpolation
     truncation: float
     label: int
-    format: ImageFormat
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., seeds: _Optional[_Union[SeedPair, _Mapping]] = ..., latents: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., steps: _Optional[int] = ..., method: _Optional[_Union[Interpolation, str]] = ..., truncation: _Optional[float] = ..., label: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ...) -> None: ...
+    format: _common_pb2.ImageFormat
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., seeds: _Optional[_Union[SeedPair, _Mapping]] = ..., latents: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., steps: _Optional[int] = ..., method: _Optional[_Union[Interpolation, str]] = ..., truncation: _Optional[float] = ..., label: _Optional[int] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ...) -> None: ...
 
 class SeedPair(_message.Message):
     __slots__ = ("start", "end")
@@ -105,8 +96,8 @@ class GenerateStreamRequest(_message.Message):
     count: int
     sampling: Sampling
     chunk_size: int
-    format: ImageFormat
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., count: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., chunk_size: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ...) -> None: ...
+    format: _common_pb2.ImageFormat
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., count: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., chunk_size: _Optional[int] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
     __slots__ = ("model", "start_index", "images", "png", "labels")

@@ -30,14 +30,18 @@ def encoder_entry(runtime: Runtime, model: str) -> Entry | None:
     return next((e for e in runtime.entries().values() if e.model == model and e.capability == "encode"), None)
 
 
-def resolve(runtime: Runtime, model: str, capability: str, version: int, field: str = "model") -> tuple[Entry, int]:
-    """The entry serving `capability` for `model`, and the loaded version to run (0: the newest)."""
+def resolve(
+    runtime: Runtime, model: str, capability: str, version: int, field: str = "model", graph: str | None = None
+) -> tuple[Entry, int]:
+    """The entry serving `capability` for `model` (named `graph`, where a model has several graphs for one
+    capability, as translators do), and the loaded version to run (0: the newest)."""
     matches = [e for e in runtime.entries().values() if e.model == model]
     if not matches:
         raise NotFound(f"no model named {model!r}", f"{field}.name")
-    entry = next((e for e in matches if e.capability == capability), None)
+    entry = next((e for e in matches if e.capability == capability and graph in (None, e.graph)), None)
     if entry is None:
-        raise InvalidArgument(f"model {model!r} has no graph for {capability}", f"{field}.name")
+        wanted = capability if graph is None else f"{capability} {graph!r}"
+        raise InvalidArgument(f"model {model!r} has no graph for {wanted}", f"{field}.name")
     if not entry.versions:
         raise Unavailable(f"model {model!r} has no version ready to serve")
     if version < 0:
