@@ -180,6 +180,10 @@ def cmd_eval(args) -> None:
         from serving.evaluation import main as evaluate
 
         evaluate(args.repository, args.models, args.samples)
+    elif args.what == "translation":
+        from training.benchmark_translation import main as evaluate
+
+        evaluate(args.repository, args.checkpoints, args.grids)
     elif args.what == "propagation":
         from training.benchmark_semi_supervised import propagation
 
@@ -257,12 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     evaluate = verbs.add_parser("eval", help="measure the shipped models' quality (docs/benchmarks.md)")
-    evaluate.add_argument("what", choices=["generation", "propagation", "classification"])
+    evaluate.add_argument("what", choices=["generation", "propagation", "classification", "translation"])
     evaluate.add_argument("--models", nargs="+", default=["conv_vae", "dcgan", "wgan_gp", "acgan"], help="generation: which generators")
     evaluate.add_argument("--samples", type=int, default=10_000, help="generation: samples per model")
     evaluate.add_argument("--seeds", type=int, default=3, help="propagation: data seeds 0..N-1")
     evaluate.add_argument("--neighbours", type=int, default=10, help="propagation: k of the kNN graph")
-    evaluate.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="classification: trained runs to score")
+    evaluate.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="classification, translation: trained runs to score")
+    evaluate.add_argument("--grids", type=Path, help="translation: write each shipped translator's sample grid here")
     evaluate.add_argument("--repository", type=Path, default=Path("model_repository"))
     evaluate.set_defaults(func=cmd_eval)
 

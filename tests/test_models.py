@@ -21,6 +21,8 @@ SMALL = {
     "pseudo_label": {"labelled_batch_size": 4},
     "entropy_min": {"labelled_batch_size": 4},
     "fixmatch": {"labelled_batch_size": 4},
+    "pix2pix": {"channels": 4},
+    "cyclegan": {"channels": 4, "residual_blocks": 1},
 }
 
 

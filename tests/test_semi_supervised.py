@@ -7,7 +7,7 @@ from training.kingma import M2Network
 from training.registry import build
 from training.self_training import SelfTraining
 from training.semi_supervised import labelled_indices
-from training.train import load_checkpoint, train
+from training.train import load_checkpoint, load_model, train
 
 TINY_CNN = {"epochs": 1, "batch_size": 64, "labelled_batch_size": 8, "labels_per_class": 2}
 
@@ -93,5 +93,9 @@ def test_m1m2_reads_a_trained_m1_and_keeps_it_frozen(tmp_path, small_mnist):
     for key, value in checkpoint["state_dict"].items():
         if key.startswith("m1."):
             assert torch.equal(value, m1[key.removeprefix("m1.")]), key
+    # The units M2 models are those whose mean varies over the training images (sd above 0.1).
+    model = load_model(checkpoint)
+    means = model.m1.encode(torch.from_numpy(small_mnist.train.images[:, None]))[0]
+    assert torch.equal(model.network.observed, (means.std(0) > 0.1).float())
     with pytest.raises(ValueError, match="not an m1"):
         train("m1m2", tmp_path / "wrong", small_mnist, {**overrides, "m1_hidden": 64}, threads=1)

@@ -11,6 +11,9 @@ M1, M2 and M1+M2, with MLPs (softplus) as in the paper.
   cross-entropy (its code weights each labelled image's log q(y|x) by 0.1 N / N_labelled).
 - M1+M2: M2 over M1's latent space: a trained M1 (`m1_checkpoint`), frozen, turns each image into a
   sample of q(z1|x); M2 models z1 with a Gaussian p(z1|y,z2). The served classifier takes M1's mean.
+  As in the paper's code, only M1's active units are kept (the sd of their mean over the training images
+  above 0.1): an inactive unit's sample is prior noise, which drowned the few active ones (m1 v1 has 11
+  of 50) in the classifier's input. The others are zeroed and left out of the likelihood.
 """
 import math
 from pathlib import Path
@@ -26,6 +29,7 @@ from training.semi_supervised import CLASSES, SemiSupervisedConfig, classifier_g
 from training.vae import VAE, VAEConfig
 
 PIXELS = 784
+ACTIVE_UNIT_SD = 0.1
 
 
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
@@ -88,6 +92,8 @@ class M2Network(nn.Module):
         self.classifier = _mlp(dim, hidden, CLASSES)
         self.encoder = _mlp(dim + CLASSES, hidden, 2 * latent_dim)
         self.decoder = _mlp(latent_dim + CLASSES, hidden, 2 * dim if gaussian else dim)
+        if gaussian:
+            self.register_buffer("observed", torch.ones(dim))  # 0: a dimension the likelihood leaves out
 
     def negative_bound(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """-L(x, y) per row, nats: -log p(x|y,z) + KL(q(z|x,y) || N(0, I)) - log p(y), with one sample
@@ -99,7 +105,8 @@ class M2Network(nn.Module):
         out = self.decoder(torch.cat([z, one_hot], 1))
         if self.gaussian:
             x_mean, x_log_variance = out.chunk(2, 1)
-            reconstruction = 0.5 * (x_log_variance + (x - x_mean) ** 2 / x_log_variance.exp() + math.log(2 * math.pi)).sum(1)
+            log_density = x_log_variance + (x - x_mean) ** 2 / x_log_variance.exp() + math.log(2 * math.pi)
+            reconstruction = 0.5 * (log_density * self.observed).sum(1)
         else:
             reconstruction = F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(1)
         kl = -0.5 * (1 + log_variance - mean**2 - log_variance.exp()).sum(1)
@@ -180,14 +187,21 @@ class M1M2(M2):
         self.m1 = VAE(VAEConfig(**shape)).requires_grad_(False)
         self.network = M2Network(config.m1_latent_dim, config.hidden, config.latent_dim, gaussian=True)
 
-    def initialise(self) -> None:
-        """At the start of a fresh run: M1's trained VAE, frozen."""
+    def initialise(self, images: torch.Tensor) -> None:
+        """At the start of a fresh run: M1's trained VAE, frozen, and which of its units are active."""
         checkpoint = torch.load(Path(self.config.m1_checkpoint), map_location="cpu", weights_only=True)
         wanted = {key: getattr(self.m1.config, key) for key in ("latent_dim", "hidden", "hidden_layers")}
         found = {key: checkpoint["config"].get(key) for key in wanted} if checkpoint["model"] == "m1" else None
         if found != wanted:
             raise ValueError(f"{self.config.m1_checkpoint} is not an m1 of {wanted}")
         self.m1.load_state_dict({k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("classifier.")})
+        with torch.no_grad():
+            means = torch.cat([self.m1.encode(x)[0] for x in images.split(1000)])
+        self.network.observed.copy_((means.std(0) > ACTIVE_UNIT_SD).float())
+
+    def features(self, z1: torch.Tensor) -> torch.Tensor:
+        """M1's active units; the others zeroed."""
+        return z1 * self.network.observed
 
     def train(self, mode: bool = True) -> "M1M2":
         super().train(mode)
@@ -195,9 +209,9 @@ class M1M2(M2):
         return self
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network.classifier(self.m1.encode(images)[0])
+        return self.network.classifier(self.features(self.m1.encode(images)[0]))
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> Losses:
         with torch.no_grad():
-            z1 = self.m1.reparameterize(*self.m1.encode(images))
+            z1 = self.features(self.m1.reparameterize(*self.m1.encode(images)))
         return self.network.loss(z1, labels, self.config.alpha)

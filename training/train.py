@@ -46,7 +46,7 @@ def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, 
         torch.manual_seed(config.seed)
         model = build(name, config.model_dump())
         if hasattr(model, "initialise"):  # a model built on another one's checkpoint (m1m2) loads it here
-            model.initialise()
+            model.initialise(torch.from_numpy(data.train.images[:, None]))
     optimizers = model.optimizers()
     for key, state in checkpoint.get("optimizers", {}).items():
         optimizers[key].load_state_dict(state)
