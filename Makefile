@@ -24,12 +24,13 @@ test: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. proto/latentserve/v1/*.proto
 
-SHIPPED := autoencoder vae lenet conv_vae dcgan wgan_gp acgan fixmatch
+SHIPPED := autoencoder vae lenet conv_vae dcgan wgan_gp acgan fixmatch pix2pix cyclegan
 
 # Train and export the shipped models (docs/training.md has each one's time; run two at once with
 # --threads 1 on 2 cores). lenet is exported first: the generators' model cards are scored with it.
 train: $(STAMP)
 	for model in $(SHIPPED); do $(BIN)/latentserve train $$model || exit 1; done
+	$(BIN)/latentserve train pix2pix --set adversarial=false --run-dir runs/unet-l1  # pix2pix's baseline, not shipped
 
 export: $(STAMP)
 	for model in $(SHIPPED); do $(BIN)/latentserve export runs/$$model/checkpoint.pt || exit 1; done
@@ -43,6 +44,8 @@ bench: $(STAMP)
 	$(BIN)/latentserve eval propagation
 	$(BIN)/latentserve eval classification
 	$(BIN)/latentserve bench classification
+	$(BIN)/latentserve eval translation --checkpoints runs/unet-l1/checkpoint.pt --grids docs/images
+	$(BIN)/latentserve bench translation
 
 clean:
 	rm -rf $(VENV)

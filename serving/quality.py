@@ -151,16 +151,18 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def evaluate_paired(edges2digit: Translator, data: Mnist, features: FeatureNetwork) -> dict[str, float]:
-    """The edge maps of the 10k test digits translated back: L1, SSIM and PSNR to the real digits, and the
-    MNIST classifier's accuracy on the translations against the digits' labels (pix2pix's FCN score)."""
+    """The edge maps of the 10k test digits translated back: L1, SSIM and PSNR to the real digits, the
+    MNIST classifier's accuracy on the translations against the digits' labels (pix2pix's FCN score), and
+    FID of the translations to the real digits (how real they look as a set; `real_floor` is its floor)."""
     target = data.test.images[:, None]
     translated = edges2digit(domains.edge_map(target))
-    probabilities, _ = features(translated)
+    probabilities, translated_features = features(translated)
     return {
         "l1": float(np.abs(translated - target).mean()),
         "ssim": float(ssim(translated, target).mean()),
         "psnr": float(psnr(translated, target).mean()),
         "class_accuracy": float((probabilities.argmax(1) == data.test.labels).mean()),
+        "fid": frechet_distance(translated_features, features.test_set(data)[1]),
     }
 
 
