@@ -15,6 +15,7 @@ M1, M2 and M1+M2, with MLPs (softplus) as in the paper.
   above 0.1): an inactive unit's sample is prior noise, which drowned the few active ones (m1 v1 has 11
   of 50) in the classifier's input. The others are zeroed and left out of the likelihood.
 """
+import copy
 import math
 from pathlib import Path
 
@@ -68,7 +69,7 @@ class M1(VAE):
         return {"negative_elbo": elbo, "error": error_rate(self.classify, images, labels)}
 
     def graphs(self) -> dict[str, Graph]:
-        return {"classifier": classifier_graph(self)}
+        return {"classifier": classifier_graph(_without(self, "decoder"))}
 
     @torch.no_grad()
     def evaluate(self, data: Mnist) -> dict[str, float]:
@@ -142,6 +143,7 @@ class M2Network(nn.Module):
 
 class M2(LossModel):
     Config = M2Config
+    unserved_parts = ("network.encoder", "network.decoder")
 
     def __init__(self, config: M2Config):
         super().__init__()
@@ -163,7 +165,7 @@ class M2(LossModel):
         return images
 
     def graphs(self) -> dict[str, Graph]:
-        return {"classifier": classifier_graph(self)}
+        return {"classifier": classifier_graph(_without(self, *self.unserved_parts))}
 
     @torch.no_grad()
     def evaluate(self, data: Mnist) -> dict[str, float]:
@@ -179,6 +181,7 @@ class M1M2Config(M2Config):
 
 class M1M2(M2):
     Config = M1M2Config
+    unserved_parts = (*M2.unserved_parts, "m1.decoder")
 
     def __init__(self, config: M1M2Config):
         LossModel.__init__(self)
@@ -215,3 +218,13 @@ class M1M2(M2):
         with torch.no_grad():
             z1 = self.features(self.m1.reparameterize(*self.m1.encode(images)))
         return self.network.loss(z1, labels, self.config.alpha)
+
+
+def _without(model: nn.Module, *parts: str) -> nn.Module:
+    """A copy of `model` without the submodules `classify` does not use (M1's decoder, M2's encoder and
+    decoder), so the served files hold only the classifier's weights."""
+    served = copy.deepcopy(model)
+    for part in parts:
+        *path, name = part.split(".")
+        delattr(served.get_submodule(".".join(path)), name)
+    return served
