@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from serving.mnist import Mnist
 from serving.quality import evaluate_generator
-from training.registry import Graph, TensorSpec, TrainConfig
+from training.registry import Graph, TensorSpec, TrainConfig, optimizer_step
 
 CLASSES = 10
 PREVIEW_SAMPLES = 64
@@ -121,7 +121,7 @@ class GAN(nn.Module):
         return self.generator_average if self.config.ema_decay else self.generator
 
     def generator_step(self, optimizers: dict, loss: torch.Tensor) -> None:
-        _step(optimizers["generator"], loss)
+        optimizer_step(optimizers["generator"], loss)
         if self.config.ema_decay:
             with torch.no_grad():
                 for average, weight in zip(self.generator_average.parameters(), self.generator.parameters()):
@@ -186,7 +186,7 @@ class DCGAN(GAN):
         fake = self.generator(latent)
         real_logits, fake_logits = self.discriminator(images), self.discriminator(fake.detach())
         d_loss = _bce(real_logits, 1) + _bce(fake_logits, 0)
-        _step(optimizers["discriminator"], d_loss)
+        optimizer_step(optimizers["discriminator"], d_loss)
         g_loss = _bce(self.discriminator(fake), 1)  # non-saturating
         self.generator_step(optimizers, g_loss)
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
@@ -202,7 +202,7 @@ class WGANGP(GAN):
             fake = self.generator(self.sample_inputs(len(real))[0]).detach()
             wasserstein = self.discriminator(real).mean() - self.discriminator(fake).mean()
             penalty = self._gradient_penalty(real, fake)
-            _step(optimizers["discriminator"], -wasserstein + cfg.gradient_penalty * penalty)
+            optimizer_step(optimizers["discriminator"], -wasserstein + cfg.gradient_penalty * penalty)
         g_loss = -self.discriminator(self.generator(self.sample_inputs(len(real))[0])).mean()
         self.generator_step(optimizers, g_loss)
         return {"wasserstein": wasserstein.item(), "penalty": penalty.item(), "g_loss": g_loss.item()}
@@ -227,7 +227,7 @@ class ACGAN(GAN):
             _bce(real_out[:, 0], 1) + _bce(fake_out[:, 0], 0)
             + F.cross_entropy(real_out[:, 1:], labels) + F.cross_entropy(fake_out[:, 1:], fake_labels)
         )
-        _step(optimizers["discriminator"], d_loss)
+        optimizer_step(optimizers["discriminator"], d_loss)
         out = self.discriminator(fake)
         g_loss = _bce(out[:, 0], 1) + F.cross_entropy(out[:, 1:], fake_labels)
         self.generator_step(optimizers, g_loss)
@@ -238,11 +238,6 @@ class ACGAN(GAN):
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.flatten(), torch.full((logits.numel(),), float(target)))
 
-
-def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
 
 
 @torch.no_grad()

@@ -173,6 +173,7 @@ class M2(LossModel):
 
 
 class M1M2Config(M2Config):
+    epochs: int = 60  # fits the 2-hour budget beside other trainings (~55 s an epoch on one thread)
     m1_checkpoint: str = "runs/m1/checkpoint.pt"  # read once, when a fresh run starts
     m1_latent_dim: int = M1Config().latent_dim
     m1_hidden: int = M1Config().hidden

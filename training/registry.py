@@ -48,6 +48,13 @@ class Graph:
     classes: int = 0  # a class-conditional graph: its `label` input takes 0..classes-1
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One gradient step of `optimizer` on `loss`."""
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
 class LossModel(nn.Module):
     """A model trained by minimising `loss(images, labels)` with Adam."""
 
@@ -56,9 +63,7 @@ class LossModel(nn.Module):
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, optimizers: dict) -> dict[str, float]:
         losses = self.loss(images, labels)
-        optimizers["model"].zero_grad()
-        losses.total.backward()
-        optimizers["model"].step()
+        optimizer_step(optimizers["model"], losses.total)
         return {"loss": losses.total.item(), **losses.terms}
 
     @torch.no_grad()
