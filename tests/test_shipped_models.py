@@ -15,10 +15,11 @@ ENTRIES = repository.read_repository(MODEL_REPOSITORY)
 REPOSITORY_BUDGET_BYTES = 50 * 1024 * 1024
 
 
-def test_the_service_ships_its_encoders_generators_and_classifiers():
+def test_the_service_ships_its_encoders_generators_classifiers_and_translators():
     assert {
         "autoencoder_encoder", "vae_encoder", "lenet_classifier", "conv_vae_encoder", "conv_vae_decoder",
         "dcgan_generator", "wgan_gp_generator", "acgan_generator", "fixmatch_classifier",
+        "pix2pix_edges2digit", "cyclegan_mnist2uci", "cyclegan_uci2mnist",
     } <= set(ENTRIES)
     size = sum(p.stat().st_size for p in MODEL_REPOSITORY.rglob("*") if p.is_file())
     assert size < REPOSITORY_BUDGET_BYTES
