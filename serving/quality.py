@@ -170,14 +170,13 @@ def classify_uci(images: np.ndarray) -> np.ndarray:
     return domains.uci_classifier().predict(domains.to_scans(images))
 
 
-def label_preservation(mnist2uci: Translator, uci2mnist: Translator, mnist: np.ndarray, mnist_labels: np.ndarray,
-                       uci: np.ndarray, uci_labels: np.ndarray, features: FeatureNetwork) -> dict[str, float]:
+def label_preservation(to_uci: np.ndarray, mnist_labels: np.ndarray, to_mnist: np.ndarray, uci_labels: np.ndarray,
+                       features: FeatureNetwork) -> dict[str, float]:
     """How often the target domain's classifier finds the source label in a translation: the UCI SVM on
-    MNIST digits translated to UCI, the MNIST classifier on UCI digits translated to MNIST."""
-    mnist_probabilities, _ = features(uci2mnist(uci[:, None]))
+    MNIST digits translated to UCI (`to_uci`), the MNIST classifier on UCI digits translated to MNIST."""
     return {
-        "mnist2uci_accuracy": float((classify_uci(mnist2uci(mnist[:, None])) == mnist_labels).mean()),
-        "uci2mnist_accuracy": float((mnist_probabilities.argmax(1) == uci_labels).mean()),
+        "mnist2uci_accuracy": float((classify_uci(to_uci) == mnist_labels).mean()),
+        "uci2mnist_accuracy": float((features(to_mnist)[0].argmax(1) == uci_labels).mean()),
     }
 
 
@@ -189,8 +188,7 @@ def evaluate_unpaired(mnist2uci: Translator, uci2mnist: Translator, data: Mnist,
     mnist_images, uci_images = data.test.images[:, None], uci.test.images[:, None]
     n = len(uci_images)
     to_uci, to_mnist = mnist2uci(mnist_images), uci2mnist(uci_images)
-    metrics = label_preservation(lambda _: to_uci, lambda _: to_mnist, data.test.images, data.test.labels,
-                                 uci.test.images, uci.test.labels, features)
+    metrics = label_preservation(to_uci, data.test.labels, to_mnist, uci.test.labels, features)
     _, uci_features = features(uci_images)
     _, mnist_test_features = features.test_set(data)
     metrics |= {

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from serving.mnist import Mnist, Split, load_mnist
 from serving.server import Server
@@ -28,6 +30,17 @@ def small_mnist(mnist) -> Mnist:
         train=Split(mnist.train.images[:512], mnist.train.labels[:512]),
         valid=Split(mnist.valid.images[:256], mnist.valid.labels[:256]),
     )
+
+
+def assert_refused(error: grpc.RpcError, code: grpc.StatusCode, field: str) -> None:
+    """`error` has `code` and a message that starts with the field it names; an INVALID_ARGUMENT also
+    names the field in its BadRequest details."""
+    assert error.code() == code, error.details()
+    assert error.details().startswith(field + ":"), error.details()
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        detail = error_details_pb2.BadRequest()
+        rpc_status.from_call(error).details[0].Unpack(detail)
+        assert detail.field_violations[0].field == field
 
 
 def wait_for(predicate, timeout: float = 30) -> None:

@@ -7,16 +7,14 @@ import grpc
 import numpy as np
 import onnxruntime
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 from PIL import Image
 
 from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, models_pb2, models_pb2_grpc, search_pb2, search_pb2_grpc
 from serving import repository
 from serving.settings import Settings
-from tests.conftest import MODEL_REPOSITORY, RunningGateway, wait_for
+from tests.conftest import MODEL_REPOSITORY, RunningGateway, assert_refused, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -252,13 +250,7 @@ def test_bad_input_gets_a_precise_status_and_changes_nothing(channel, case):
     items_before = search_stub.GetIndexStats(search_pb2.GetIndexStatsRequest()).items
     with pytest.raises(grpc.RpcError) as raised:
         getattr(STUBS[service](channel), method)(request)
-    error = raised.value
-    assert error.code() == code, error.details()
-    assert error.details().startswith(field + ":"), error.details()
-    if code == INVALID:
-        detail = error_details_pb2.BadRequest()
-        rpc_status.from_call(error).details[0].Unpack(detail)
-        assert detail.field_violations[0].field == field
+    assert_refused(raised.value, code, field)
     assert search_stub.GetIndexStats(search_pb2.GetIndexStatsRequest()).items == items_before
     assert search_stub.Search(search_pb2.SearchRequest(id="mnist-test-00002", k=1)).hits  # still serving
 

@@ -283,8 +283,8 @@ class CycleGAN(nn.Module):
         """Label preservation of both directions: MNIST validation images into the UCI domain, and the
         UCI training scans (the test scans are kept for the model card) into MNIST."""
         uci = domains.load_uci_digits().train
-        return quality.label_preservation(_runner(self.mnist2uci), _runner(self.uci2mnist), images[:, 0].numpy(), labels.numpy(),
-                                          uci.images, uci.labels, quality.FeatureNetwork())
+        to_uci, to_mnist = _runner(self.mnist2uci)(images.numpy()), _runner(self.uci2mnist)(uci.images[:, None])
+        return quality.label_preservation(to_uci, labels.numpy(), to_mnist, uci.labels, quality.FeatureNetwork())
 
     @torch.no_grad()
     def preview(self, images: torch.Tensor) -> torch.Tensor:
