@@ -106,8 +106,8 @@ class M2Network(nn.Module):
         out = self.decoder(torch.cat([z, one_hot], 1))
         if self.gaussian:
             x_mean, x_log_variance = out.chunk(2, 1)
-            log_density = x_log_variance + (x - x_mean) ** 2 / x_log_variance.exp() + math.log(2 * math.pi)
-            reconstruction = 0.5 * (log_density * self.observed).sum(1)
+            minus_twice_log_density = x_log_variance + (x - x_mean) ** 2 / x_log_variance.exp() + math.log(2 * math.pi)
+            reconstruction = 0.5 * (minus_twice_log_density * self.observed).sum(1)
         else:
             reconstruction = F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(1)
         kl = -0.5 * (1 + log_variance - mean**2 - log_variance.exp()).sum(1)
