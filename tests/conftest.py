@@ -5,10 +5,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from latentserve.v1 import common_pb2
 from serving.mnist import Mnist, Split, load_mnist
 from serving.server import Server
 from serving.settings import Settings
@@ -30,6 +32,12 @@ def small_mnist(mnist) -> Mnist:
         train=Split(mnist.train.images[:512], mnist.train.labels[:512]),
         valid=Split(mnist.valid.images[:256], mnist.valid.labels[:256]),
     )
+
+
+def tensor_batch(images: np.ndarray) -> common_pb2.Images:
+    """Images as one float32 tensor message (the fast path)."""
+    images = np.ascontiguousarray(images, np.float32)
+    return common_pb2.Images(tensor=common_pb2.Tensor(shape=images.shape, dtype=common_pb2.DATA_TYPE_FLOAT32, data=images.tobytes()))
 
 
 def assert_refused(error: grpc.RpcError, code: grpc.StatusCode, field: str) -> None:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from latentserve.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 from serving import repository
-from tests.conftest import MODEL_REPOSITORY, RunningGateway
+from tests.conftest import MODEL_REPOSITORY, RunningGateway, tensor_batch
 
 CLASSIFIER = "fixmatch"
 
@@ -27,11 +27,6 @@ def gateway(tmp_path_factory):
 def stub(gateway):
     with gateway.channel() as channel:
         yield classifier_pb2_grpc.ClassifierStub(channel)
-
-
-def tensor_batch(images: np.ndarray) -> common_pb2.Images:
-    images = np.ascontiguousarray(images, np.float32)
-    return common_pb2.Images(tensor=common_pb2.Tensor(shape=images.shape, dtype=common_pb2.DATA_TYPE_FLOAT32, data=images.tobytes()))
 
 
 def png_batch(images: np.ndarray) -> common_pb2.Images:

@@ -14,7 +14,7 @@ from PIL import Image
 from export import exporter
 from latentserve.v1 import common_pb2, translator_pb2, translator_pb2_grpc
 from serving import domains, quality, repository
-from tests.conftest import MODEL_REPOSITORY, RunningGateway, assert_refused
+from tests.conftest import MODEL_REPOSITORY, RunningGateway, assert_refused, tensor_batch
 from training.registry import Graph, TensorSpec
 
 # Model -> direction -> what its stand-in graph computes. Two models offer edges2digit, so a call in that
@@ -77,11 +77,6 @@ def gateway(tmp_path_factory, translators):
 def stub(gateway):
     with gateway.channel() as channel:
         yield translator_pb2_grpc.TranslatorStub(channel)
-
-
-def tensor_batch(images: np.ndarray) -> common_pb2.Images:
-    images = np.ascontiguousarray(images, np.float32)
-    return common_pb2.Images(tensor=common_pb2.Tensor(shape=images.shape, dtype=common_pb2.DATA_TYPE_FLOAT32, data=images.tobytes()))
 
 
 def png_file(pixels: np.ndarray) -> bytes:
