@@ -95,3 +95,13 @@ def test_semi_supervised_models_export_a_classifier_graph(tmp_path, small_mnist,
     # The served files hold the classifier's weights only, not the generative parts it does not use.
     weights = torch.jit.load(version_dir / "model.pt").state_dict()
     assert weights and not any("decoder" in key or "network.encoder" in key for key in weights)
+
+
+def test_a_generator_with_a_latent_code_exports_with_parity(tmp_path, small_mnist):
+    config = {"channels": 8, "latent_dim": 12, "refine_channels": 4, "categories": 10, "epochs": 1}
+    run = train("dcgan", tmp_path / "run", small_mnist, config, threads=1)
+    (version_dir,) = exporter.export_checkpoint(run, tmp_path / "repository", small_mnist)
+    entry = repository.read_repository(tmp_path / "repository")["dcgan_generator"]
+    assert [(t.name, t.dims) for t in entry.inputs] == [("latent", (12,))]  # the code is read from the latent
+    card = json.loads((version_dir / "card.json").read_text())
+    assert max(card["parity"]["real"].values()) <= exporter.FLOAT_TOLERANCE

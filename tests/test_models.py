@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from serving.generation import sample_latents
+from training.gan import latent_code
 from training.registry import build, models
 
 SMALL = {
@@ -12,8 +14,8 @@ SMALL = {
     "vae": {"hidden": 32, "latent_dim": 4},
     "lenet": {"channels": 4, "features": 16},
     "conv_vae": {"channels": 8, "latent_dim": 4},
-    "dcgan": {"channels": 8, "latent_dim": 8},
-    "wgan_gp": {"channels": 8, "latent_dim": 8, "batch_size": 16, "critic_steps": 2},
+    "dcgan": {"channels": 8, "latent_dim": 12, "refine_channels": 4, "categories": 10},
+    "wgan_gp": {"channels": 8, "latent_dim": 8, "batch_size": 16, "critic_steps": 2, "refine_channels": 4},
     "acgan": {"channels": 8, "latent_dim": 8},
     "m1": {"hidden": 32, "latent_dim": 4},
     "m2": {"hidden": 32, "latent_dim": 4},
@@ -159,3 +161,26 @@ def test_a_gan_with_weight_averaging_serves_the_average(images, labels):
     for average, old, new in zip(model.generator_average.parameters(), before, model.generator.parameters()):
         torch.testing.assert_close(average, (old + new) / 2)  # decay 0.5: halfway from the old weights
     assert model.graphs()["generator"].module.generator is model.generator_average
+
+
+@pytest.mark.parametrize("truncation", [None, 0.5])
+def test_the_latent_code_is_uniform_over_its_categories_truncated_or_not(truncation):
+    latents = torch.from_numpy(sample_latents(0, 0, 50_000, 12, truncation))
+    shares = torch.bincount(latent_code(latents, 10), minlength=10) / len(latents)
+    assert torch.allclose(shares, torch.full((10,), 0.1), atol=0.006), shares
+
+
+def test_the_generator_sees_the_latent_code():
+    torch.manual_seed(0)
+    generator = build("dcgan", SMALL["dcgan"]).eval().served_generator()
+    with torch.no_grad():  # the first 10 latent elements enter alike, so permuting them changes only the code
+        generator.net[0].weight[:, 1:10] = generator.net[0].weight[:, :1]
+        generator.net[0].weight[:, 12:] = torch.randn(generator.net[0].weight.shape[0], 10)  # the code's columns, visible
+        latent = torch.randn(1, 12)
+        latent[0, 0] = 5.0  # category 0
+        other_category, same_category = latent.clone(), latent.clone()
+        other_category[0, [0, 1]] = latent[0, [1, 0]]
+        same_category[0, [1, 2]] = latent[0, [2, 1]]
+        image, other, same = generator(torch.cat([latent, other_category, same_category]))
+    assert latent_code(other_category, 10).item() == 1
+    assert (image - same).abs().max() < 1e-6 < 1e-4 < (image - other).abs().max()
