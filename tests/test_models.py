@@ -15,7 +15,7 @@ SMALL = {
     "lenet": {"channels": 4, "features": 16},
     "conv_vae": {"channels": 8, "latent_dim": 4},
     "dcgan": {"channels": 8, "latent_dim": 12, "refine_channels": 4, "categories": 10},
-    "wgan_gp": {"channels": 8, "latent_dim": 8, "batch_size": 16, "critic_steps": 2, "refine_channels": 4},
+    "wgan_gp": {"channels": 8, "latent_dim": 12, "batch_size": 16, "critic_steps": 2, "refine_channels": 4, "categories": 10},
     "acgan": {"channels": 8, "latent_dim": 8},
     "m1": {"hidden": 32, "latent_dim": 4},
     "m2": {"hidden": 32, "latent_dim": 4},
@@ -168,6 +168,11 @@ def test_the_latent_code_is_uniform_over_its_categories_truncated_or_not(truncat
     latents = torch.from_numpy(sample_latents(0, 0, 50_000, 12, truncation))
     shares = torch.bincount(latent_code(latents, 10), minlength=10) / len(latents)
     assert torch.allclose(shares, torch.full((10,), 0.1), atol=0.006), shares
+
+
+def test_a_latent_code_must_fit_in_the_latent():
+    with pytest.raises(ValueError, match="categories"):
+        build("dcgan", {"latent_dim": 8, "categories": 10})
 
 
 def test_the_generator_sees_the_latent_code():
