@@ -7,7 +7,8 @@
 - AC-GAN (Odena et al. 2017): the label goes into G (one-hot beside the latent) and into D's loss (D
   predicts it besides real/fake). Truncation (BigGAN) is applied to the latents at sampling time, in the
   gateway (serving/generation.py), not here.
-DCGAN and the AC-GAN serve a moving average of G's weights (`ema_decay`).
+DCGAN and WGAN-GP carry an InfoGAN categorical code read from the latent (`categories`); all three serve
+a moving average of G's weights (`ema_decay`).
 
 The generators output images in [0, 1] like the data; discriminators map their input to [-1, 1].
 """
