@@ -16,7 +16,7 @@ SMALL = {
     "conv_vae": {"channels": 8, "latent_dim": 4},
     "dcgan": {"channels": 8, "latent_dim": 12, "refine_channels": 4, "categories": 10},
     "wgan_gp": {"channels": 8, "latent_dim": 12, "batch_size": 16, "critic_steps": 2, "refine_channels": 4, "categories": 10},
-    "acgan": {"channels": 8, "latent_dim": 8},
+    "acgan": {"channels": 8, "latent_dim": 12, "categories": 10},
     "m1": {"hidden": 32, "latent_dim": 4},
     "m2": {"hidden": 32, "latent_dim": 4},
     "m1m2": {"hidden": 32, "latent_dim": 4, "m1_hidden": 32, "m1_latent_dim": 4},

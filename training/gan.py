@@ -7,8 +7,8 @@
 - AC-GAN (Odena et al. 2017): the label goes into G (one-hot beside the latent) and into D's loss (D
   predicts it besides real/fake). Truncation (BigGAN) is applied to the latents at sampling time, in the
   gateway (serving/generation.py), not here.
-DCGAN and WGAN-GP carry an InfoGAN categorical code read from the latent (`categories`); all three serve
-a moving average of G's weights (`ema_decay`).
+DCGAN carries an InfoGAN categorical code read from the latent (`categories`, open to all three); DCGAN
+and the AC-GAN serve a moving average of G's weights (`ema_decay`).
 
 The generators output images in [0, 1] like the data; discriminators map their input to [-1, 1].
 """
@@ -61,12 +61,11 @@ class DCGANConfig(GANConfig):
 
 
 class WGANGPConfig(GANConfig):
-    epochs: int = 14  # v2: what fitted the session beside DCGAN v3 (~5 min an epoch on one thread)
-    refine_channels: int = 32
+    epochs: int = 20
     # It takes 157 generator steps an epoch: a 0.999 average (a ~1,000-step window) still held much of
-    # the initial weights at epoch 5 (FID 936 against 317 for G itself, 2,000 samples); 0.99 (~100 steps).
-    ema_decay: float = 0.99
-    categories: int = 10
+    # the initial weights at epoch 5 (FID 936 against 317 for G itself, 2,000 samples), so v1 serves G.
+    # DCGAN v3's code, 28x28 stage and a 0.99 average did not help it in 14 epochs (docs/benchmarks.md).
+    ema_decay: float = 0.0
     batch_size: int = 320  # critic_steps minibatches of 64: one generator step per batch
     learning_rate: float = 1e-4
     beta2: float = 0.9
@@ -265,22 +264,26 @@ class WGANGP(GAN):
 
 class ACGAN(GAN):
     classes = CLASSES
-    discriminator_outputs = 1 + CLASSES  # real/fake logit, then class logits
+    discriminator_outputs = 1 + CLASSES  # real/fake logit, then class logits (then the code's, if any)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, optimizers: dict) -> dict[str, float]:
         latent, fake_labels = self.sample_inputs(len(images))
         fake = self.generator(latent, fake_labels)
         real_out, fake_out = self.discriminator(images), self.discriminator(fake.detach())
         d_loss = (
-            _bce(real_out[:, 0], 1) + _bce(fake_out[:, 0], 0)
-            + F.cross_entropy(real_out[:, 1:], labels) + F.cross_entropy(fake_out[:, 1:], fake_labels)
+            _bce(real_out[:, 0], 1) + _bce(fake_out[:, 0], 0) + self.information_loss(fake_out, latent)
+            + F.cross_entropy(_class_logits(real_out), labels) + F.cross_entropy(_class_logits(fake_out), fake_labels)
         )
         optimizer_step(optimizers["discriminator"], d_loss)
         out = self.discriminator(fake)
-        g_loss = _bce(out[:, 0], 1) + F.cross_entropy(out[:, 1:], fake_labels)
+        g_loss = _bce(out[:, 0], 1) + F.cross_entropy(_class_logits(out), fake_labels) + self.information_loss(out, latent)
         self.generator_step(optimizers, g_loss)
-        real_error = (real_out[:, 1:].argmax(1) != labels).float().mean()
+        real_error = (_class_logits(real_out).argmax(1) != labels).float().mean()
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "d_class_error": real_error.item()}
+
+
+def _class_logits(discriminator_out: torch.Tensor) -> torch.Tensor:
+    return discriminator_out[:, 1 : 1 + CLASSES]
 
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
