@@ -1,9 +1,8 @@
 """gRPC servicers: validate and convert requests, call a capability, build the response."""
+import asyncio
 import json
 
 import numpy as np
-
-import asyncio
 
 from latentserve.v1 import (
     classifier_pb2,
@@ -391,9 +390,14 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         predictions = await search.propagate_labels(
             labels, request.neighbours or settings.default_graph_neighbours, methods[request.method], settings.max_propagation_items
         )
-        return search_pb2.PropagateLabelsResponse(predictions=[
-            search_pb2.PredictedLabel(id=item_id, label=label, confidence=confidence) for item_id, label, confidence in predictions
-        ])
+
+        def message(chunk: list[tuple[str, int, float]]) -> search_pb2.PropagateLabelsResponse:
+            return search_pb2.PropagateLabelsResponse(predictions=[
+                search_pb2.PredictedLabel(id=item_id, label=label, confidence=confidence) for item_id, label, confidence in chunk
+            ])
+
+        for start in range(0, len(predictions), settings.propagation_chunk_items):
+            yield await asyncio.to_thread(message, predictions[start : start + settings.propagation_chunk_items])
 
     async def GetIndexStats(self, request, context):
         search = self.gateway.require_search()

@@ -8,6 +8,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BYTES_PER_IMAGE = 4096  # a float32 28x28 image (3,136 bytes) with its latent (up to ~230 floats) and label
 MESSAGE_OVERHEAD_BYTES = 4096
+PREDICTION_BYTES = 32  # a PredictedLabel without its id: tags, lengths, a 10-byte varint for label -1, a float
 
 
 class Settings(BaseSettings):
@@ -34,6 +35,7 @@ class Settings(BaseSettings):
     max_k: int = Field(1000, ge=1, description="hits in one Search")
     default_k: int = Field(10, ge=1)
     max_propagation_items: int = Field(100_000, ge=2, description="stored items PropagateLabels will label")
+    propagation_chunk_items: int = Field(10_000, ge=1, description="predictions in one PropagateLabels message")
     max_graph_neighbours: int = Field(100, ge=1, description="k of the kNN graph in PropagateLabels")
     default_graph_neighbours: int = Field(10, ge=1)
     max_inflight_per_model: int = Field(64, ge=1, description="requests running or queued per model; more: RESOURCE_EXHAUSTED")
@@ -42,8 +44,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _batches_fit_in_a_message(self) -> "Settings":
-        """A full batch of float32 images (a Generate response, a stream chunk) must fit in one message."""
-        needed = self.max_batch_images * BYTES_PER_IMAGE + MESSAGE_OVERHEAD_BYTES
-        if needed > self.max_message_bytes:
-            raise ValueError(f"max_batch_images {self.max_batch_images} needs max_message_bytes >= {needed}")
+        """A full batch of float32 images (a Generate response, a stream chunk) and a full chunk of
+        PropagateLabels predictions with the longest ids must each fit in one message."""
+        for name, needed in [
+            ("max_batch_images", self.max_batch_images * BYTES_PER_IMAGE + MESSAGE_OVERHEAD_BYTES),
+            ("propagation_chunk_items", self.propagation_chunk_items * (self.max_id_bytes + PREDICTION_BYTES) + MESSAGE_OVERHEAD_BYTES),
+        ]:
+            if needed > self.max_message_bytes:
+                raise ValueError(f"{name} {getattr(self, name)} needs max_message_bytes >= {needed}")
         return self

@@ -19,7 +19,8 @@ from tests.conftest import MODEL_REPOSITORY, RunningGateway, assert_refused, wai
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    running = RunningGateway(data_dir=tmp_path_factory.mktemp("data")).start()
+    # 4,000 predictions a message: PropagateLabels over the 10k gallery arrives in three
+    running = RunningGateway(data_dir=tmp_path_factory.mktemp("data"), propagation_chunk_items=4000).start()
     yield running
     running.stop()
 
@@ -233,9 +234,11 @@ def test_propagate_labels_over_the_gallery_from_ten_per_class(channel, mnist, me
     labels = mnist.test.labels
     seeds = {f"mnist-test-{i:05d}": c for c in range(10) for i in np.flatnonzero(labels == c)[:10]}
     stub = search_pb2_grpc.SearchStub(channel)
-    response = stub.PropagateLabels(search_pb2.PropagateLabelsRequest(labels=seeds, method=method))
-    predicted = {p.id: (p.label, p.confidence) for p in response.predictions}
-    assert len(predicted) == stub.GetIndexStats(search_pb2.GetIndexStatsRequest()).items
+    chunks = list(stub.PropagateLabels(search_pb2.PropagateLabelsRequest(labels=seeds, method=method)))
+    assert [len(chunk.predictions) for chunk in chunks] == [4000, 4000, 2000]
+    predicted = {p.id: (p.label, p.confidence) for chunk in chunks for p in chunk.predictions}
+    assert list(predicted) == [f"mnist-test-{i:05d}" for i in range(len(labels))]  # each item once, in order
+    assert stub.GetIndexStats(search_pb2.GetIndexStatsRequest()).items == len(labels)
     rest = [i for i in range(len(labels)) if f"mnist-test-{i:05d}" not in seeds]
     guesses = np.asarray([predicted[f"mnist-test-{i:05d}"][0] for i in rest])
     accuracy = (guesses == labels[rest]).mean()
@@ -249,7 +252,9 @@ def test_bad_input_gets_a_precise_status_and_changes_nothing(channel, case):
     search_stub = search_pb2_grpc.SearchStub(channel)
     items_before = search_stub.GetIndexStats(search_pb2.GetIndexStatsRequest()).items
     with pytest.raises(grpc.RpcError) as raised:
-        getattr(STUBS[service](channel), method)(request)
+        reply = getattr(STUBS[service](channel), method)(request)
+        if isinstance(reply, grpc.Call):
+            list(reply)  # a server stream raises when it is read
     assert_refused(raised.value, code, field)
     assert search_stub.GetIndexStats(search_pb2.GetIndexStatsRequest()).items == items_before
     assert search_stub.Search(search_pb2.SearchRequest(id="mnist-test-00002", k=1)).hits  # still serving
@@ -341,7 +346,9 @@ def test_embedded_runtime_follows_new_and_broken_versions(start_gateway, tmp_pat
         assert stub.Encode(encoder_pb2.EncodeRequest(images=batch(GOOD))).model.version == shipped + 1
 
 
-def test_settings_refuse_batches_that_would_not_fit_in_one_message():
+def test_settings_refuse_limits_whose_messages_would_not_fit():
     with pytest.raises(ValueError, match="max_message_bytes"):
         Settings(max_batch_images=10_000, max_message_bytes=1024 * 1024)
+    with pytest.raises(ValueError, match="propagation_chunk_items .* needs max_message_bytes"):
+        Settings(propagation_chunk_items=100_000)  # 100k ids of up to 256 bytes: over 16 MiB
     assert Settings(max_batch_images=256).max_message_bytes == 16 * 1024 * 1024

@@ -56,7 +56,7 @@ class SearchStub:
                 request_serializer=latentserve_dot_v1_dot_search__pb2.GetIndexStatsRequest.SerializeToString,
                 response_deserializer=latentserve_dot_v1_dot_search__pb2.IndexStats.FromString,
                 _registered_method=True)
-        self.PropagateLabels = channel.unary_unary(
+        self.PropagateLabels = channel.unary_stream(
                 '/latentserve.v1.Search/PropagateLabels',
                 request_serializer=latentserve_dot_v1_dot_search__pb2.PropagateLabelsRequest.SerializeToString,
                 response_deserializer=latentserve_dot_v1_dot_search__pb2.PropagateLabelsResponse.FromString,
@@ -122,7 +122,7 @@ def add_SearchServicer_to_server(servicer, server):
                     request_deserializer=latentserve_dot_v1_dot_search__pb2.GetIndexStatsRequest.FromString,
                     response_serializer=latentserve_dot_v1_dot_search__pb2.IndexStats.SerializeToString,
             ),
-            'PropagateLabels': grpc.unary_unary_rpc_method_handler(
+            'PropagateLabels': grpc.unary_stream_rpc_method_handler(
                     servicer.PropagateLabels,
                     request_deserializer=latentserve_dot_v1_dot_search__pb2.PropagateLabelsRequest.FromString,
                     response_serializer=latentserve_dot_v1_dot_search__pb2.PropagateLabelsResponse.SerializeToString,
@@ -259,7 +259,7 @@ class Search:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
             '/latentserve.v1.Search/PropagateLabels',
