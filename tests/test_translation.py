@@ -11,7 +11,7 @@ from torch import nn
 from export import exporter
 from serving import domains, quality, repository
 from training.registry import build
-from training.train import train
+from training.train import load_checkpoint, load_model, train
 from training.translation import ImagePool, PatchGAN, ResNetGenerator, UNet, gan_loss
 
 
@@ -91,6 +91,24 @@ def test_a_cyclegan_step_lowers_the_cycle_loss(mnist):
     for _ in range(10):
         model.train_step(images, labels, optimizers)
     assert cycle() < 0.9 * before
+
+
+def test_semantic_consistency_reads_a_trained_lenet_and_keeps_it_frozen(tmp_path, small_mnist):
+    lenet_path = train("lenet", tmp_path / "lenet", small_mnist, {"epochs": 1}, threads=1)
+    overrides = {"channels": 4, "residual_blocks": 1, "epochs": 1, "semantic_weight": 1.0, "semantic_checkpoint": str(lenet_path)}
+    checkpoint = load_checkpoint(train("cyclegan", tmp_path / "cyclegan", small_mnist, overrides, threads=1))
+    lenet = load_checkpoint(lenet_path)["state_dict"]
+    judged = {key.removeprefix("semantic."): value for key, value in checkpoint["state_dict"].items() if key.startswith("semantic.")}
+    assert judged.keys() == lenet.keys() and all(torch.equal(judged[key], lenet[key]) for key in lenet)
+    # The term is low for a translation the judge reads as its source's class, high for one it does not.
+    model = load_model(checkpoint).eval()
+    images = torch.from_numpy(small_mnist.test.images[:200, None])
+    with torch.no_grad():
+        read = model.semantic.classify(images).argmax(1)
+        other = images[(read[None, :] != read[:, None]).int().argmax(1)]  # for each image one read as another class
+        assert model._semantic(images, images).item() < model._semantic(images, other).item()
+    with pytest.raises(ValueError, match="not a lenet"):
+        train("cyclegan", tmp_path / "bad", small_mnist, {**overrides, "semantic_checkpoint": str(tmp_path / "cyclegan" / "checkpoint.pt")}, threads=1)
 
 
 def test_the_l1_baseline_is_pix2pix_without_a_discriminator():

@@ -11,14 +11,19 @@ depends on the others in its batch.
 - CycleGAN (Zhu et al. 2017), directions `mnist2uci` and `uci2mnist`: two ResNet generators, a PatchGAN per
   domain, least-squares GAN loss, cycle loss (lambda 10) and identity loss (0.5 lambda); each D is updated
   on a pool of 50 earlier fakes. The unpaired UCI scans are drawn at random for every MNIST batch.
+  Optionally (`semantic_weight`) CyCADA's semantic consistency (Hoffman et al. 2018): a frozen MNIST
+  classifier must read a translated image as the class it reads in its source, in both directions.
 Images are in [0, 1]; generators end in a sigmoid, discriminators see [-1, 1].
 """
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from serving import domains, quality
 from serving.mnist import Mnist
+from training.classifier import LeNet, LeNetConfig
 from training.registry import Graph, TensorSpec, TrainConfig, optimizer_step
 
 IMAGE = TensorSpec("image", "float32", (1, 28, 28))
@@ -227,6 +232,10 @@ class CycleGANConfig(TrainConfig):
     cycle_weight: float = 10.0
     identity_weight: float = 5.0  # 0.5 x cycle_weight, as the paper sets it
     pool_size: int = 50
+    # > 0: semantic consistency, judged by a LeNet trained on MNIST's labels (`semantic_checkpoint`, read
+    # when a fresh run starts). It must not be the shipped lenet, which scores uci2mnist: a different seed.
+    semantic_weight: float = 0.0
+    semantic_checkpoint: str = "runs/lenet-semantic/checkpoint.pt"
 
 
 class CycleGAN(nn.Module):
@@ -243,6 +252,23 @@ class CycleGAN(nn.Module):
         self.uci_discriminator = PatchGAN(1, c)
         self.mnist_discriminator = PatchGAN(1, c)
         self.uci_pool, self.mnist_pool = ImagePool(config.pool_size), ImagePool(config.pool_size)
+        if config.semantic_weight:
+            self.semantic = LeNet(LeNetConfig()).requires_grad_(False)
+
+    def initialise(self, images: torch.Tensor) -> None:
+        """At the start of a fresh run: the semantic classifier's trained weights, if the config uses one."""
+        if not self.config.semantic_weight:
+            return
+        checkpoint = torch.load(Path(self.config.semantic_checkpoint), map_location="cpu", weights_only=True)
+        if checkpoint["model"] != "lenet":
+            raise ValueError(f"{self.config.semantic_checkpoint} is not a lenet")
+        self.semantic.load_state_dict(checkpoint["state_dict"])
+
+    def train(self, mode: bool = True) -> "CycleGAN":
+        super().train(mode)
+        if self.config.semantic_weight:
+            self.semantic.eval()  # no dropout in the judge
+        return self
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         betas = (self.config.beta1, 0.999)
@@ -262,21 +288,31 @@ class CycleGAN(nn.Module):
             "adversarial": gan_loss(self.uci_discriminator(fake_uci), True, True) + gan_loss(self.mnist_discriminator(fake_mnist), True, True),
             "cycle": (self.uci2mnist(fake_uci) - mnist).abs().mean() + (self.mnist2uci(fake_mnist) - uci).abs().mean(),
             "identity": (self.mnist2uci(uci) - uci).abs().mean() + (self.uci2mnist(mnist) - mnist).abs().mean(),
+            "semantic": self._semantic(mnist, fake_uci) + self._semantic(uci, fake_mnist) if self.config.semantic_weight else torch.zeros(()),
         }
+
+    def _semantic(self, source: torch.Tensor, translated: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the classifier on the translation against its own reading of the source."""
+        with torch.no_grad():
+            read = self.semantic.classify(source).argmax(1)
+        return F.cross_entropy(self.semantic.classify(translated), read)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, optimizers: dict) -> dict[str, float]:
         cfg = self.config
         uci_train = torch.from_numpy(domains.load_uci_digits().train.images[:, None])
         uci = uci_train[torch.randint(len(uci_train), (len(images),))]
         terms = self.losses(images, uci)
-        optimizer_step(optimizers["generators"], terms["adversarial"] + cfg.cycle_weight * terms["cycle"] + cfg.identity_weight * terms["identity"])
+        optimizer_step(optimizers["generators"], (
+            terms["adversarial"] + cfg.cycle_weight * terms["cycle"] + cfg.identity_weight * terms["identity"]
+            + cfg.semantic_weight * terms["semantic"]
+        ))
         fake_uci, fake_mnist = self.uci_pool(terms["fake_uci"].detach()), self.mnist_pool(terms["fake_mnist"].detach())
         d_loss = 0.5 * (
             gan_loss(self.uci_discriminator(uci), True, True) + gan_loss(self.uci_discriminator(fake_uci), False, True)
             + gan_loss(self.mnist_discriminator(images), True, True) + gan_loss(self.mnist_discriminator(fake_mnist), False, True)
         )
         optimizer_step(optimizers["discriminators"], d_loss)
-        return {"d_loss": d_loss.item(), **{key: terms[key].item() for key in ("adversarial", "cycle", "identity")}}
+        return {"d_loss": d_loss.item(), **{key: terms[key].item() for key in ("adversarial", "cycle", "identity", "semantic")}}
 
     @torch.no_grad()
     def validate(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
