@@ -57,7 +57,10 @@ class GANConfig(TrainConfig):
 class DCGANConfig(GANConfig):
     epochs: int = 20
     refine_channels: int = 32
-    categories: int = 10
+    # Twice as many codes as digits, weighted 2 (v4): every digit got a code of its own; with 10 codes
+    # weighted 1 (v3) two codes drew 6s and none drew 5s (docs/benchmarks.md).
+    categories: int = 20
+    information_weight: float = 2.0
 
 
 class WGANGPConfig(GANConfig):
