@@ -100,7 +100,7 @@ def test_semantic_consistency_reads_a_trained_lenet_and_keeps_it_frozen(tmp_path
     lenet = load_checkpoint(lenet_path)["state_dict"]
     judged = {key.removeprefix("semantic."): value for key, value in checkpoint["state_dict"].items() if key.startswith("semantic.")}
     assert judged.keys() == lenet.keys() and all(torch.equal(judged[key], lenet[key]) for key in lenet)
-    # The term is low for a translation the judge reads as its source's class, high for one it does not.
+    # The term is lower for a translation the judge reads as its source's class than for one it does not.
     model = load_model(checkpoint).eval()
     images = torch.from_numpy(small_mnist.test.images[:200, None])
     with torch.no_grad():
