@@ -42,6 +42,16 @@ def test_the_training_loop_shows_only_the_chosen_labels(tmp_path, small_mnist, m
     assert load_checkpoint(tmp_path / "checkpoint.pt")["config"]["data_seed"] == 0
 
 
+def test_the_run_keeps_the_epoch_with_the_lowest_validation_error(tmp_path, small_mnist, monkeypatch):
+    errors = iter([0.5, 0.3, 0.4])
+    monkeypatch.setattr(SelfTraining, "validate", lambda self, images, labels: {"error": next(errors)})
+    train("pseudo_label", tmp_path, small_mnist, {**TINY_CNN, "epochs": 3}, threads=1)
+    best, last = load_checkpoint(tmp_path / "best.pt"), load_checkpoint(tmp_path / "checkpoint.pt")
+    assert (best["epoch"], last["epoch"]) == (2, 3)
+    assert [entry["valid"]["error"] for entry in best["history"]] == [0.5, 0.3]
+    assert any(not torch.equal(best["state_dict"][key], value) for key, value in last["state_dict"].items())
+
+
 def test_m2_unlabelled_cost_enumerated_equals_the_per_class_loop():
     network = M2Network(784, 16, 4, gaussian=False)
     images, noise = torch.rand(5, 784), torch.randn(10, 5, 4)

@@ -1,4 +1,5 @@
-"""The one training loop: the model's `train_step` over shuffled batches, a checkpoint after every epoch, resumable."""
+"""The one training loop: the model's `train_step` over shuffled batches, a checkpoint after every epoch, resumable.
+Semi-supervised runs also keep `best.pt`, the epoch with the lowest validation error so far."""
 import json
 import os
 import time
@@ -84,7 +85,7 @@ def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, 
         })
         print(json.dumps(history[-1]), flush=True)
         save_grid(model.preview(preview).numpy(), run_dir / "grid.png", columns=PREVIEW_IMAGES)
-        _save_atomically(path, {
+        checkpoint = {
             "model": name,
             "config": config.model_dump(),
             "state_dict": model.state_dict(),
@@ -95,7 +96,10 @@ def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, 
             "rng": torch.get_rng_state(),
             "data_sha256": data.sha256,
             "data_source": data.source,
-        })
+        }
+        _save_atomically(path, checkpoint)
+        if labelled is not None and history[-1]["valid"]["error"] <= min(entry["valid"]["error"] for entry in history):
+            _save_atomically(run_dir / "best.pt", checkpoint)  # the protocol's model selection: lowest validation error
     return path
 
 
