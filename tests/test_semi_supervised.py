@@ -71,7 +71,7 @@ SMALL = {  # (config, steps): M1's classifier waits for its VAE's codes to separ
     "m2": ({"hidden": 64, "latent_dim": 8, "learning_rate": 3e-3}, 60),
     "pseudo_label": ({"threshold": 0.0, "rampup_steps": 0}, 60),
     "entropy_min": ({"rampup_steps": 0}, 60),
-    "fixmatch": ({"threshold": 0.0, "rampup_steps": 0}, 60),
+    "fixmatch": ({"threshold": 0.0, "rampup_steps": 0, "ema_decay": 0.9}, 60),  # an average that can follow 60 steps
 }
 
 
@@ -92,6 +92,26 @@ def test_training_on_a_tiny_sample_fits_its_labels(name, mnist):
     assert all(np.isfinite(value) for value in terms.values())
     error_after = (model.eval().classify(images[:20]).argmax(1) != labels[:20]).float().mean()
     assert error_after < min(error_before, 0.3)
+
+
+def test_fixmatch_with_weight_averaging_trains_the_network_and_serves_the_average(mnist):
+    torch.manual_seed(0)
+    images = torch.from_numpy(mnist.train.images[:80, None])
+    labels = torch.cat([torch.from_numpy(mnist.train.labels[:20]).long(), torch.full((60,), -1)])
+    model = build("fixmatch", {"ema_decay": 0.5, "rampup_steps": 0}).train()
+    optimizers = model.optimizers()
+    assert not any(p is a for p in optimizers["model"].param_groups[0]["params"] for a in model.network_average.parameters())
+    before = [p.clone() for p in model.network.parameters()]
+    model.train_step(images, labels, optimizers)
+    for average, old, new in zip(model.network_average.parameters(), before, model.network.parameters()):
+        assert not torch.equal(old, new)
+        torch.testing.assert_close(average, (old + new) / 2)  # decay 0.5: halfway from the old weights
+    model.eval()
+    assert torch.equal(model.classify(images), model.network_average(images)[0])
+    assert not torch.equal(model.classify(images), model.network(images)[0])
+    graph = model.graphs()["classifier"].module
+    torch.testing.assert_close(graph(images)[0], torch.softmax(model.network_average(images)[0], 1))
+    assert set(model.validate(images[:20], labels[:20])) == {"error", "live_error"}
 
 
 def test_m1m2_reads_a_trained_m1_and_keeps_it_frozen(tmp_path, small_mnist):

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from serving.mnist import Mnist
 from serving.quality import evaluate_generator
-from training.registry import Graph, TensorSpec, TrainConfig, optimizer_step
+from training.registry import Graph, TensorSpec, TrainConfig, optimizer_step, update_average
 
 CLASSES = 10
 PREVIEW_SAMPLES = 64
@@ -161,11 +161,7 @@ class GAN(nn.Module):
     def generator_step(self, optimizers: dict, loss: torch.Tensor) -> None:
         optimizer_step(optimizers["generator"], loss)
         if self.config.ema_decay:
-            with torch.no_grad():
-                for average, weight in zip(self.generator_average.parameters(), self.generator.parameters()):
-                    average.lerp_(weight, 1 - self.config.ema_decay)
-                for average, statistic in zip(self.generator_average.buffers(), self.generator.buffers()):
-                    average.copy_(statistic)  # batch-norm statistics follow the live generator
+            update_average(self.generator_average, self.generator, self.config.ema_decay)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         cfg = self.config

@@ -55,6 +55,16 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None
     optimizer.step()
 
 
+@torch.no_grad()
+def update_average(average: nn.Module, live: nn.Module, decay: float) -> None:
+    """Move `average`'s weights a step of 1 - `decay` towards `live`'s; buffers (batch-norm statistics)
+    are copied, so they follow the live module."""
+    for averaged, weight in zip(average.parameters(), live.parameters()):
+        averaged.lerp_(weight, 1 - decay)
+    for averaged, statistic in zip(average.buffers(), live.buffers()):
+        averaged.copy_(statistic)
+
+
 class LossModel(nn.Module):
     """A model trained by minimising `loss(images, labels)` with Adam."""
 
