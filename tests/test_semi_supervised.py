@@ -5,7 +5,7 @@ import torch
 
 from training.kingma import M2Network
 from training.registry import build
-from training.self_training import SelfTraining
+from training.self_training import SelfTraining, strong_augment
 from training.semi_supervised import labelled_indices
 from training.train import load_checkpoint, load_model, train
 
@@ -92,6 +92,21 @@ def test_training_on_a_tiny_sample_fits_its_labels(name, mnist):
     assert all(np.isfinite(value) for value in terms.values())
     error_after = (model.eval().classify(images[:20]).argmax(1) != labels[:20]).float().mean()
     assert error_after < min(error_before, 0.3)
+
+
+def test_the_strong_view_erases_one_cutout_square_per_image_or_none(mnist):
+    images = torch.from_numpy(mnist.train.images[:32, None])
+    torch.manual_seed(0)
+    warped = strong_augment(images, 0)
+    torch.manual_seed(0)
+    cut = strong_augment(images, 8)
+    assert warped.sum() > 0.5 * images.sum()  # the affine keeps the digits
+    erased = warped != cut
+    assert erased.any() and (cut[erased] == 0).all()
+    for mask in erased[:, 0]:
+        rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+        if len(rows):
+            assert rows.max() - rows.min() < 8 and cols.max() - cols.min() < 8
 
 
 def test_fixmatch_with_weight_averaging_trains_the_network_and_serves_the_average(mnist):

@@ -43,6 +43,7 @@ class SelfTrainingConfig(SemiSupervisedConfig):
     unlabelled_weight: float = 1.0
     rampup_steps: int = 500
     strong_augmentation: bool = False  # FixMatch: pseudo-labels from the weak view train the strong one
+    cutout: int = 8  # side of the square of zeros the strong view ends with; 0: none
     distribution_alignment: bool = False
     alignment_momentum: float = 0.99  # of the running mean of predicted class probabilities
     weak_shift: int = 2
@@ -107,7 +108,7 @@ class SelfTraining(LossModel):
         if cfg.strong_augmentation:
             with torch.no_grad():
                 targets = F.softmax(self._logits(unlabelled), 1)
-            logits = self._logits(strong_augment(images[~labelled]))
+            logits = self._logits(strong_augment(images[~labelled], cfg.cutout))
         else:
             logits = self._logits(unlabelled)
             targets = F.softmax(logits.detach(), 1)
@@ -147,7 +148,7 @@ class SelfTraining(LossModel):
     @torch.no_grad()
     def preview(self, images: torch.Tensor) -> torch.Tensor:
         """The validation images, weakly and strongly augmented."""
-        return torch.cat([images, shift(images, self.config.weak_shift), strong_augment(images)])
+        return torch.cat([images, shift(images, self.config.weak_shift), strong_augment(images, self.config.cutout)])
 
     def graphs(self) -> dict[str, Graph]:
         return {"classifier": classifier_graph(self)}
@@ -157,9 +158,9 @@ class SelfTraining(LossModel):
         return evaluate_classifier(self, data)
 
 
-def strong_augment(images: torch.Tensor, cutout: int = 8) -> torch.Tensor:
+def strong_augment(images: torch.Tensor, cutout: int) -> torch.Tensor:
     """Random affine per image (rotation up to 20 degrees, scale 0.85-1.15, shear up to 0.2, shift up to
-    3 pixels), then a `cutout` x `cutout` square of zeros at a random place."""
+    3 pixels), then a `cutout` x `cutout` square of zeros at a random place (none if `cutout` is 0)."""
     n = len(images)
     if n == 0:
         return images
@@ -174,6 +175,8 @@ def strong_augment(images: torch.Tensor, cutout: int = 8) -> torch.Tensor:
     ], 1)
     grid = F.affine_grid(theta, images.shape, align_corners=False)
     warped = F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
+    if not cutout:
+        return warped
     rows = torch.arange(28)[None, :, None]
     cols = torch.arange(28)[None, None, :]
     top, left = (torch.randint(-cutout // 2, 28 - cutout // 2, (2, n, 1, 1)))
