@@ -125,6 +125,7 @@ def test_fixmatch_with_weight_averaging_trains_the_network_and_serves_the_averag
     assert torch.equal(model.classify(images), model.network_average(images)[0])
     assert not torch.equal(model.classify(images), model.network(images)[0])
     graph = model.graphs()["classifier"].module
+    assert graph.model is model.network_average  # the exported graph carries the average alone
     torch.testing.assert_close(graph(images)[0], torch.softmax(model.network_average(images)[0], 1))
     assert set(model.validate(images[:20], labels[:20])) == {"error", "live_error"}
 

@@ -156,7 +156,7 @@ class SelfTraining(LossModel):
         return torch.cat([images, shift(images, self.config.weak_shift), strong_augment(images, self.config.cutout)])
 
     def graphs(self) -> dict[str, Graph]:
-        return {"classifier": classifier_graph(self)}
+        return {"classifier": classifier_graph(self.served_network())}  # one network, not both
 
     @torch.no_grad()
     def evaluate(self, data: Mnist) -> dict[str, float]:
