@@ -67,10 +67,11 @@ def test_classify_matches_onnxruntime_and_summarises_each_row(stub, mnist):
 def test_classify_png_files_and_a_named_version(stub, mnist):
     images = mnist.test.images[64:72]
     by_tensor = stub.Classify(classifier_pb2.ClassifyRequest(images=tensor_batch(images)))
+    version = max(next(e for e in repository.read_repository(MODEL_REPOSITORY).values() if e.model == CLASSIFIER).versions)
     by_png = stub.Classify(classifier_pb2.ClassifyRequest(
-        model=common_pb2.ModelRef(name=CLASSIFIER, version=1), images=png_batch(images)
+        model=common_pb2.ModelRef(name=CLASSIFIER, version=version), images=png_batch(images)
     ))
-    assert by_png.model.version == 1
+    assert by_png.model.version == version
     assert list(by_png.labels) == list(by_tensor.labels)  # PNG rounds to 8 bits: the same decisions
     np.testing.assert_allclose(probabilities_of(by_png), probabilities_of(by_tensor), atol=1e-3)
 
