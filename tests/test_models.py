@@ -1,12 +1,15 @@
 """Model contracts: every registered model, on a few MNIST images."""
+import copy
 import io
 
 import numpy as np
 import pytest
 import torch
 
+from torch.optim.swa_utils import update_bn
+
 from serving.generation import sample_latents
-from training.gan import latent_code
+from training.gan import AVERAGE_STATISTICS_BATCHES, latent_code
 from training.registry import build, models
 
 SMALL = {
@@ -133,6 +136,8 @@ def test_one_training_step_changes_the_weights(name, images, labels):
 
 def test_an_eval_step_changes_nothing(name, images, labels):
     model = build(name, SMALL[name]).eval()
+    if hasattr(model, "served_generator"):
+        model.served_generator()  # a GAN's weight average gets batch-norm statistics of its own on first use
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         model.validate(images, labels)
@@ -161,6 +166,22 @@ def test_a_gan_with_weight_averaging_serves_the_average(images, labels):
     for average, old, new in zip(model.generator_average.parameters(), before, model.generator.parameters()):
         torch.testing.assert_close(average, (old + new) / 2)  # decay 0.5: halfway from the old weights
     assert model.graphs()["generator"].module.generator is model.generator_average
+
+
+def test_a_gan_serves_its_average_with_batch_norm_statistics_of_its_own(images, labels):
+    torch.manual_seed(0)
+    model = build("dcgan", SMALL["dcgan"])
+    optimizers = model.optimizers()
+    for _ in range(2):  # the second step must make the statistics be recomputed for the new weights
+        model.train().train_step(images, labels, optimizers)
+        average = model.eval().served_generator()
+        reference = copy.deepcopy(average)  # PyTorch's own recomputation (SWA's) on the same latents
+        generator = torch.Generator().manual_seed(0)
+        update_bn([model.sample_inputs(64, generator)[0] for _ in range(AVERAGE_STATISTICS_BATCHES)], reference)
+        for ours, theirs in zip(average.buffers(), reference.buffers()):
+            torch.testing.assert_close(ours, theirs)
+        assert not torch.allclose(average.net[1].running_mean, model.generator.net[1].running_mean)
+        assert average.net[1].momentum == model.generator.net[1].momentum and not average.training
 
 
 @pytest.mark.parametrize("truncation", [None, 0.5])
