@@ -5,7 +5,6 @@ import io
 import numpy as np
 import pytest
 import torch
-
 from torch.optim.swa_utils import update_bn
 
 from serving.generation import sample_latents
