@@ -72,8 +72,9 @@ class DCGANConfig(GANConfig):
 class WGANGPConfig(GANConfig):
     # v2: 2 critic steps per generator step (the paper's 5 left G 157 steps an epoch, 3,140 in v1's 20
     # epochs), learning rate 2e-4, DCGAN's 28x28 stage and InfoGAN code, G averaged: 7,038 G steps in
-    # 18 epochs, FID 115.6 -> 59.4 (docs/benchmarks.md).
-    epochs: int = 18
+    # 18 epochs, FID 115.6 -> 59.4 (docs/benchmarks.md). v3: 30 epochs (11,730 G steps; about 3 min an
+    # epoch alone on 2 threads).
+    epochs: int = 30
     batch_size: int = 128  # critic_steps minibatches of 64: one generator step per batch
     learning_rate: float = 2e-4
     beta2: float = 0.9
