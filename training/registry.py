@@ -57,12 +57,10 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None
 
 @torch.no_grad()
 def update_average(average: nn.Module, live: nn.Module, decay: float) -> None:
-    """Move `average`'s weights a step of 1 - `decay` towards `live`'s; buffers (batch-norm statistics)
-    are copied, so they follow the live module."""
+    """Move `average`'s weights a step of 1 - `decay` towards `live`'s. Buffers are left alone: batch-norm
+    statistics must fit the average's own weights, so a user with batch norm recomputes them (the GANs)."""
     for averaged, weight in zip(average.parameters(), live.parameters()):
         averaged.lerp_(weight, 1 - decay)
-    for averaged, statistic in zip(average.buffers(), live.buffers()):
-        averaged.copy_(statistic)
 
 
 class LossModel(nn.Module):
