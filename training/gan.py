@@ -60,7 +60,7 @@ class GANConfig(TrainConfig):
 
 class DCGANConfig(GANConfig):
     # v5: v4's recipe for 36 epochs instead of 20 (FID 23.5 -> 12.4 by epoch 32; docs/benchmarks.md);
-    # an epoch takes about 2.5 min alone on 2 threads, so the run fits in the 2 hours
+    # about 2.5 min an epoch alone on 2 threads (a measured rate, not a timed run), so about 90 min
     epochs: int = 36
     refine_channels: int = 32
     # Twice as many codes as digits, weighted 2 (v4): every digit got a code of its own; with 10 codes
@@ -73,7 +73,7 @@ class WGANGPConfig(GANConfig):
     # v2: 2 critic steps per generator step (the paper's 5 left G 157 steps an epoch, 3,140 in v1's 20
     # epochs), learning rate 2e-4, DCGAN's 28x28 stage and InfoGAN code, G averaged: 7,038 G steps in
     # 18 epochs, FID 115.6 -> 59.4 (docs/benchmarks.md). v3: 30 epochs (11,730 G steps; about 3 min an
-    # epoch alone on 2 threads).
+    # epoch alone on 2 threads, a measured rate, not a timed run).
     epochs: int = 30
     batch_size: int = 128  # critic_steps minibatches of 64: one generator step per batch
     learning_rate: float = 2e-4
