@@ -209,3 +209,28 @@ def test_the_generator_sees_the_latent_code():
         image, other, same = generator(torch.cat([latent, other_category, same_category]))
     assert latent_code(other_category, 10).item() == 1
     assert (image - same).abs().max() < 1e-6 < 1e-4 < (image - other).abs().max()
+
+
+@pytest.mark.parametrize("penalty_interval", [1, 2])
+def test_wgan_gp_takes_its_penalty_on_one_critic_step_in_penalty_interval(penalty_interval, images, labels, monkeypatch):
+    torch.manual_seed(0)
+    model = build("wgan_gp", {**SMALL["wgan_gp"], "penalty_interval": penalty_interval}).train()
+    penalty, generator_forward = model._gradient_penalty, model.generator.forward
+    calls = {"penalty": 0, "generator": 0}
+
+    def counted(name, function):
+        def call(*args):
+            calls[name] += 1
+            return function(*args)
+        return call
+
+    monkeypatch.setattr(model, "_gradient_penalty", counted("penalty", penalty))
+    monkeypatch.setattr(model.generator, "forward", counted("generator", generator_forward))
+    model.train_step(images, labels, model.optimizers())
+    # 2 critic steps; G's own step reuses the last critic step's samples rather than drawing new ones
+    assert calls == {"penalty": 2 // penalty_interval, "generator": 2}
+
+
+def test_wgan_gp_penalty_interval_must_divide_the_critic_steps():
+    with pytest.raises(ValueError, match="penalty_interval"):
+        build("wgan_gp", {**SMALL["wgan_gp"], "critic_steps": 3, "penalty_interval": 2})
