@@ -196,8 +196,9 @@ class M1M2(M2):
         self.m1 = VAE(VAEConfig(**shape)).requires_grad_(False)
         self.network = M2Network(config.m1_latent_dim, config.hidden, config.latent_dim, gaussian=True)
 
-    def initialise(self, images: torch.Tensor) -> None:
-        """At the start of a fresh run: M1's trained VAE, frozen, and which of its units are active."""
+    def initialise(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """At the start of a fresh run: M1's trained VAE, frozen, and which of its units are active (from
+        the images alone)."""
         checkpoint = torch.load(Path(self.config.m1_checkpoint), map_location="cpu", weights_only=True)
         wanted = {key: getattr(self.m1.config, key) for key in ("latent_dim", "hidden", "hidden_layers")}
         found = {key: checkpoint["config"].get(key) for key in wanted} if checkpoint["model"] == "m1" else None

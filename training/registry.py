@@ -3,8 +3,9 @@
 A model class has `Config` (a `TrainConfig`), `optimizers()`, `train_step(images, labels, optimizers) ->
 terms` and `validate(images, labels) -> terms` (what the training loop calls), `preview(images) -> images`
 for the progress grid, `graphs() -> {graph name: Graph}` (what export writes to the model repository) and
-`evaluate(data) -> metrics` (what its model card reports), and optionally `initialise(train_images)`,
-called once when a fresh run starts (to load a pretrained part). Models trained on one loss derive from
+`evaluate(data) -> metrics` (what its model card reports), and optionally `initialise(train_images,
+train_labels)`, called once when a fresh run starts (to load or fit a frozen part; the labels as the run
+sees them, hidden ones UNLABELLED). Models trained on one loss derive from
 `LossModel` and define `loss(images, labels) -> Losses`; GANs define their own alternating steps.
 """
 import functools

@@ -46,8 +46,6 @@ def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, 
         config = model_class(name).Config(**(overrides or {}))
         torch.manual_seed(config.seed)
         model = build(name, config.model_dump())
-        if hasattr(model, "initialise"):  # a model built on another one's checkpoint (m1m2) loads it here
-            model.initialise(torch.from_numpy(data.train.images[:, None]))
     optimizers = model.optimizers()
     for key, state in checkpoint.get("optimizers", {}).items():
         optimizers[key].load_state_dict(state)
@@ -58,6 +56,8 @@ def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, 
     labelled = None
     if isinstance(config, SemiSupervisedConfig):
         train_labels, labelled = hide_labels(train_labels, config)
+    if checkpoint["epoch"] == 0 and hasattr(model, "initialise"):  # a fresh run's pretrained parts (m1m2, cyclegan)
+        model.initialise(train_images, train_labels)
     step, history = checkpoint["step"], checkpoint["history"]
     for epoch in range(checkpoint["epoch"], config.epochs):
         model.train()

@@ -11,24 +11,23 @@ depends on the others in its batch.
 - CycleGAN (Zhu et al. 2017), directions `mnist2uci` and `uci2mnist`: two ResNet generators, a PatchGAN per
   domain, least-squares GAN loss, cycle loss (lambda 10) and identity loss (0.5 lambda); each D is updated
   on a pool of 50 earlier fakes. The unpaired UCI scans are drawn at random for every MNIST batch.
-  Optionally (`semantic_weight`) CyCADA's semantic consistency (Hoffman et al. 2018): a frozen MNIST
-  classifier must read a translated image as the class it reads in its source, in both directions.
+  Optionally (`semantic_weight`) semantic consistency in the spirit of CyCADA (Hoffman et al. 2018): a
+  frozen reader of the target domain must read a translation as its source's label, in both directions.
 Images are in [0, 1]; generators end in a sigmoid, discriminators see [-1, 1].
 """
-from pathlib import Path
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from serving import domains, quality
 from serving.mnist import Mnist
-from training.classifier import LeNet, LeNetConfig
 from training.registry import Graph, TensorSpec, TrainConfig, optimizer_step
 
 IMAGE = TensorSpec("image", "float32", (1, 28, 28))
 TRANSLATED = TensorSpec("translated", "float32", (1, 28, 28))
 PREVIEW_UCI = 16
+CLASSES = 10
+READER_STEPS, READER_BATCH = 3000, 128
 
 
 def _norm(channels: int) -> nn.Module:
@@ -138,6 +137,34 @@ class ImagePool(nn.Module):
         return out
 
 
+class ScanReader(nn.Module):
+    """A digit classifier that sees an image only as the UCI SVM does: its central box averaged into
+    8x8 cells (domains.to_scans), then an MLP. The judge of `semantic_weight`, coarse on purpose: a
+    translator can satisfy it only by drawing the digit's shape, not with pixel patterns. Frozen
+    (fitted once by `fit`), so a translator's gradient passes through it without changing it."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("cell_weights", torch.from_numpy(domains.scan_weights()), persistent=False)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(domains.SCAN**2, 256), nn.ReLU(), nn.Linear(256, CLASSES))
+        self.requires_grad_(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        m, box = domains.MARGIN, domains.BOX
+        return self.net(self.cell_weights @ images[:, 0, m : m + box, m : m + box] @ self.cell_weights.T)
+
+    def fit(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> None:
+        """Adam on cross-entropy, READER_STEPS minibatches drawn by `seed` (not the run's random stream)."""
+        draw = torch.Generator().manual_seed(seed)
+        self.requires_grad_(True)
+        optimizer = torch.optim.Adam(self.parameters(), 1e-3, weight_decay=1e-4)
+        for _ in range(READER_STEPS):
+            batch = torch.randint(len(images), (READER_BATCH,), generator=draw)
+            optimizer_step(optimizer, F.cross_entropy(self(images[batch]), labels[batch]))
+        self.zero_grad()
+        self.requires_grad_(False)
+
+
 class _TranslatorGraph(nn.Module):
     """image [N, 1, 28, 28] -> translated [N, 1, 28, 28], both in [0, 1]."""
 
@@ -232,10 +259,9 @@ class CycleGANConfig(TrainConfig):
     cycle_weight: float = 10.0
     identity_weight: float = 5.0  # 0.5 x cycle_weight, as the paper sets it
     pool_size: int = 50
-    # > 0: semantic consistency, judged by a LeNet trained on MNIST's labels (`semantic_checkpoint`, read
-    # when a fresh run starts). It must not be the shipped lenet, which scores uci2mnist: a different seed.
+    # > 0: semantic consistency: a ScanReader of each domain, fitted on its training labels when a fresh
+    # run starts, must read each translation into it as the source's label (MNIST's or the UCI scan's).
     semantic_weight: float = 0.0
-    semantic_checkpoint: str = "runs/lenet-semantic/checkpoint.pt"
 
 
 class CycleGAN(nn.Module):
@@ -253,22 +279,14 @@ class CycleGAN(nn.Module):
         self.mnist_discriminator = PatchGAN(1, c)
         self.uci_pool, self.mnist_pool = ImagePool(config.pool_size), ImagePool(config.pool_size)
         if config.semantic_weight:
-            self.semantic = LeNet(LeNetConfig()).requires_grad_(False)
+            self.mnist_reader, self.uci_reader = ScanReader(), ScanReader()
 
-    def initialise(self, images: torch.Tensor) -> None:
-        """At the start of a fresh run: the semantic classifier's trained weights, if the config uses one."""
-        if not self.config.semantic_weight:
-            return
-        checkpoint = torch.load(Path(self.config.semantic_checkpoint), map_location="cpu", weights_only=True)
-        if checkpoint["model"] != "lenet":
-            raise ValueError(f"{self.config.semantic_checkpoint} is not a lenet")
-        self.semantic.load_state_dict(checkpoint["state_dict"])
-
-    def train(self, mode: bool = True) -> "CycleGAN":
-        super().train(mode)
+    def initialise(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """At the start of a fresh run: fit the semantic term's readers, if the config has the term."""
         if self.config.semantic_weight:
-            self.semantic.eval()  # no dropout in the judge
-        return self
+            uci = domains.load_uci_digits().train
+            self.mnist_reader.fit(images, labels, self.config.seed)
+            self.uci_reader.fit(torch.from_numpy(uci.images[:, None]), torch.from_numpy(uci.labels), self.config.seed)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         betas = (self.config.beta1, 0.999)
@@ -279,8 +297,9 @@ class CycleGAN(nn.Module):
             "discriminators": torch.optim.Adam(discriminators, self.config.learning_rate, betas=betas),
         }
 
-    def losses(self, mnist: torch.Tensor, uci: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The generators' loss terms on one batch of each domain, and the fakes they made."""
+    def losses(self, mnist: torch.Tensor, mnist_labels: torch.Tensor, uci: torch.Tensor, uci_labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The generators' loss terms on one batch of each domain, and the fakes they made. Labels enter
+        only the semantic term."""
         fake_uci, fake_mnist = self.mnist2uci(mnist), self.uci2mnist(uci)
         return {
             "fake_uci": fake_uci,
@@ -288,20 +307,18 @@ class CycleGAN(nn.Module):
             "adversarial": gan_loss(self.uci_discriminator(fake_uci), True, True) + gan_loss(self.mnist_discriminator(fake_mnist), True, True),
             "cycle": (self.uci2mnist(fake_uci) - mnist).abs().mean() + (self.mnist2uci(fake_mnist) - uci).abs().mean(),
             "identity": (self.mnist2uci(uci) - uci).abs().mean() + (self.uci2mnist(mnist) - mnist).abs().mean(),
-            "semantic": self._semantic(mnist, fake_uci) + self._semantic(uci, fake_mnist) if self.config.semantic_weight else torch.zeros(()),
+            "semantic": (
+                F.cross_entropy(self.uci_reader(fake_uci), mnist_labels) + F.cross_entropy(self.mnist_reader(fake_mnist), uci_labels)
+                if self.config.semantic_weight else torch.zeros(())
+            ),
         }
-
-    def _semantic(self, source: torch.Tensor, translated: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the classifier on the translation against its own reading of the source."""
-        with torch.no_grad():
-            read = self.semantic.classify(source).argmax(1)
-        return F.cross_entropy(self.semantic.classify(translated), read)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, optimizers: dict) -> dict[str, float]:
         cfg = self.config
-        uci_train = torch.from_numpy(domains.load_uci_digits().train.images[:, None])
-        uci = uci_train[torch.randint(len(uci_train), (len(images),))]
-        terms = self.losses(images, uci)
+        uci_train = domains.load_uci_digits().train
+        drawn = torch.randint(len(uci_train.images), (len(images),))
+        uci, uci_labels = torch.from_numpy(uci_train.images[drawn.numpy(), None]), torch.from_numpy(uci_train.labels[drawn.numpy()])
+        terms = self.losses(images, labels, uci, uci_labels)
         optimizer_step(optimizers["generators"], (
             terms["adversarial"] + cfg.cycle_weight * terms["cycle"] + cfg.identity_weight * terms["identity"]
             + cfg.semantic_weight * terms["semantic"]
