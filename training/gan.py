@@ -3,7 +3,8 @@
 - DCGAN (Radford et al. 2016): fractionally-strided convolutions in G, strided ones in D, no pooling,
   batch norm in both, ReLU in G and LeakyReLU in D, N(0, 0.02) init, Adam(2e-4, beta1 0.5).
 - WGAN-GP (Gulrajani et al. 2017): the same generator; a critic without batch norm, trained `critic_steps`
-  times per generator step with the gradient penalty (lambda 10), Adam(betas 0.5, 0.9).
+  times per generator step with the gradient penalty (lambda 10; lazily, on one critic step in
+  `penalty_interval`), Adam(betas 0.5, 0.9).
 - AC-GAN (Odena et al. 2017): the label goes into G (one-hot beside the latent) and into D's loss (D
   predicts it besides real/fake). Truncation (BigGAN) is applied to the latents at sampling time, in the
   gateway (serving/generation.py), not here.
