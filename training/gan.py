@@ -75,7 +75,8 @@ class WGANGPConfig(GANConfig):
     # epochs), learning rate 2e-4, DCGAN's 28x28 stage and InfoGAN code, G averaged: 7,038 G steps in
     # 18 epochs, FID 115.6 -> 59.4 (docs/benchmarks.md). v3: 30 epochs (11,730 G steps), FID 29.5.
     # v4: the penalty on every other critic step and G's step on the last critic step's samples (295 ->
-    # 221 ms a step on 2 threads, a micro-benchmark), so 64 epochs (25,024 G steps) fit in 2 hours.
+    # 221 ms a step on 2 threads, a micro-benchmark): 64 epochs (25,024 G steps) took 103 min, timed
+    # alone on 2 threads (docs/training.md).
     epochs: int = 64
     batch_size: int = 128  # critic_steps minibatches of 64: one generator step per batch
     learning_rate: float = 2e-4
