@@ -261,7 +261,8 @@ class CycleGANConfig(TrainConfig):
     pool_size: int = 50
     # > 0: semantic consistency: a ScanReader of each domain, fitted on its training labels when a fresh
     # run starts, must read each translation into it as the source's label (MNIST's or the UCI scan's).
-    semantic_weight: float = 0.0
+    # v2: 1 (v1: 0): test label preservation 59.3% -> 92.8% (mnist2uci), 94.0% -> 96.8% (uci2mnist).
+    semantic_weight: float = 1.0
 
 
 class CycleGAN(nn.Module):
