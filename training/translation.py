@@ -21,12 +21,12 @@ from torch.nn import functional as F
 
 from serving import domains, quality
 from serving.mnist import Mnist
+from training.classifier import CLASSES
 from training.registry import Graph, TensorSpec, TrainConfig, optimizer_step
 
 IMAGE = TensorSpec("image", "float32", (1, 28, 28))
 TRANSLATED = TensorSpec("translated", "float32", (1, 28, 28))
 PREVIEW_UCI = 16
-CLASSES = 10
 READER_STEPS, READER_BATCH = 3000, 128
 
 
