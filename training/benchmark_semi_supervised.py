@@ -17,10 +17,10 @@ import torch
 
 from serving import repository
 from serving.label_propagation import knn_graph, propagate
-from serving.mnist import load_mnist
+from serving.mnist import CLASSES, load_mnist
 from training import retrieval
 from training.benchmark_retrieval import encode_with_onnx
-from training.semi_supervised import CLASSES, SemiSupervisedConfig, evaluate_classifier, labelled_indices
+from training.semi_supervised import SemiSupervisedConfig, evaluate_classifier, labelled_indices
 from training.train import load_checkpoint, load_model
 
 PUBLISHED = (

@@ -8,10 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from serving.mnist import Mnist
+from serving.mnist import CLASSES, Mnist
 from training.registry import Graph, LossModel, Losses, TensorSpec, TrainConfig
-
-CLASSES = 10
 
 
 class LeNetConfig(TrainConfig):

@@ -21,11 +21,10 @@ from pydantic import model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from serving.mnist import Mnist
+from serving.mnist import CLASSES, Mnist
 from serving.quality import evaluate_generator
 from training.registry import Graph, TensorSpec, TrainConfig, optimizer_step, update_average
 
-CLASSES = 10
 PREVIEW_SAMPLES = 64
 # Latent batches (of 64) the weight average's batch-norm statistics are recomputed from. Copying G's
 # statistics, which fit G's weights rather than the average's, cost WGAN-GP v2 FID 40.6 -> 59.4; 10, 100

@@ -25,10 +25,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from serving.mnist import Mnist
+from serving.mnist import CLASSES, Mnist
 from training.classifier import error_rate
 from training.registry import Graph, LossModel, Losses
-from training.semi_supervised import CLASSES, SemiSupervisedConfig, classifier_graph, evaluate_classifier
+from training.semi_supervised import SemiSupervisedConfig, classifier_graph, evaluate_classifier
 from training.vae import VAE, VAEConfig
 
 PIXELS = 784

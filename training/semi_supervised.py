@@ -11,11 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from serving.mnist import Mnist
+from serving.mnist import CLASSES, Mnist
 from training.classifier import error_rate
 from training.registry import Graph, TensorSpec, TrainConfig
 
-CLASSES = 10
 UNLABELLED = -1
 
 

@@ -20,8 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from serving import domains, quality
-from serving.mnist import Mnist
-from training.classifier import CLASSES
+from serving.mnist import CLASSES, Mnist
 from training.registry import Graph, TensorSpec, TrainConfig, optimizer_step
 
 IMAGE = TensorSpec("image", "float32", (1, 28, 28))
