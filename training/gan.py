@@ -60,7 +60,7 @@ class GANConfig(TrainConfig):
 
 class DCGANConfig(GANConfig):
     # v5: v4's recipe for 36 epochs instead of 20 (FID 23.5 -> 12.4 by epoch 32; docs/benchmarks.md);
-    # about 2.5 min an epoch alone on 2 threads (a measured rate, not a timed run), so about 90 min
+    # one epoch timed alone on 2 threads took 93.7 s, so about 56 min (docs/training.md)
     epochs: int = 36
     refine_channels: int = 32
     # Twice as many codes as digits, weighted 2 (v4): every digit got a code of its own; with 10 codes
@@ -74,8 +74,8 @@ class WGANGPConfig(GANConfig):
     # epochs), learning rate 2e-4, DCGAN's 28x28 stage and InfoGAN code, G averaged: 7,038 G steps in
     # 18 epochs, FID 115.6 -> 59.4 (docs/benchmarks.md). v3: 30 epochs (11,730 G steps), FID 29.5.
     # v4: the penalty on every other critic step and G's step on the last critic step's samples (295 ->
-    # 221 ms a step on 2 threads, a micro-benchmark): 64 epochs (25,024 G steps) took 103 min, timed
-    # alone on 2 threads (docs/training.md).
+    # 221 ms a step on 2 threads, a micro-benchmark): 64 epochs (25,024 G steps) took 103 min on 2 threads
+    # with tests beside it early on; 86.5 s an epoch undisturbed, so about 92 min (docs/training.md).
     epochs: int = 64
     batch_size: int = 128  # critic_steps minibatches of 64: one generator step per batch
     learning_rate: float = 2e-4
