@@ -5,7 +5,7 @@ import torch
 
 from training.kingma import M2Network
 from training.registry import build
-from training.self_training import SelfTraining, strong_augment
+from training.self_training import SelfTraining, restroke, strong_augment
 from training.semi_supervised import labelled_indices
 from training.train import load_checkpoint, load_model, train
 
@@ -107,6 +107,17 @@ def test_the_strong_view_erases_one_cutout_square_per_image_or_none(mnist):
         rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
         if len(rows):
             assert rows.max() - rows.min() < 8 and cols.max() - cols.min() < 8
+
+
+def test_restroke_thickens_and_thins_strokes_by_the_amount(mnist):
+    images = torch.from_numpy(mnist.train.images[:8, None])
+    ink = lambda x: x.sum((1, 2, 3))
+    assert torch.equal(restroke(images, torch.zeros(8)), images)
+    thicker, thickest = restroke(images, torch.full((8,), 0.5)), restroke(images, torch.ones(8))
+    thinner, thinnest = restroke(images, torch.full((8,), -0.5)), restroke(images, -torch.ones(8))
+    assert (ink(thinnest) < ink(thinner)).all() and (ink(thinner) < ink(images)).all()
+    assert (ink(images) < ink(thicker)).all() and (ink(thicker) < ink(thickest)).all()
+    assert thinnest.min() >= 0 and thickest.max() <= 1  # still images
 
 
 def test_fixmatch_with_weight_averaging_trains_the_network_and_serves_the_average(mnist):

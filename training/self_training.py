@@ -48,6 +48,7 @@ class SelfTrainingConfig(SemiSupervisedConfig):
     rampup_steps: int = 500
     strong_augmentation: bool = False  # FixMatch: pseudo-labels from the weak view train the strong one
     cutout: int = 8  # side of the square of zeros the strong view ends with; 0: none
+    stroke_jitter: float = 0.0  # the strong view's strokes thinned or thickened by up to this (see restroke)
     distribution_alignment: bool = False
     alignment_momentum: float = 0.99  # of the running mean of predicted class probabilities
     weak_shift: int = 2
@@ -113,7 +114,7 @@ class SelfTraining(LossModel):
         if cfg.strong_augmentation:
             with torch.no_grad():
                 targets = F.softmax(self._logits(unlabelled), 1)
-            logits = self._logits(strong_augment(images[~labelled], cfg.cutout))
+            logits = self._logits(strong_augment(images[~labelled], cfg.cutout, cfg.stroke_jitter))
         else:
             logits = self._logits(unlabelled)
             targets = F.softmax(logits.detach(), 1)
@@ -153,7 +154,7 @@ class SelfTraining(LossModel):
     @torch.no_grad()
     def preview(self, images: torch.Tensor) -> torch.Tensor:
         """The validation images, weakly and strongly augmented."""
-        return torch.cat([images, shift(images, self.config.weak_shift), strong_augment(images, self.config.cutout)])
+        return torch.cat([images, shift(images, self.config.weak_shift), strong_augment(images, self.config.cutout, self.config.stroke_jitter)])
 
     def graphs(self) -> dict[str, Graph]:
         return {"classifier": classifier_graph(self.served_network())}  # one network, not both
@@ -163,12 +164,15 @@ class SelfTraining(LossModel):
         return evaluate_classifier(self, data)
 
 
-def strong_augment(images: torch.Tensor, cutout: int) -> torch.Tensor:
-    """Random affine per image (rotation up to 20 degrees, scale 0.85-1.15, shear up to 0.2, shift up to
-    3 pixels), then a `cutout` x `cutout` square of zeros at a random place (none if `cutout` is 0)."""
+def strong_augment(images: torch.Tensor, cutout: int, stroke_jitter: float = 0.0) -> torch.Tensor:
+    """Strokes thinned or thickened by a uniform amount in [-stroke_jitter, stroke_jitter] (none if 0),
+    then a random affine per image (rotation up to 20 degrees, scale 0.85-1.15, shear up to 0.2, shift up
+    to 3 pixels), then a `cutout` x `cutout` square of zeros at a random place (none if `cutout` is 0)."""
     n = len(images)
     if n == 0:
         return images
+    if stroke_jitter:
+        images = restroke(images, (torch.rand(n) * 2 - 1) * stroke_jitter)
     angle = (torch.rand(n) * 2 - 1) * math.radians(20)
     scale = 0.85 + torch.rand(n) * 0.3
     shear = (torch.rand(n) * 2 - 1) * 0.2
@@ -187,6 +191,15 @@ def strong_augment(images: torch.Tensor, cutout: int) -> torch.Tensor:
     top, left = (torch.randint(-cutout // 2, 28 - cutout // 2, (2, n, 1, 1)))
     square = (rows >= top) & (rows < top + cutout) & (cols >= left) & (cols < left + cutout)
     return warped * (~square)[:, None]
+
+
+def restroke(images: torch.Tensor, amounts: torch.Tensor) -> torch.Tensor:
+    """Each image blended towards its 3x3 grey-scale dilation (amount > 0: thicker strokes) or erosion
+    (amount < 0: thinner), by the amount's size (1: all the way)."""
+    amounts = amounts[:, None, None, None]
+    dilated = F.max_pool2d(images, 3, 1, 1)
+    eroded = -F.max_pool2d(-images, 3, 1, 1)
+    return images + amounts.clamp(min=0) * (dilated - images) + (-amounts).clamp(min=0) * (eroded - images)
 
 
 class EntropyMin(SelfTraining):
