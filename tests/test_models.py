@@ -234,14 +234,3 @@ def test_wgan_gp_takes_its_penalty_on_one_critic_step_in_penalty_interval(penalt
 def test_wgan_gp_penalty_interval_must_divide_the_critic_steps():
     with pytest.raises(ValueError, match="penalty_interval"):
         build("wgan_gp", {**SMALL["wgan_gp"], "critic_steps": 3, "penalty_interval": 2})
-
-
-@pytest.mark.parametrize("name", ["dcgan", "wgan_gp"])
-def test_a_deep_discriminator_has_three_strided_convolutions_and_trains(name, images, labels):
-    torch.manual_seed(0)
-    model = build(name, {**SMALL[name], "deep_discriminator": True}).train()
-    convolutions = [m for m in model.discriminator.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert [(m.kernel_size, m.stride) for m in convolutions] == [((5, 5), (2, 2))] * 3
-    assert model.discriminator(images).shape == (16, 1 + SMALL[name]["categories"])
-    terms = model.train_step(images, labels, model.optimizers())
-    assert all(np.isfinite(value) for value in terms.values())

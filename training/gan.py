@@ -50,7 +50,6 @@ class GANConfig(TrainConfig):
     # continuous latent a discrete part, so fewer samples fall between digits.
     categories: int = 0
     information_weight: float = 1.0
-    deep_discriminator: bool = False  # three 5x5 strided convolutions (c, 2c, 4c) instead of two 4x4 (c, 2c)
 
     @model_validator(mode="after")
     def _code_fits_in_the_latent(self) -> "GANConfig":
@@ -134,24 +133,14 @@ class Discriminator(nn.Module):
     gradient penalty is per sample and batch norm couples the samples; no output bias, because the
     Wasserstein loss is blind to it."""
 
-    def __init__(self, channels: int, critic: bool = False, outputs: int = 1, deep: bool = False):
+    def __init__(self, channels: int, critic: bool = False, outputs: int = 1):
         super().__init__()
         c = channels
-        norm = (lambda n: nn.Identity()) if critic else nn.BatchNorm2d
-        if deep:  # the WGAN-GP paper's code: three 5x5 strided convolutions
-            layers = [
-                nn.Conv2d(1, c, 5, 2, 2), nn.LeakyReLU(0.2),  # 14x14
-                nn.Conv2d(c, 2 * c, 5, 2, 2), norm(2 * c), nn.LeakyReLU(0.2),  # 7x7
-                nn.Conv2d(2 * c, 4 * c, 5, 2, 2), norm(4 * c), nn.LeakyReLU(0.2),  # 4x4
-            ]
-            features = 4 * c * 16
-        else:
-            layers = [
-                nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),  # 14x14
-                nn.Conv2d(c, 2 * c, 4, 2, 1), norm(2 * c), nn.LeakyReLU(0.2),  # 7x7
-            ]
-            features = 2 * c * 49
-        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(features, outputs, bias=not critic))
+        self.net = nn.Sequential(
+            nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),  # 14x14
+            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.Identity() if critic else nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.2),
+            nn.Flatten(), nn.Linear(2 * c * 49, outputs, bias=not critic),
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images * 2 - 1)
@@ -179,9 +168,7 @@ class GAN(nn.Module):
         super().__init__()
         self.config = config
         self.generator = Generator(config.latent_dim, config.channels, self.classes, config.refine_channels, config.categories)
-        self.discriminator = Discriminator(
-            config.channels, self.critic, self.discriminator_outputs + config.categories, config.deep_discriminator
-        )
+        self.discriminator = Discriminator(config.channels, self.critic, self.discriminator_outputs + config.categories)
         self.apply(_dcgan_init)
         if config.ema_decay:
             self.generator_average = copy.deepcopy(self.generator).requires_grad_(False)
