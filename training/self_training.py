@@ -12,7 +12,9 @@ all on the LeNet network (training/classifier.py):
   allow. Cutout is off since v2: 59% of v1's test errors over five data seeds went into class 8 (3s, 9s,
   slanted 1s) or from 7 to 2, and an 8 with a square erased can look like a 3 or a 9, a 2 like a 7, so
   the strong views themselves can teach those confusions; without cutout the validation error fell on
-  both data seeds tried (docs/benchmarks.md).
+  both data seeds tried (docs/benchmarks.md). `stroke_jitter` (off by default) thins or thickens the
+  strong view's strokes, because v2-like runs read many misread 1s right once thinned; it helped on one
+  data seed and hurt on another, so no shipped version uses it (docs/benchmarks.md).
   With `distribution_alignment` (ReMixMatch, Berthelot et al. 2020) the weak view's probabilities are
   multiplied by uniform / (their running mean over unlabelled batches) and renormalised before the
   threshold, so a class the network over-predicts cannot soak up pseudo-labels (a first run without it
