@@ -97,9 +97,9 @@ def test_training_on_a_tiny_sample_fits_its_labels(name, mnist):
 def test_the_strong_view_erases_one_cutout_square_per_image_or_none(mnist):
     images = torch.from_numpy(mnist.train.images[:32, None])
     torch.manual_seed(0)
-    warped = strong_augment(images, 0)
+    warped = strong_augment(images, 0, 0.0)
     torch.manual_seed(0)
-    cut = strong_augment(images, 8)
+    cut = strong_augment(images, 8, 0.0)
     assert warped.sum() > 0.5 * images.sum()  # the affine keeps the digits
     erased = warped != cut
     assert erased.any() and (cut[erased] == 0).all()

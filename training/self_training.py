@@ -156,7 +156,8 @@ class SelfTraining(LossModel):
     @torch.no_grad()
     def preview(self, images: torch.Tensor) -> torch.Tensor:
         """The validation images, weakly and strongly augmented."""
-        return torch.cat([images, shift(images, self.config.weak_shift), strong_augment(images, self.config.cutout, self.config.stroke_jitter)])
+        cfg = self.config
+        return torch.cat([images, shift(images, cfg.weak_shift), strong_augment(images, cfg.cutout, cfg.stroke_jitter)])
 
     def graphs(self) -> dict[str, Graph]:
         return {"classifier": classifier_graph(self.served_network())}  # one network, not both
@@ -166,7 +167,7 @@ class SelfTraining(LossModel):
         return evaluate_classifier(self, data)
 
 
-def strong_augment(images: torch.Tensor, cutout: int, stroke_jitter: float = 0.0) -> torch.Tensor:
+def strong_augment(images: torch.Tensor, cutout: int, stroke_jitter: float) -> torch.Tensor:
     """Strokes thinned or thickened by a uniform amount in [-stroke_jitter, stroke_jitter] (none if 0),
     then a random affine per image (rotation up to 20 degrees, scale 0.85-1.15, shear up to 0.2, shift up
     to 3 pixels), then a `cutout` x `cutout` square of zeros at a random place (none if `cutout` is 0)."""
