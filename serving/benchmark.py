@@ -38,7 +38,7 @@ from latentserve.v1 import (
 from serving import repository
 from serving.mnist import load_mnist
 from serving.settings import Settings
-from serving.triton_server import free_port
+from serving.triton_server import free_ports
 
 BATCHES = (1, 64)
 CONCURRENCY = (1, 8)
@@ -152,7 +152,7 @@ async def search_latency(target: str, images: np.ndarray, duration: float) -> di
 @contextlib.contextmanager
 def gateway_process(repository_root: Path, *flags: str):
     """`latentserve serve` in its own process on a free loopback port, default gallery, stopped on exit."""
-    port = free_port()
+    port, = free_ports(1)
     with tempfile.TemporaryDirectory() as data_dir:
         server = subprocess.Popen(
             [sys.executable, "-m", "latentserve.cli", "serve", "--port", str(port), "--metrics-port", "0",

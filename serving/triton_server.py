@@ -30,10 +30,17 @@ class TritonStartError(RuntimeError):
     pass
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports: every probe stays bound until all are chosen, so the kernel
+    cannot hand out one port twice (it did once in CI: gRPC and metrics on the same port)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def _wheel_dir() -> Path:
@@ -47,9 +54,10 @@ class TritonServer:
     def __init__(self, repository: Path, grpc_port: int = 0, http_port: int = 0, metrics_port: int = 0,
                  model_config_name: str | None = None, log_file: Path | None = None):
         self.repository = Path(repository).resolve()
-        self.grpc_port = grpc_port or free_port()
-        self.http_port = http_port or free_port()
-        self.metrics_port = metrics_port or free_port()
+        spare_ports = iter(free_ports([grpc_port, http_port, metrics_port].count(0)))
+        self.grpc_port = grpc_port or next(spare_ports)
+        self.http_port = http_port or next(spare_ports)
+        self.metrics_port = metrics_port or next(spare_ports)
         self.model_config_name = model_config_name
         self.shm_prefix = f"latentserve_{uuid.uuid4().hex[:12]}_"
         self._workdir = Path(tempfile.mkdtemp(prefix="latentserve-triton-"))

@@ -9,7 +9,7 @@ import pytest
 from grpc_tools import protoc
 
 from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, generator_pb2, generator_pb2_grpc
-from serving.triton_server import free_port
+from serving.triton_server import free_ports
 from tests.conftest import ROOT
 
 PROTOS = sorted((ROOT / "proto").rglob("*.proto"))
@@ -41,7 +41,7 @@ def test_every_verb_has_help(verb):
 
 
 def test_metrics_count_calls_by_method_and_code_and_generated_images(start_gateway, tmp_path):
-    port = free_port()
+    port, = free_ports(1)
     gateway = start_gateway(data_dir=tmp_path, gallery="none", metrics_port=port)
 
     def count(series: str) -> float:

@@ -16,7 +16,7 @@ from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, generator_
 from serving import repository
 from serving.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from serving.runtime.triton import TritonRuntime, _error
-from serving.triton_server import SHM, TritonServer, TritonStartError
+from serving.triton_server import SHM, TritonServer, TritonStartError, free_ports
 from tests.conftest import MODEL_REPOSITORY, wait_for
 
 
@@ -65,6 +65,14 @@ def test_a_model_that_fails_to_load_stops_the_start_with_its_log_lines(tmp_path)
         server.start(timeout=60)
     assert "failed to load" in str(raised.value)
     assert not list(SHM.glob(f"*{server.shm_prefix}*"))
+
+
+def test_a_server_gets_three_distinct_ports():
+    # CI once failed when free ports probed one at a time gave gRPC and metrics the same port
+    assert len(set(free_ports(200))) == 200
+    server = TritonServer(MODEL_REPOSITORY, http_port=free_ports(1)[0])
+    assert len({server.grpc_port, server.http_port, server.metrics_port}) == 3
+    server.stop()  # never started: removes its private directory
 
 
 def _health(channel, service: str) -> int:
