@@ -5,7 +5,7 @@ import torch
 
 from training.kingma import M2Network
 from training.registry import build
-from training.self_training import SelfTraining, restroke, strong_augment
+from training.self_training import SelfTraining, flexible_thresholds, restroke, strong_augment
 from training.semi_supervised import labelled_indices
 from training.train import load_checkpoint, load_model, train
 
@@ -118,6 +118,28 @@ def test_restroke_thickens_and_thins_strokes_by_the_amount(mnist):
     assert (ink(thinnest) < ink(thinner)).all() and (ink(thinner) < ink(images)).all()
     assert (ink(images) < ink(thicker)).all() and (ink(thicker) < ink(thickest)).all()
     assert thinnest.min() >= 0 and thickest.max() <= 1  # still images
+
+
+def test_class_thresholds_scale_with_how_far_each_class_is_learned():
+    share = torch.tensor([0.5, 0.25] + [0.0] * 8)  # 75% confident: the largest class sets the scale
+    torch.testing.assert_close(flexible_thresholds(share, 0.9), torch.tensor([0.9, 0.3] + [0.0] * 8))
+    share = torch.tensor([0.2, 0.1] + [0.0] * 8)  # warm-up: the unconfident 70% sets it
+    learned = torch.tensor([2 / 7, 1 / 7])
+    torch.testing.assert_close(flexible_thresholds(share, 0.9)[:2], 0.9 * learned / (2 - learned))
+
+
+def test_class_thresholds_track_confident_predictions_only_in_training(mnist):
+    torch.manual_seed(0)
+    images = torch.from_numpy(mnist.train.images[:80, None])
+    labels = torch.cat([torch.from_numpy(mnist.train.labels[:20]).long(), torch.full((60,), -1)])
+    model = build("fixmatch", {"class_thresholds": True, "threshold": 0.0, "alignment_momentum": 0.5}).train()
+    model.loss(images, labels)
+    # threshold 0: every unlabelled image counts for its predicted class; momentum 0.5: half of that share
+    torch.testing.assert_close(model.confident_share.sum(), torch.tensor(0.5))
+    share = model.confident_share.clone()
+    model.eval()
+    model.loss(images, labels)
+    assert torch.equal(model.confident_share, share)
 
 
 def test_fixmatch_with_weight_averaging_trains_the_network_and_serves_the_average(mnist):

@@ -19,6 +19,8 @@ all on the LeNet network (training/classifier.py):
   multiplied by uniform / (their running mean over unlabelled batches) and renormalised before the
   threshold, so a class the network over-predicts cannot soak up pseudo-labels (a first run without it
   sent 77 of 1,030 validation 3s, and most of its other errors, to class 8).
+  With `class_thresholds` (FlexMatch, Zhang et al. 2021; off by default) each class's threshold scales
+  with how far it is learned, so a class the first confident pseudo-labels pass by still gets some.
 
 Every unlabelled term is weighted by `unlabelled_weight`, ramped up linearly over `rampup_steps`.
 With `ema_decay` (FixMatch's practice) validation, evaluation and export use a moving average of the
@@ -52,7 +54,9 @@ class SelfTrainingConfig(SemiSupervisedConfig):
     cutout: int = 8  # side of the square of zeros the strong view ends with; 0: none
     stroke_jitter: float = 0.0  # the strong view's strokes thinned or thickened by up to this (see restroke)
     distribution_alignment: bool = False
-    alignment_momentum: float = 0.99  # of the running mean of predicted class probabilities
+    # of the running means over unlabelled batches: predicted class probabilities, confident shares
+    alignment_momentum: float = 0.99
+    class_thresholds: bool = False
     weak_shift: int = 2
     ema_decay: float = 0.0  # > 0: serve a moving average of the network's weights; 0: the network itself
 
@@ -81,6 +85,8 @@ class SelfTraining(LossModel):
         self.network = LeNet(LeNetConfig(dropout=config.dropout))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training steps so far, for the ramp
         self.register_buffer("predicted_mean", torch.full((CLASSES,), 1.0 / CLASSES))  # for distribution alignment
+        if config.class_thresholds:  # per class, the share of unlabelled images predicted as it at `threshold` or above
+            self.register_buffer("confident_share", torch.zeros(CLASSES))
         if config.ema_decay:
             self.network_average = copy.deepcopy(self.network).requires_grad_(False)
 
@@ -127,7 +133,13 @@ class SelfTraining(LossModel):
             targets = targets / targets.sum(1, keepdim=True)
         log_probabilities = F.log_softmax(logits, 1)
         confidence, predicted = targets.max(1)
-        mask = (confidence >= cfg.threshold).float()
+        threshold = cfg.threshold
+        if cfg.class_thresholds and len(targets):
+            if self.training:
+                confident = F.one_hot(predicted[confidence >= cfg.threshold], CLASSES).sum(0) / len(targets)
+                self.confident_share.lerp_(confident.float(), 1 - cfg.alignment_momentum)
+            threshold = flexible_thresholds(self.confident_share, cfg.threshold)[predicted]
+        mask = (confidence >= threshold).float()
         if cfg.pseudo_labels == "hard":
             pseudo = F.nll_loss(log_probabilities, predicted, reduction="none") * mask
         elif cfg.pseudo_labels == "soft":
@@ -165,6 +177,14 @@ class SelfTraining(LossModel):
     @torch.no_grad()
     def evaluate(self, data: Mnist) -> dict[str, float]:
         return evaluate_classifier(self, data)
+
+
+def flexible_thresholds(confident_share: torch.Tensor, threshold: float) -> torch.Tensor:
+    """FlexMatch's class thresholds: each class's learning effect (its confident share over the largest
+    one, or over the unconfident share while that is larger: the warm-up) mapped convexly, x / (2 - x),
+    onto [0, threshold]. A class nobody predicts confidently yet takes any prediction."""
+    learned = confident_share / torch.maximum(confident_share.max(), 1 - confident_share.sum())
+    return threshold * learned / (2 - learned)
 
 
 def strong_augment(images: torch.Tensor, cutout: int, stroke_jitter: float) -> torch.Tensor:
