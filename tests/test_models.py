@@ -234,22 +234,3 @@ def test_wgan_gp_takes_its_penalty_on_one_critic_step_in_penalty_interval(penalt
 def test_wgan_gp_penalty_interval_must_divide_the_critic_steps():
     with pytest.raises(ValueError, match="penalty_interval"):
         build("wgan_gp", {**SMALL["wgan_gp"], "critic_steps": 3, "penalty_interval": 2})
-
-
-def test_wgan_gp_one_sided_penalty_spares_only_gradient_norms_below_one(images):
-    torch.manual_seed(0)
-    real, fake = images[:4], images[4:8].flip(-1)
-    two_sided = build("wgan_gp", SMALL["wgan_gp"])
-    one_sided = build("wgan_gp", {**SMALL["wgan_gp"], "one_sided_penalty": True})
-    critic = copy.deepcopy(two_sided.discriminator.state_dict())
-    for scale, below_one in ((0.0, True), (10.0, False)):  # a flat critic; a steep one
-        for model in (two_sided, one_sided):
-            model.discriminator.load_state_dict({k: v * scale for k, v in critic.items()})
-        torch.manual_seed(1)
-        penalty = two_sided._gradient_penalty(real, fake)
-        torch.manual_seed(1)
-        spared = one_sided._gradient_penalty(real, fake)
-        if below_one:
-            assert penalty.item() == pytest.approx(1.0) and spared.item() == 0.0
-        else:
-            assert penalty.item() > 1.0 and spared.item() == pytest.approx(penalty.item())

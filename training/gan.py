@@ -88,9 +88,6 @@ class WGANGPConfig(GANConfig):
     # regularisation): its double backward costs as much as the rest of a critic step. It must divide
     # critic_steps, so every generator step sees the same pattern.
     penalty_interval: int = 2
-    # True: only gradient norms above 1 are penalised (Petzka et al. 2018, "On the regularization of
-    # Wasserstein GANs"), so the critic may be flatter than 1 where the data allow
-    one_sided_penalty: bool = False
 
     @model_validator(mode="after")
     def _penalty_interval_divides_critic_steps(self) -> "WGANGPConfig":
@@ -307,15 +304,11 @@ class WGANGP(GAN):
         return {"wasserstein": wasserstein.item(), "penalty": penalty.item(), "g_loss": g_loss.item()}
 
     def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        """(||grad D(x)|| - 1)^2 at random points between real and fake samples (only the excess over 1 if
-        `one_sided_penalty`)."""
+        """(||grad D(x)|| - 1)^2 at random points between real and fake samples."""
         mix = torch.rand(len(real), 1, 1, 1)
         between = (mix * real + (1 - mix) * fake).requires_grad_(True)
         (gradient,) = torch.autograd.grad(self.discriminator(between)[:, 0].sum(), between, create_graph=True)
-        excess = gradient.flatten(1).norm(dim=1) - 1
-        if self.config.one_sided_penalty:
-            excess = excess.clamp(min=0)
-        return (excess ** 2).mean()
+        return ((gradient.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
 class ACGAN(GAN):
