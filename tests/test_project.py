@@ -41,8 +41,8 @@ def test_every_verb_has_help(verb):
 
 
 def test_metrics_count_calls_by_method_and_code_and_generated_images(start_gateway, tmp_path):
-    port, = free_ports(1)
-    gateway = start_gateway(data_dir=tmp_path, gallery="none", metrics_port=port)
+    grpc_port, port = free_ports(2)  # both chosen here: a gRPC port of 0 could be given the metrics one
+    gateway = start_gateway(data_dir=tmp_path, gallery="none", port=grpc_port, metrics_port=port)
 
     def count(series: str) -> float:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
