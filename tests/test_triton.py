@@ -70,7 +70,8 @@ def test_a_model_that_fails_to_load_stops_the_start_with_its_log_lines(tmp_path)
 def test_a_server_gets_three_distinct_ports():
     # CI once failed when free ports probed one at a time gave gRPC and metrics the same port
     assert len(set(free_ports(200))) == 200
-    server = TritonServer(MODEL_REPOSITORY, http_port=free_ports(1)[0])
+    http_port, = free_ports(1)
+    server = TritonServer(MODEL_REPOSITORY, http_port=http_port)
     assert len({server.grpc_port, server.http_port, server.metrics_port}) == 3
     server.stop()  # never started: removes its private directory
 
