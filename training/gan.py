@@ -36,6 +36,7 @@ class GANConfig(TrainConfig):
     epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 2e-4
+    discriminator_learning_rate: float | None = None  # None: learning_rate (separate rates: TTUR, Heusel et al. 2017)
     beta1: float = 0.5
     beta2: float = 0.999
     latent_dim: int = 64
@@ -212,9 +213,10 @@ class GAN(nn.Module):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         cfg = self.config
+        discriminator_rate = cfg.learning_rate if cfg.discriminator_learning_rate is None else cfg.discriminator_learning_rate
         return {
             "generator": torch.optim.Adam(self.generator.parameters(), cfg.learning_rate, betas=(cfg.beta1, cfg.beta2)),
-            "discriminator": torch.optim.Adam(self.discriminator.parameters(), cfg.learning_rate, betas=(cfg.beta1, cfg.beta2)),
+            "discriminator": torch.optim.Adam(self.discriminator.parameters(), discriminator_rate, betas=(cfg.beta1, cfg.beta2)),
         }
 
     def sample_inputs(self, count: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

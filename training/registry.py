@@ -21,7 +21,7 @@ class TrainConfig(BaseModel):
     epochs: int = 20
     batch_size: int = 128
     learning_rate: float = 1e-3
-    learning_rate_decay: float = 1.0  # epoch e (from 0) runs every optimizer at learning_rate * decay**e
+    learning_rate_decay: float = 1.0  # epoch e (from 0) runs every optimizer at its starting rate * decay**e
     seed: int = 0
 
 

@@ -47,6 +47,8 @@ def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, 
         torch.manual_seed(config.seed)
         model = build(name, config.model_dump())
     optimizers = model.optimizers()
+    # each group's own starting rate (the model's optimizers() sets it); the decay scales it per epoch
+    initial_rates = {key: [group["lr"] for group in optimizer.param_groups] for key, optimizer in optimizers.items()}
     for key, state in checkpoint.get("optimizers", {}).items():
         optimizers[key].load_state_dict(state)
 
@@ -61,9 +63,9 @@ def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, 
     step, history = checkpoint["step"], checkpoint["history"]
     for epoch in range(checkpoint["epoch"], config.epochs):
         model.train()
-        for optimizer in optimizers.values():
-            for group in optimizer.param_groups:
-                group["lr"] = config.learning_rate * config.learning_rate_decay**epoch
+        for key, optimizer in optimizers.items():
+            for group, rate in zip(optimizer.param_groups, initial_rates[key]):
+                group["lr"] = rate * config.learning_rate_decay**epoch
         started = time.perf_counter()
         order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(config.seed * 10_000 + epoch))
         batches = tqdm(order.split(config.batch_size), desc=f"{name} epoch {epoch + 1}/{config.epochs}", leave=False, mininterval=5)
