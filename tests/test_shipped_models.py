@@ -78,9 +78,9 @@ def test_the_autoencoder_beats_raw_pixels_and_pca_on_retrieval(mnist, protocol):
 # measured; the targets (classifier score 9, FID 10x the floor, on 10,000 samples) and which
 # models meet them are in docs/benchmarks.md.
 QUALITY_SAMPLES = 2000
-FLOORS = {  # model: (lowest classifier score, highest FID / real floor); measured 9.10 / 2.8, 8.87 / 3.4, 9.74 / 3.7
+FLOORS = {  # model: (lowest classifier score, highest FID / real floor); measured 9.10 / 2.8, 8.90 / 3.4, 9.74 / 3.7
     "dcgan": (9.0, 4.0),
-    "wgan_gp": (8.7, 4.5),
+    "wgan_gp": (8.8, 4.0),
     "acgan": (9.5, 4.5),
 }
 
