@@ -77,8 +77,8 @@ class WGANGPConfig(GANConfig):
     # v4: the penalty on every other critic step and G's step on the last critic step's samples (295 ->
     # 221 ms a step on 2 threads, a micro-benchmark): 64 epochs (25,024 G steps) took 103 min on 2 threads
     # with tests beside it early on; 86.5 s an epoch undisturbed, so about 92 min (docs/training.md).
-    # v5: TTUR (Heusel et al. 2017), a faster critic at the same cost a step: epoch 48 FID 14.4 / score
-    # 8.86 against v4's 18.7 / 8.80 (docs/benchmarks.md).
+    # v5: TTUR (Heusel et al. 2017), a faster critic at the same cost a step: FID 13.3 / score 8.91 at
+    # epoch 64 against v4's 14.8 / 8.86, 100 min (docs/benchmarks.md).
     epochs: int = 64
     batch_size: int = 128  # critic_steps minibatches of 64: one generator step per batch
     learning_rate: float = 1e-4
