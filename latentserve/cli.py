@@ -271,28 +271,28 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--repository", type=Path, default=Path("model_repository"))
     evaluate.set_defaults(func=cmd_eval)
 
-    def client(name: str, help: str) -> argparse.ArgumentParser:
-        sub = verbs.add_parser(name, help=help)
+    def client(subparsers, name: str, help: str) -> argparse.ArgumentParser:
+        sub = subparsers.add_parser(name, help=help)
         sub.add_argument("--target", default="127.0.0.1:50051", help="gateway address")
         return sub
 
-    models = client("models", "list the served models, or show one")
+    models = client(verbs, "models", "list the served models, or show one")
     models.add_argument("name", nargs="?")
     models.set_defaults(func=cmd_models)
 
-    encode = client("encode", "encode image files (PNG/JPEG) to codes")
+    encode = client(verbs, "encode", "encode image files (PNG/JPEG) to codes")
     encode.add_argument("images", type=Path, nargs="+")
     encode.add_argument("--model", default="", help="default: the server's index model")
     encode.add_argument("--version", type=int, default=0, help="0: newest")
     encode.set_defaults(func=cmd_encode)
 
-    classify = client("classify", "classify image files (PNG/JPEG)")
+    classify = client(verbs, "classify", "classify image files (PNG/JPEG)")
     classify.add_argument("images", type=Path, nargs="+")
     classify.add_argument("--model", default="", help="default: the server's default classifier")
     classify.add_argument("--version", type=int, default=0, help="0: newest")
     classify.set_defaults(func=cmd_classify)
 
-    translate = client("translate", "translate image files (PNG/JPEG) into OUT/<stem>.png")
+    translate = client(verbs, "translate", "translate image files (PNG/JPEG) into OUT/<stem>.png")
     translate.add_argument("images", type=Path, nargs="+")
     translate.add_argument("--direction", required=True, help="e.g. edges2digit (the server's ListDirections)")
     translate.add_argument("--model", default="", help="default: the one model offering the direction")
@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--out", type=Path, required=True)
     translate.set_defaults(func=cmd_translate)
 
-    search = client("search", "nearest stored items to an image file or a stored id")
+    search = client(verbs, "search", "nearest stored items to an image file or a stored id")
     query = search.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", type=Path)
     query.add_argument("--id")
@@ -308,18 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--hash", action="store_true", help="Hamming distance over binary codes")
     search.set_defaults(func=cmd_search)
 
-    index = client("index", "change or inspect the search index")
+    index = verbs.add_parser("index", help="change or inspect the search index")
     actions = index.add_subparsers(dest="action", required=True)
-    add = actions.add_parser("add", help="add image files; each file's stem is its id")
+    add = client(actions, "add", "add image files; each file's stem is its id")
     add.add_argument("images", type=Path, nargs="+")
     add.add_argument("--label", type=int)
     add.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
-    delete = actions.add_parser("delete", help="delete items by id")
+    delete = client(actions, "delete", "delete items by id")
     delete.add_argument("ids", nargs="+")
-    actions.add_parser("stats", help="item count and the encoder the index is bound to")
+    client(actions, "stats", "item count and the encoder the index is bound to")
     index.set_defaults(func=cmd_index)
 
-    generate = client("generate", "a batch generation job: images from a seed into a directory, resumable")
+    generate = client(verbs, "generate", "a batch generation job: images from a seed into a directory, resumable")
     generate.add_argument("--model", default="", help="default: the server's default generator")
     generate.add_argument("--version", type=int, default=0, help="0: the newest (then pinned in job.json)")
     generate.add_argument("--count", type=int, required=True)

@@ -309,14 +309,22 @@ def test_messages_over_the_size_limit_are_refused(start_gateway, tmp_path):
 def test_cli_client_verbs(gateway, tmp_path, capsys):
     from latentserve.cli import main
 
+    def stored_items() -> int:
+        main(["index", "stats", "--target", gateway.target])
+        return int(json.loads(capsys.readouterr().out)["items"])
+
     path = tmp_path / "digit.png"
     path.write_bytes(GOOD.encoded)
-    main(["index", "--target", gateway.target, "add", str(path), "--label", "3", "--meta", "who=cli"])
+    before = stored_items()
+    main(["index", "add", "--target", gateway.target, str(path), "--label", "3", "--meta", "who=cli"])
+    capsys.readouterr()
+    assert stored_items() == before + 1
     main(["search", "--target", gateway.target, "--image", str(path), "-k", "1"])
     hit_id, distance, label, metadata = capsys.readouterr().out.strip().splitlines()[-1].split("\t")
     assert (hit_id, label, json.loads(metadata)) == ("digit", "3", {"who": "cli"}) and float(distance) < 1e-3
-    main(["index", "--target", gateway.target, "delete", "digit"])
+    main(["index", "delete", "--target", gateway.target, "digit"])
     capsys.readouterr()
+    assert stored_items() == before
     main(["encode", "--target", gateway.target, str(path)])
     encoded = json.loads(capsys.readouterr().out)
     assert (encoded["num_bits"], len(encoded["code"]), len(encoded["bits"])) == (32, 32, 8)
