@@ -92,8 +92,6 @@ class WGANGPConfig(GANConfig):
     # regularisation): its double backward costs as much as the rest of a critic step. It must divide
     # critic_steps, so every generator step sees the same pattern.
     penalty_interval: int = 2
-    # Layer norm in the critic, which the WGAN-GP paper (section 4) recommends in place of batch norm
-    critic_layer_norm: bool = False
 
     @model_validator(mode="after")
     def _penalty_interval_divides_critic_steps(self) -> "WGANGPConfig":
@@ -135,18 +133,17 @@ def latent_code(latent: torch.Tensor, categories: int) -> torch.Tensor:
 
 
 class Discriminator(nn.Module):
-    """Strided convolutions with LeakyReLU; `norm` after the second: "batch", or for a WGAN critic "layer"
-    or "none". A critic has no batch norm, because the gradient penalty is per sample and batch norm
-    couples the samples, and no output bias, because the Wasserstein loss is blind to it."""
+    """Strided convolutions with LeakyReLU. As a WGAN critic (`critic`): no batch norm, because the
+    gradient penalty is per sample and batch norm couples the samples; no output bias, because the
+    Wasserstein loss is blind to it."""
 
-    def __init__(self, channels: int, norm: str = "batch", outputs: int = 1):
+    def __init__(self, channels: int, critic: bool = False, outputs: int = 1):
         super().__init__()
         c = channels
-        norms = {"batch": nn.BatchNorm2d(2 * c), "layer": nn.GroupNorm(1, 2 * c), "none": nn.Identity()}
         self.net = nn.Sequential(
             nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),  # 14x14
-            nn.Conv2d(c, 2 * c, 4, 2, 1), norms[norm], nn.LeakyReLU(0.2),
-            nn.Flatten(), nn.Linear(2 * c * 49, outputs, bias=norm == "batch"),
+            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.Identity() if critic else nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.2),
+            nn.Flatten(), nn.Linear(2 * c * 49, outputs, bias=not critic),
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -169,13 +166,13 @@ class GAN(nn.Module):
     Config = GANConfig
     classes = 0  # > 0: class-conditional
     discriminator_outputs = 1
-    discriminator_norm = "batch"  # see Discriminator
+    critic = False  # a WGAN critic rather than a classifier of real and fake
 
     def __init__(self, config: GANConfig):
         super().__init__()
         self.config = config
         self.generator = Generator(config.latent_dim, config.channels, self.classes, config.refine_channels, config.categories)
-        self.discriminator = Discriminator(config.channels, self.discriminator_norm, self.discriminator_outputs + config.categories)
+        self.discriminator = Discriminator(config.channels, self.critic, self.discriminator_outputs + config.categories)
         self.apply(_dcgan_init)
         if config.ema_decay:
             self.generator_average = copy.deepcopy(self.generator).requires_grad_(False)
@@ -291,10 +288,7 @@ class DCGAN(GAN):
 
 class WGANGP(GAN):
     Config = WGANGPConfig
-
-    @property
-    def discriminator_norm(self) -> str:
-        return "layer" if self.config.critic_layer_norm else "none"
+    critic = True
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, optimizers: dict) -> dict[str, float]:
         cfg = self.config

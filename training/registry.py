@@ -23,9 +23,6 @@ class TrainConfig(BaseModel):
     learning_rate: float = 1e-3
     learning_rate_decay: float = 1.0  # epoch e (from 0) runs every optimizer at its starting rate * decay**e
     seed: int = 0
-    # Train steps under bfloat16 autocast (weights, optimizer state and everything outside the train step
-    # stay float32): CPUs with AMX run the convolutions faster (WGAN-GP's step 1.45x; docs/training.md)
-    autocast_bfloat16: bool = False
 
 
 @dataclass

@@ -73,8 +73,7 @@ def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, 
         for indices in batches:
             if labelled is not None:  # each batch also gets labelled images (training/semi_supervised.py)
                 indices = torch.cat([indices, labelled[torch.randint(len(labelled), (config.labelled_batch_size,))]])
-            with torch.autocast("cpu", torch.bfloat16, enabled=config.autocast_bfloat16):
-                terms = model.train_step(train_images[indices], train_labels[indices], optimizers)
+            terms = model.train_step(train_images[indices], train_labels[indices], optimizers)
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value
             step += 1
