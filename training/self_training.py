@@ -39,9 +39,6 @@ from training.registry import Graph, Losses, LossModel, update_average
 from training.semi_supervised import SemiSupervisedConfig, classifier_graph, evaluate_classifier
 
 
-ELASTIC_SIGMA = 4.0  # Simard et al. 2003's smoothing for MNIST, pixels
-
-
 class SelfTrainingConfig(SemiSupervisedConfig):
     epochs: int = 30
     batch_size: int = 448  # unlabelled images a step (FixMatch's ratio: 7 per labelled image)
@@ -56,7 +53,6 @@ class SelfTrainingConfig(SemiSupervisedConfig):
     strong_augmentation: bool = False  # FixMatch: pseudo-labels from the weak view train the strong one
     cutout: int = 8  # side of the square of zeros the strong view ends with; 0: none
     stroke_jitter: float = 0.0  # the strong view's strokes thinned or thickened by up to this (see restroke)
-    elastic: float = 0.0  # the strong view's elastic distortion, Simard et al. 2003's alpha (pixels); 0: none
     distribution_alignment: bool = False
     # of the running means over unlabelled batches: predicted class probabilities, confident shares
     alignment_momentum: float = 0.99
@@ -126,7 +122,7 @@ class SelfTraining(LossModel):
         if cfg.strong_augmentation:
             with torch.no_grad():
                 targets = F.softmax(self._logits(unlabelled), 1)
-            logits = self._logits(strong_augment(images[~labelled], cfg.cutout, cfg.stroke_jitter, cfg.elastic))
+            logits = self._logits(strong_augment(images[~labelled], cfg.cutout, cfg.stroke_jitter))
         else:
             logits = self._logits(unlabelled)
             targets = F.softmax(logits.detach(), 1)
@@ -173,7 +169,7 @@ class SelfTraining(LossModel):
     def preview(self, images: torch.Tensor) -> torch.Tensor:
         """The validation images, weakly and strongly augmented."""
         cfg = self.config
-        return torch.cat([images, shift(images, cfg.weak_shift), strong_augment(images, cfg.cutout, cfg.stroke_jitter, cfg.elastic)])
+        return torch.cat([images, shift(images, cfg.weak_shift), strong_augment(images, cfg.cutout, cfg.stroke_jitter)])
 
     def graphs(self) -> dict[str, Graph]:
         return {"classifier": classifier_graph(self.served_network())}  # one network, not both
@@ -191,10 +187,10 @@ def flexible_thresholds(confident_share: torch.Tensor, threshold: float) -> torc
     return threshold * learned / (2 - learned)
 
 
-def strong_augment(images: torch.Tensor, cutout: int, stroke_jitter: float, elastic: float = 0.0) -> torch.Tensor:
+def strong_augment(images: torch.Tensor, cutout: int, stroke_jitter: float) -> torch.Tensor:
     """Strokes thinned or thickened by a uniform amount in [-stroke_jitter, stroke_jitter] (none if 0),
     then a random affine per image (rotation up to 20 degrees, scale 0.85-1.15, shear up to 0.2, shift up
-    to 3 pixels) with an elastic distortion of strength `elastic` on top (none if 0), then a `cutout` x `cutout` square of zeros at a random place (none if `cutout` is 0)."""
+    to 3 pixels), then a `cutout` x `cutout` square of zeros at a random place (none if `cutout` is 0)."""
     n = len(images)
     if n == 0:
         return images
@@ -210,8 +206,6 @@ def strong_augment(images: torch.Tensor, cutout: int, stroke_jitter: float, elas
         torch.stack([sin, cos + shear * sin, offset[:, 1]], 1),
     ], 1)
     grid = F.affine_grid(theta, images.shape, align_corners=False)
-    if elastic:
-        grid = grid + elastic_displacement(n, elastic)
     warped = F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
     if not cutout:
         return warped
@@ -220,18 +214,6 @@ def strong_augment(images: torch.Tensor, cutout: int, stroke_jitter: float, elas
     top, left = (torch.randint(-cutout // 2, 28 - cutout // 2, (2, n, 1, 1)))
     square = (rows >= top) & (rows < top + cutout) & (cols >= left) & (cols < left + cutout)
     return warped * (~square)[:, None]
-
-
-def elastic_displacement(count: int, alpha: float, sigma: float = ELASTIC_SIGMA) -> torch.Tensor:
-    """Simard et al. 2003's elastic distortion as grid offsets [count, 28, 28, 2]: uniform noise in
-    [-1, 1] per pixel and axis, smoothed by a Gaussian of `sigma` pixels, scaled by `alpha` pixels."""
-    radius = math.ceil(3 * sigma)
-    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
-    kernel = (kernel / kernel.sum()).repeat(2, 1, 1, 1)  # one per axis: [2, 1, 1, taps]
-    noise = torch.rand(count, 2, 28, 28) * 2 - 1
-    smooth = F.conv2d(F.conv2d(noise, kernel, padding=(0, radius), groups=2), kernel.transpose(2, 3), padding=(radius, 0), groups=2)
-    return (alpha * smooth * (2 / 28)).permute(0, 2, 3, 1)  # grid units: 2 per 28 pixels
 
 
 def restroke(images: torch.Tensor, amounts: torch.Tensor) -> torch.Tensor:
