@@ -62,7 +62,6 @@ class SelfTrainingConfig(SemiSupervisedConfig):
     alignment_momentum: float = 0.99
     class_thresholds: bool = False
     weak_shift: int = 2
-    strong_labelled: bool = False  # the labelled images get the strong view too (else the weak one)
     ema_decay: float = 0.0  # > 0: serve a moving average of the network's weights; 0: the network itself
 
 
@@ -126,8 +125,7 @@ class SelfTraining(LossModel):
         cfg = self.config
         labelled = labels >= 0
         weak = shift(images, cfg.weak_shift)
-        labelled_view = strong_augment(images[labelled], cfg.cutout, cfg.stroke_jitter) if cfg.strong_labelled else weak[labelled]
-        supervised = F.cross_entropy(self._logits(labelled_view), labels[labelled])
+        supervised = F.cross_entropy(self._logits(weak[labelled]), labels[labelled])
         unlabelled = weak[~labelled]
         if cfg.strong_augmentation:
             with torch.no_grad():
