@@ -45,10 +45,6 @@ class SelfTrainingConfig(SemiSupervisedConfig):
     labelled_batch_size: int = 64
     learning_rate_decay: float = 0.93
     dropout: float = 0.0
-    channels: int = LeNetConfig().channels  # the network's width (training/classifier.py)
-    features: int = LeNetConfig().features
-    optimizer: Literal["adam", "sgd"] = "adam"  # sgd: Nesterov momentum 0.9, FixMatch's own choice
-    weight_decay: float = 0.0
     pseudo_labels: Literal["none", "hard", "soft"] = "hard"
     threshold: float = 0.95  # predictions below this confidence are not trained on
     entropy_weight: float = 0.0
@@ -86,7 +82,7 @@ class SelfTraining(LossModel):
     def __init__(self, config: SelfTrainingConfig):
         super().__init__()
         self.config = config
-        self.network = LeNet(LeNetConfig(dropout=config.dropout, channels=config.channels, features=config.features))
+        self.network = LeNet(LeNetConfig(dropout=config.dropout))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training steps so far, for the ramp
         self.register_buffer("predicted_mean", torch.full((CLASSES,), 1.0 / CLASSES))  # for distribution alignment
         if config.class_thresholds:  # per class, the share of unlabelled images predicted as it at `threshold` or above
@@ -106,11 +102,7 @@ class SelfTraining(LossModel):
         return self.network(images)[0]
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        cfg = self.config
-        parameters = self.network.parameters()
-        if cfg.optimizer == "sgd":
-            return {"model": torch.optim.SGD(parameters, lr=cfg.learning_rate, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)}
-        return {"model": torch.optim.Adam(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)}
+        return {"model": torch.optim.Adam(self.network.parameters(), lr=self.config.learning_rate)}
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, optimizers: dict) -> dict[str, float]:
         terms = super().train_step(images, labels, optimizers)
