@@ -45,7 +45,6 @@ class M1Config(SemiSupervisedConfig, VAEConfig):
     hidden: int = 600
     hidden_layers: int = 2
     classifier_weight_decay: float = 1e-3  # L2 on the classifier: it sees 100 points
-    kl_warmup_steps: int = 0  # the KL term's weight rises linearly from 0 to 1 over these steps; 0: none
 
 
 class M1(VAE):
@@ -54,17 +53,12 @@ class M1(VAE):
     def __init__(self, config: M1Config):
         super().__init__(config)
         self.classifier = nn.Linear(config.latent_dim, CLASSES)
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training steps so far, for the warm-up
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.encode(images)[0])
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> Losses:
         elbo = super().loss(images)
-        if self.training and self.config.kl_warmup_steps:
-            self.steps += 1
-            kl_weight = min(1.0, self.steps.item() / self.config.kl_warmup_steps)
-            elbo.total = elbo.total - (1 - kl_weight) * elbo.kl
         labelled = labels >= 0
         logits = self.classifier(self.encode(images[labelled])[0].detach())
         cross_entropy = F.cross_entropy(logits, labels[labelled])

@@ -47,9 +47,7 @@ class VAE(LossModel):
         logits = self.decoder(self.reparameterize(mean, log_variance))
         reconstruction = F.binary_cross_entropy_with_logits(logits, images, reduction="sum") / len(images)
         kl = -0.5 * torch.sum(1 + log_variance - mean**2 - log_variance.exp()) / len(images)
-        losses = Losses(reconstruction + kl, {"reconstruction": reconstruction.item(), "kl": kl.item()})
-        losses.kl = kl
-        return losses
+        return Losses(reconstruction + kl, {"reconstruction": reconstruction.item(), "kl": kl.item()})
 
     @torch.no_grad()
     def preview(self, images: torch.Tensor) -> torch.Tensor:
