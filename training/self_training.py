@@ -59,7 +59,6 @@ class SelfTrainingConfig(SemiSupervisedConfig):
     class_thresholds: bool = False
     weak_shift: int = 2
     ema_decay: float = 0.0  # > 0: serve a moving average of the network's weights; 0: the network itself
-    average_targets: bool = False  # pseudo-labels from the weight average, as Mean Teacher's (needs ema_decay)
 
 
 class EntropyMinConfig(SelfTrainingConfig):
@@ -122,8 +121,7 @@ class SelfTraining(LossModel):
         unlabelled = weak[~labelled]
         if cfg.strong_augmentation:
             with torch.no_grad():
-                teacher = self.network_average if cfg.average_targets else self.network
-                targets = F.softmax(teacher(unlabelled)[0], 1)
+                targets = F.softmax(self._logits(unlabelled), 1)
             logits = self._logits(strong_augment(images[~labelled], cfg.cutout, cfg.stroke_jitter))
         else:
             logits = self._logits(unlabelled)
