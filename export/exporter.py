@@ -22,8 +22,8 @@ from google.protobuf import text_format
 import tritonclient.grpc
 from tritonclient.grpc import model_config_pb2
 
-from serving import repository
-from serving.mnist import Mnist
+from latentserve import repository
+from latentserve.datasets import Mnist
 from training.registry import Graph, TensorSpec
 from training.train import load_checkpoint, load_model
 

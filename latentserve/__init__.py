@@ -1,1 +1,2 @@
-"""latentserve: the public gRPC API (latentserve.v1, generated from proto/) and the `latentserve` CLI."""
+"""latentserve: the public gRPC API (latentserve.v1, generated from proto/), the contract and data that
+training, export and serving share, and the `latentserve` CLI."""

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from latentserve.v1 import common_pb2, generator_pb2, generator_pb2_grpc
-from serving.images import save_grid
+from latentserve.grid import save_grid
 
 GRID_IMAGES = 100
 

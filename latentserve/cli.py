@@ -18,7 +18,7 @@ def _parse_overrides(pairs: list[str]) -> dict:
 
 
 def cmd_train(args) -> None:
-    from serving.mnist import load_mnist
+    from latentserve.datasets import load_mnist
     from training.train import train
 
     run_dir = args.run_dir or Path("runs") / args.model
@@ -28,7 +28,7 @@ def cmd_train(args) -> None:
 
 def cmd_export(args) -> None:
     from export.exporter import export_checkpoint, load_into_triton
-    from serving.mnist import load_mnist
+    from latentserve.datasets import load_mnist
 
     written = export_checkpoint(args.checkpoint, args.repository, load_mnist(args.idx_dir))
     for path in written:

@@ -35,8 +35,8 @@ from latentserve.v1 import (
     translator_pb2,
     translator_pb2_grpc,
 )
-from serving import repository
-from serving.mnist import load_mnist
+from latentserve import repository
+from latentserve.datasets import load_mnist
 from serving.settings import Settings
 from serving.triton_server import free_ports
 

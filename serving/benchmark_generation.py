@@ -17,9 +17,10 @@ import grpc
 import numpy as np
 
 from latentserve.v1 import common_pb2, generator_pb2, generator_pb2_grpc
-from serving import repository
+from latentserve import repository
 from serving.benchmark import gateway_process, gateway_session
-from serving.generation import CAPABILITY, IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, latent_dim_of, sample_latents
+from latentserve.contract import GENERATE as CAPABILITY, IMAGE as IMAGE_OUTPUT, LABEL as LABEL_INPUT, LATENT as LATENT_INPUT
+from latentserve.latents import sample_latents
 
 CHUNK = 256
 STREAM_IMAGES = 20_480
@@ -30,7 +31,7 @@ MODELS = ("dcgan", "acgan")
 def direct(entry: repository.Entry, threads: int, duration: float) -> float:
     """Images per second of the bare graph on `threads` threads, each looping over one batch of `CHUNK`."""
     session = gateway_session(entry.version_path(entry.versions[0]) / repository.ONNX_FILE)
-    feeds = {LATENT_INPUT: sample_latents(0, 0, CHUNK, latent_dim_of(entry))}
+    feeds = {LATENT_INPUT: sample_latents(0, 0, CHUNK, entry.latent_dim)}
     if entry.classes:
         feeds[LABEL_INPUT] = (np.arange(CHUNK) % entry.classes)[:, None]
     done, lock, stop_at = [0], threading.Lock(), time.perf_counter() + duration

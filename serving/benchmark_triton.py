@@ -19,9 +19,9 @@ import numpy as np
 import tritonclient.grpc.aio as triton_client
 from google.protobuf import text_format
 
-from serving import repository
+from latentserve import repository
 from serving.benchmark import CONCURRENCY, drive, summary, gateway_process, through_gateway
-from serving.mnist import load_mnist
+from latentserve.datasets import load_mnist
 from serving.triton_server import TritonServer
 
 MODEL = "autoencoder_encoder"

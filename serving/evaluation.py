@@ -6,10 +6,10 @@ the real-vs-real floor. The class-conditional model is also scored as truncation
 """
 from pathlib import Path
 
-from serving import quality
-from serving.generation import CAPABILITY
-from serving.mnist import load_mnist
-from serving.repository import read_repository
+from latentserve import quality
+from latentserve.contract import GENERATE as CAPABILITY
+from latentserve.datasets import load_mnist
+from latentserve.repository import read_repository
 
 TRUNCATIONS = (None, 1.0, 0.75, 0.5)
 

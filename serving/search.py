@@ -9,7 +9,7 @@ from serving.errors import FailedPrecondition, InvalidArgument, NotFound, Resour
 from serving.index import Binding, CodeIndex, Hit, NewItem
 from serving.label_propagation import Method, knn_graph, propagate
 from serving.runtime import encoder_entry
-from serving.mnist import load_mnist
+from latentserve.datasets import load_mnist
 
 log = logging.getLogger(__name__)
 GALLERY_MARK = "gallery:mnist-test"

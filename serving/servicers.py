@@ -20,7 +20,8 @@ from latentserve.v1 import (
     translator_pb2_grpc,
 )
 from serving.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from serving.generation import Generated, check_truncation, interpolate, sample_latents
+from latentserve.latents import sample_latents
+from serving.generation import Generated, check_truncation, interpolate
 from serving.images import TENSOR_DTYPES, decode_batch, decode_image, encode_png
 from serving.settings import Settings
 
@@ -80,7 +81,7 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
             info = models.setdefault(entry.model, models_pb2.ModelInfo(name=entry.model))
             graph = info.graphs.add(name=entry.graph, capability=entry.capability, repository_name=entry.name)
             for tensors, target in ((entry.inputs, graph.inputs), (entry.outputs, graph.outputs)):
-                target.extend(models_pb2.TensorInfo(name=t.name, dtype=API_DTYPES.get(t.dtype.name, 0), dims=t.dims) for t in tensors)
+                target.extend(models_pb2.TensorInfo(name=t.name, dtype=API_DTYPES.get(t.dtype, 0), dims=t.dims) for t in tensors)
             for version in entry.versions:
                 card = entry.cards[version]
                 metrics = {k: float(v) for k, v in card.get("metrics", {}).items() if isinstance(v, (int, float))}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.errors import InvalidArgument, NotFound
-from serving.repository import Entry
+from latentserve.repository import Entry
 from serving.runtime import InflightLimit, Runtime, resolve
 
 CAPABILITY = "translate"

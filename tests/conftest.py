@@ -11,7 +11,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from latentserve.v1 import common_pb2
-from serving.mnist import Mnist, Split, load_mnist
+from latentserve.datasets import Mnist, Split, load_mnist
 from serving.server import Server
 from serving.settings import Settings
 

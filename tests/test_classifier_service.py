@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from latentserve.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
-from serving import repository
+from latentserve import repository
 from tests.conftest import MODEL_REPOSITORY, RunningGateway, tensor_batch
 
 CLASSIFIER = "fixmatch"

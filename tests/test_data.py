@@ -4,8 +4,8 @@ import gzip
 import numpy as np
 import pytest
 
-from serving import mnist as mnist_module
-from serving.mnist import BUNDLED_SHA256, load_mnist
+from latentserve import datasets
+from latentserve.datasets import BUNDLED_SHA256, load_mnist
 
 
 def test_bundled_splits_are_kingmas(mnist):
@@ -17,7 +17,7 @@ def test_bundled_splits_are_kingmas(mnist):
 
 
 def test_a_bundled_file_with_another_checksum_is_refused(monkeypatch):
-    monkeypatch.setattr(mnist_module, "BUNDLED_SHA256", "0" * 64)
+    monkeypatch.setattr(datasets, "BUNDLED_SHA256", "0" * 64)
     with pytest.raises(ValueError, match="does not match"):
         load_mnist()
 

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from serving.repository import CONFIG_FILE, NATIVE_CONFIG_FILE, ONNX_FILE, available_versions, read_config
+from latentserve.repository import CONFIG_FILE, NATIVE_CONFIG_FILE, ONNX_FILE, available_versions, read_config
 from serving.settings import Settings
 from tests.conftest import MODEL_REPOSITORY, ROOT
 

@@ -4,7 +4,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from serving import repository
+from latentserve import repository
 from serving.encoding import Encoding
 from serving.errors import ResourceExhausted
 from serving.runtime import InflightLimit

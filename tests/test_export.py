@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from export import exporter
-from serving import repository
+from latentserve import repository
 from training.train import load_checkpoint, load_model, train
 
 TINY = {"channels": 8, "code_dim": 8, "hash_bits": 16, "epochs": 1}

@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
 from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, models_pb2, models_pb2_grpc, search_pb2, search_pb2_grpc
-from serving import repository
+from latentserve import repository
 from serving.settings import Settings
 from tests.conftest import MODEL_REPOSITORY, RunningGateway, assert_refused, wait_for
 

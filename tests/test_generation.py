@@ -3,8 +3,9 @@ quality measures (FID, classifier score, diversity)."""
 import numpy as np
 import pytest
 
-from serving.generation import interpolate, sample_latents
-from serving.quality import classifier_score, frechet_distance, intra_class_diversity
+from latentserve.latents import sample_latents
+from serving.generation import interpolate
+from latentserve.quality import classifier_score, frechet_distance, intra_class_diversity
 
 
 def test_a_sample_depends_only_on_seed_and_index():

@@ -12,8 +12,8 @@ from grpc_status import rpc_status
 from PIL import Image
 
 from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, generator_pb2, generator_pb2_grpc
-from serving import repository
-from serving.generation import latent_dim_of, sample_latents
+from latentserve import repository
+from latentserve.latents import sample_latents
 from tests.conftest import MODEL_REPOSITORY, RunningGateway, wait_for
 
 CONDITIONAL, UNCONDITIONAL = "acgan", "dcgan"
@@ -67,7 +67,7 @@ def test_generate_matches_the_graph_run_directly_on_the_same_latents(stub):
         response = stub.Generate(generator_pb2.GenerateRequest(
             model=model(name), count=6, sampling=generator_pb2.Sampling(seed=11, start_index=3)
         ))
-        latents = sample_latents(11, 3, 6, latent_dim_of(entry))
+        latents = sample_latents(11, 3, 6, entry.latent_dim)
         np.testing.assert_array_equal(latents_of(response), latents)
         feeds = {"latent": latents}
         if entry.classes:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.optim.swa_utils import update_bn
 
-from serving.generation import sample_latents
+from latentserve.latents import sample_latents
 from training.gan import AVERAGE_STATISTICS_BATCHES, latent_code
 from training.registry import build, models
 

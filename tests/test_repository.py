@@ -1,7 +1,7 @@
 """Reading the model repository: Triton's version policies."""
 from tritonclient.grpc import model_config_pb2
 
-from serving.repository import select_versions
+from latentserve.repository import select_versions
 
 AVAILABLE = [1, 2, 3, 5]
 

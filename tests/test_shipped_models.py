@@ -3,9 +3,9 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from serving import repository
-from serving.mnist import BUNDLED_SHA256
-from serving.quality import FeatureNetwork, evaluate_entry, real_floor
+from latentserve import repository
+from latentserve.datasets import BUNDLED_SHA256
+from latentserve.quality import FeatureNetwork, evaluate_entry, real_floor
 from serving.settings import Settings
 from tests.conftest import MODEL_REPOSITORY
 from training import retrieval

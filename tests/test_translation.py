@@ -1,5 +1,5 @@
 """Translation: the shared building blocks, pix2pix and CycleGAN (training/translation.py), the image
-domains (serving/domains.py) and the translation quality measures (serving/quality.py)."""
+domains (latentserve/datasets.py) and the translation quality measures (latentserve/quality.py)."""
 import copy
 import json
 
@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from export import exporter
-from serving import domains, quality, repository
+from latentserve import datasets, quality, repository
 from training.registry import build
 from training.train import load_checkpoint, load_model, train
 from training.translation import ImagePool, PatchGAN, ResNetGenerator, UNet, gan_loss
@@ -55,15 +55,15 @@ def test_image_pool_fills_then_mixes_old_fakes_in():
 def test_edge_map_is_the_outline_just_outside_the_digit():
     image = np.zeros((28, 28), np.float32)
     image[10:15, 10:15] = 1
-    edges = domains.edge_map(image)
+    edges = datasets.edge_map(image)
     assert edges[10:15, 10:15].sum() == 0  # the digit itself is not an edge
     assert edges[9, 10:15].all() and edges[15, 10:15].all() and edges[10:15, 9].all() and edges[10:15, 15].all()
     assert edges.sum() == 20  # 4-neighbour: no corners
-    assert domains.edge_map(np.zeros((2, 1, 28, 28))).sum() == 0
+    assert datasets.edge_map(np.zeros((2, 1, 28, 28))).sum() == 0
 
 
 def test_uci_digits_are_framed_like_mnist_and_the_uci_classifier_reads_them():
-    uci = domains.load_uci_digits()
+    uci = datasets.load_uci_digits()
     assert uci.train.images.shape == (1297, 28, 28) and uci.test.images.shape == (500, 28, 28)
     outside = np.ones((28, 28), bool)
     outside[4:24, 4:24] = False
@@ -75,7 +75,7 @@ def test_scans_are_the_central_box_resized_to_8x8_as_pil_does(mnist):
     images = mnist.test.images[:20]
     resized = [Image.fromarray(image[4:24, 4:24], mode="F").resize((8, 8), Image.Resampling.BOX) for image in images]
     expected = np.stack([np.asarray(scan) for scan in resized]).reshape(20, 64) * 16
-    np.testing.assert_allclose(domains.to_scans(images), expected, atol=1e-5)
+    np.testing.assert_allclose(datasets.to_scans(images), expected, atol=1e-5)
 
 
 def test_ssim_and_psnr_rank_copies_above_noise(mnist):
@@ -91,7 +91,7 @@ def test_a_cyclegan_step_lowers_the_cycle_loss(mnist):
     model = build("cyclegan", {"channels": 8, "residual_blocks": 1})
     optimizers = model.optimizers()
     images, labels = torch.from_numpy(mnist.train.images[:32, None]), torch.from_numpy(mnist.train.labels[:32])
-    uci_train = domains.load_uci_digits().train
+    uci_train = datasets.load_uci_digits().train
     uci, uci_labels = torch.from_numpy(uci_train.images[:32, None]), torch.from_numpy(uci_train.labels[:32])
 
     def cycle() -> float:
@@ -109,7 +109,7 @@ def test_semantic_consistency_fits_a_frozen_scan_reader_per_domain(small_mnist):
     model = build("cyclegan", {"channels": 4, "residual_blocks": 1, "semantic_weight": 1.0})
     train_images, train_labels = torch.from_numpy(small_mnist.train.images[:, None]), torch.from_numpy(small_mnist.train.labels).long()
     model.initialise(train_images, train_labels)
-    uci, mnist = domains.load_uci_digits().test, small_mnist.test
+    uci, mnist = datasets.load_uci_digits().test, small_mnist.test
     with torch.no_grad():  # each reads held-out digits of its own domain (the MNIST one fitted on 512)
         assert (model.uci_reader(torch.from_numpy(uci.images[:, None])).argmax(1).numpy() == uci.labels).mean() > 0.95
         assert (model.mnist_reader(torch.from_numpy(mnist.images[:1000, None])).argmax(1).numpy() == mnist.labels[:1000]).mean() > 0.8

@@ -13,7 +13,7 @@ from PIL import Image
 
 from export import exporter
 from latentserve.v1 import common_pb2, translator_pb2, translator_pb2_grpc
-from serving import domains, quality, repository
+from latentserve import datasets, quality, repository
 from tests.conftest import MODEL_REPOSITORY, RunningGateway, assert_refused, tensor_batch
 from training.registry import Graph, TensorSpec
 
@@ -219,9 +219,9 @@ def test_the_shipped_directions_are_listed(shipped):
 @pytest.mark.parametrize("direction", sorted(SHIPPED))
 def test_each_shipped_direction_translates_and_keeps_the_label(shipped, mnist, direction):
     features = quality.FeatureNetwork(MODEL_REPOSITORY)
-    uci = domains.load_uci_digits().test
+    uci = datasets.load_uci_digits().test
     source, labels = {
-        "edges2digit": (domains.edge_map(mnist.test.images[:500]), mnist.test.labels[:500]),
+        "edges2digit": (datasets.edge_map(mnist.test.images[:500]), mnist.test.labels[:500]),
         "mnist2uci": (mnist.test.images[:500], mnist.test.labels[:500]),
         "uci2mnist": (uci.images, uci.labels),
     }[direction]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from serving.mnist import Mnist
+from latentserve.datasets import Mnist
 from training import retrieval
 from training.registry import Graph, LossModel, Losses, TensorSpec, TrainConfig
 

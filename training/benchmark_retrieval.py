@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from serving import repository
-from serving.mnist import load_mnist
+from latentserve import repository
+from latentserve.datasets import load_mnist
 from training import retrieval
 
 PUBLISHED = (

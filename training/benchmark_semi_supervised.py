@@ -15,9 +15,9 @@ import numpy as np
 import onnxruntime
 import torch
 
-from serving import repository
+from latentserve import repository
 from serving.label_propagation import knn_graph, propagate
-from serving.mnist import CLASSES, load_mnist
+from latentserve.datasets import CLASSES, load_mnist
 from training import retrieval
 from training.benchmark_retrieval import encode_with_onnx
 from training.semi_supervised import SemiSupervisedConfig, evaluate_classifier, labelled_indices

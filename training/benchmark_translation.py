@@ -1,8 +1,8 @@
 """`latentserve eval translation`: the translation tables of docs/benchmarks.md.
 
 The shipped translators run in onnxruntime from the model repository, as served; `--checkpoints` adds
-trained runs that are not shipped (the L1-only U-Net baseline), run in PyTorch. Measures: serving/quality.py
-(`evaluate_paired`, `evaluate_unpaired`); data: serving/domains.py. `--grids DIR` also writes the README's
+trained runs that are not shipped (the L1-only U-Net baseline), run in PyTorch. Measures: latentserve/quality.py
+(`evaluate_paired`, `evaluate_unpaired`); data: latentserve/datasets.py. `--grids DIR` also writes the README's
 grids: per shipped model, the first 16 test images of each direction, translated.
 """
 from pathlib import Path
@@ -11,10 +11,10 @@ import numpy as np
 import onnxruntime
 import torch
 
-from serving import domains, quality, repository
-from serving.images import save_grid
-from serving.mnist import load_mnist
-from serving.translation import CAPABILITY, IMAGE_INPUT, TRANSLATED_OUTPUT
+from latentserve import datasets, quality, repository
+from latentserve.grid import save_grid
+from latentserve.datasets import load_mnist
+from latentserve.contract import IMAGE as IMAGE_INPUT, TRANSLATE as CAPABILITY, TRANSLATED as TRANSLATED_OUTPUT
 from training.train import load_checkpoint, load_model
 
 PAIRED, UNPAIRED = "edges2digit", ("mnist2uci", "uci2mnist")
@@ -33,10 +33,10 @@ def write_grid(translators: dict[str, quality.Translator], data, path: Path) -> 
     the translations translated back (unpaired)."""
     digits = data.test.images[:GRID_IMAGES, None]
     if PAIRED in translators:
-        edges = domains.edge_map(digits)
+        edges = datasets.edge_map(digits)
         rows = [edges, translators[PAIRED](edges), digits]
     else:
-        uci = domains.load_uci_digits().test.images[:GRID_IMAGES, None]
+        uci = datasets.load_uci_digits().test.images[:GRID_IMAGES, None]
         there, back = (translators[d] for d in UNPAIRED)
         rows = [digits, there(digits), back(there(digits)), uci, back(uci), there(back(uci))]
     save_grid(np.concatenate(rows), path, GRID_IMAGES)

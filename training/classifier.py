@@ -1,5 +1,5 @@
 """LeNet-style MNIST classifier, trained on all 50k labels: the project's feature network for judging
-generated images (FID in its feature space, classifier score, class accuracy; see serving/quality.py).
+generated images (FID in its feature space, classifier score, class accuracy; see latentserve/quality.py).
 
 Two 5x5 convolution + max-pool blocks, a 128-unit hidden layer (the features) with dropout, ten logits.
 Training shifts each image by up to `max_shift` pixels, a cheap augmentation that is worth ~0.2 points.
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from serving.mnist import CLASSES, Mnist
+from latentserve.datasets import CLASSES, Mnist
 from training.registry import Graph, LossModel, Losses, TensorSpec, TrainConfig
 
 

@@ -6,7 +6,7 @@ samples come from the same latents the gateway draws for every generator.
 import torch
 from torch import nn
 
-from serving.mnist import Mnist
+from latentserve.datasets import Mnist
 from training.gan import evaluate_generator_graph
 from training.registry import Graph, LossModel, TensorSpec, TrainConfig
 from training.vae import VAE

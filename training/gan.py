@@ -21,8 +21,8 @@ from pydantic import model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from serving.mnist import CLASSES, Mnist
-from serving.quality import evaluate_generator
+from latentserve.datasets import CLASSES, Mnist
+from latentserve.quality import evaluate_generator
 from training.registry import Graph, TensorSpec, TrainConfig, optimizer_step, update_average
 
 PREVIEW_SAMPLES = 64

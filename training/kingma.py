@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from serving.mnist import CLASSES, Mnist
+from latentserve.datasets import CLASSES, Mnist
 from training.classifier import error_rate
 from training.registry import Graph, LossModel, Losses
 from training.semi_supervised import SemiSupervisedConfig, classifier_graph, evaluate_classifier

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.mnist import Mnist
+from latentserve.datasets import Mnist
 
 QUERIES_PER_CLASS = 100
 PROTOCOL_SEED = 0

@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from torch.nn import functional as F
 
-from serving.mnist import CLASSES, Mnist
+from latentserve.datasets import CLASSES, Mnist
 from training.classifier import LeNet, LeNetConfig, error_rate, shift
 from training.registry import Graph, Losses, LossModel, update_average
 from training.semi_supervised import SemiSupervisedConfig, classifier_graph, evaluate_classifier

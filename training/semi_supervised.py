@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from serving.mnist import CLASSES, Mnist
+from latentserve.datasets import CLASSES, Mnist
 from training.classifier import error_rate
 from training.registry import Graph, TensorSpec, TrainConfig
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from serving.mnist import Mnist
-from serving.images import save_grid
+from latentserve.datasets import Mnist
+from latentserve.grid import save_grid
 from training.registry import build, model_class
 from training.semi_supervised import SemiSupervisedConfig, hide_labels
 

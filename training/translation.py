@@ -4,7 +4,7 @@ Building blocks, defined once: `UNet` and `ResNetGenerator` (they upsample by ne
 not transposed convolutions, which leave checkerboard artefacts: Odena et al. 2016), `PatchGAN`,
 `gan_loss` (vanilla or least squares) and `ImagePool`. Instance norm throughout, so a served image never
 depends on the others in its batch.
-- pix2pix (Isola et al. 2017), direction `edges2digit`: a U-Net from the edge map (serving/domains.py) to
+- pix2pix (Isola et al. 2017), direction `edges2digit`: a U-Net from the edge map (latentserve/datasets.py) to
   the digit; D judges (edge map, digit) pairs patch by patch; G minimises the conditional GAN loss +
   `l1_weight` x L1 to the real digit. `adversarial=False` trains the same U-Net on L1 alone, the paper's
   ablation baseline. No dropout noise: the task is close to deterministic.
@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from serving import domains, quality
-from serving.mnist import CLASSES, Mnist
+from latentserve import datasets, quality
+from latentserve.datasets import CLASSES, Mnist
 from training.registry import Graph, TensorSpec, TrainConfig, optimizer_step
 
 IMAGE = TensorSpec("image", "float32", (1, 28, 28))
@@ -138,18 +138,18 @@ class ImagePool(nn.Module):
 
 class ScanReader(nn.Module):
     """A digit classifier that sees an image only as the UCI SVM does: its central box averaged into
-    8x8 cells (domains.to_scans), then an MLP. The judge of `semantic_weight`, coarse on purpose: a
+    8x8 cells (datasets.to_scans), then an MLP. The judge of `semantic_weight`, coarse on purpose: a
     translator can satisfy it only by drawing the digit's shape, not with pixel patterns. Frozen
     (fitted once by `fit`), so a translator's gradient passes through it without changing it."""
 
     def __init__(self):
         super().__init__()
-        self.register_buffer("cell_weights", torch.from_numpy(domains.scan_weights()), persistent=False)
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(domains.SCAN**2, 256), nn.ReLU(), nn.Linear(256, CLASSES))
+        self.register_buffer("cell_weights", torch.from_numpy(datasets.scan_weights()), persistent=False)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(datasets.SCAN**2, 256), nn.ReLU(), nn.Linear(256, CLASSES))
         self.requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        m, box = domains.MARGIN, domains.BOX
+        m, box = datasets.MARGIN, datasets.BOX
         return self.net(self.cell_weights @ images[:, 0, m : m + box, m : m + box] @ self.cell_weights.T)
 
     def fit(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> None:
@@ -181,7 +181,7 @@ def translator_graph(generator: nn.Module) -> Graph:
 
 
 def _edges(images: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(domains.edge_map(images.numpy()))
+    return torch.from_numpy(datasets.edge_map(images.numpy()))
 
 
 class Pix2PixConfig(TrainConfig):
@@ -265,7 +265,7 @@ class CycleGANConfig(TrainConfig):
 
 
 class CycleGAN(nn.Module):
-    """MNIST (the training loop's batches) <-> UCI digits (drawn here from serving/domains.py)."""
+    """MNIST (the training loop's batches) <-> UCI digits (drawn here from latentserve/datasets.py)."""
 
     Config = CycleGANConfig
 
@@ -284,7 +284,7 @@ class CycleGAN(nn.Module):
     def initialise(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """At the start of a fresh run: fit the semantic term's readers, if the config has the term."""
         if self.config.semantic_weight:
-            uci = domains.load_uci_digits().train
+            uci = datasets.load_uci_digits().train
             self.mnist_reader.fit(images, labels, self.config.seed)
             self.uci_reader.fit(torch.from_numpy(uci.images[:, None]), torch.from_numpy(uci.labels), self.config.seed)
 
@@ -315,7 +315,7 @@ class CycleGAN(nn.Module):
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, optimizers: dict) -> dict[str, float]:
         cfg = self.config
-        uci_train = domains.load_uci_digits().train
+        uci_train = datasets.load_uci_digits().train
         drawn = torch.randint(len(uci_train.images), (len(images),))
         uci, uci_labels = torch.from_numpy(uci_train.images[drawn.numpy(), None]), torch.from_numpy(uci_train.labels[drawn.numpy()])
         terms = self.losses(images, labels, uci, uci_labels)
@@ -335,14 +335,14 @@ class CycleGAN(nn.Module):
     def validate(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """Label preservation of both directions: MNIST validation images into the UCI domain, and the
         UCI training scans (the test scans are kept for the model card) into MNIST."""
-        uci = domains.load_uci_digits().train
+        uci = datasets.load_uci_digits().train
         to_uci, to_mnist = _runner(self.mnist2uci)(images.numpy()), _runner(self.uci2mnist)(uci.images[:, None])
         return quality.label_preservation(to_uci, labels.numpy(), to_mnist, uci.labels, quality.FeatureNetwork())
 
     @torch.no_grad()
     def preview(self, images: torch.Tensor) -> torch.Tensor:
         """Rows: MNIST, into UCI, back; UCI, into MNIST, back."""
-        uci = torch.from_numpy(domains.load_uci_digits().train.images[:PREVIEW_UCI, None])
+        uci = torch.from_numpy(datasets.load_uci_digits().train.images[:PREVIEW_UCI, None])
         to_uci, to_mnist = self.mnist2uci(images), self.uci2mnist(uci)
         return torch.cat([images, to_uci, self.uci2mnist(to_uci), uci, to_mnist, self.mnist2uci(to_mnist)])
 

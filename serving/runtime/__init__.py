@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from serving.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from serving.repository import Entry
+from latentserve.repository import Entry
 
 
 class Runtime(Protocol):

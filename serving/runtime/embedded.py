@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime
 
 from serving.errors import DeadlineExceeded, NotFound
-from serving.repository import CONFIG_FILE, ONNX_FILE, Entry, read_repository
+from latentserve.repository import CONFIG_FILE, ONNX_FILE, Entry, read_repository
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, ServingError, Unavailable
-from serving.repository import Entry, read_repository
+from latentserve.repository import Entry, read_repository
 
 log = logging.getLogger(__name__)
 

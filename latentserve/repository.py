@@ -11,9 +11,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
+
+from latentserve.contract import LATENT, TensorSpec
 
 CONFIG_FILE = "config.pbtxt"
 NATIVE_CONFIG_FILE = "configs/native.pbtxt"
@@ -26,14 +27,7 @@ TRITON_DTYPES = {
     "uint8": model_config_pb2.TYPE_UINT8,
     "int64": model_config_pb2.TYPE_INT64,
 }
-NUMPY_DTYPES = {triton: np.dtype(name) for name, triton in TRITON_DTYPES.items()}
-
-
-@dataclass(frozen=True)
-class TensorSignature:
-    name: str
-    dtype: np.dtype
-    dims: tuple[int, ...]  # without the batch axis
+DTYPE_NAMES = {triton: name for name, triton in TRITON_DTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -46,14 +40,19 @@ class Entry:
     graph: str
     capability: str
     max_batch_size: int
-    inputs: tuple[TensorSignature, ...]
-    outputs: tuple[TensorSignature, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
     versions: tuple[int, ...]
     cards: dict[int, dict]  # model card of every version on disk
     classes: int = 0  # a class-conditional graph's labels are 0..classes-1
 
     def version_path(self, version: int) -> Path:
         return self.path / str(version)
+
+    @property
+    def latent_dim(self) -> int:
+        """The size of a generator graph's latent input."""
+        return next(tensor.dims[0] for tensor in self.inputs if tensor.name == LATENT)
 
 
 def read_config(path: Path) -> model_config_pb2.ModelConfig:
@@ -78,8 +77,8 @@ def select_versions(config: model_config_pb2.ModelConfig, available: list[int]) 
     return tuple(sorted(chosen, reverse=True))
 
 
-def _signature(tensors) -> tuple[TensorSignature, ...]:
-    return tuple(TensorSignature(t.name, NUMPY_DTYPES[t.data_type], tuple(t.dims)) for t in tensors)
+def _signature(tensors) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(t.name, DTYPE_NAMES[t.data_type], tuple(t.dims)) for t in tensors)
 
 
 def read_entry(path: Path) -> Entry:

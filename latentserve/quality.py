@@ -3,6 +3,7 @@ graph `classifier`: probabilities and 128 penultimate features). Inception-based
 and its weights cannot be downloaded here, so FID, the classifier score ("inception score") and class
 accuracy are all computed with that classifier, always beside the same figures for real data.
 """
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,11 +11,13 @@ import numpy as np
 import onnxruntime
 from scipy.ndimage import gaussian_filter
 
-from serving import domains
+from sklearn.svm import SVC
 
-from serving.generation import IMAGE_OUTPUT, LABEL_INPUT, LATENT_INPUT, latent_dim_of, sample_latents
-from serving.mnist import Mnist
-from serving.repository import ONNX_FILE, Entry, read_repository
+from latentserve import datasets
+from latentserve.contract import IMAGE, LABEL, LATENT
+from latentserve.datasets import Mnist
+from latentserve.latents import sample_latents
+from latentserve.repository import ONNX_FILE, Entry, read_repository
 
 FEATURE_ENTRY = "lenet_classifier"
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
@@ -102,9 +105,9 @@ def evaluate_generator(
     images = []
     for start in range(0, samples, BATCH):
         count = min(BATCH, samples - start)
-        feeds = {LATENT_INPUT: sample_latents(SEED, start, count, latent_dim, truncation)}
+        feeds = {LATENT: sample_latents(SEED, start, count, latent_dim, truncation)}
         if classes:
-            feeds[LABEL_INPUT] = labels[start : start + count, None]
+            feeds[LABEL] = labels[start : start + count, None]
         images.append(run(feeds))
     probabilities, sample_features = features(np.concatenate(images))
     _, test_features = features.test_set(data)
@@ -122,7 +125,7 @@ def evaluate_entry(entry: Entry, data: Mnist, features: FeatureNetwork, truncati
                    samples: int = SAMPLES) -> dict[str, float]:
     """`evaluate_generator` on the newest version of a repository generator, run in onnxruntime."""
     session = onnxruntime.InferenceSession(str(entry.version_path(entry.versions[0]) / ONNX_FILE), providers=["CPUExecutionProvider"])
-    return evaluate_generator(lambda feeds: session.run([IMAGE_OUTPUT], feeds)[0], latent_dim_of(entry), entry.classes, data, features,
+    return evaluate_generator(lambda feeds: session.run([IMAGE], feeds)[0], entry.latent_dim, entry.classes, data, features,
                               truncation, samples)
 
 
@@ -155,7 +158,7 @@ def evaluate_paired(edges2digit: Translator, data: Mnist, features: FeatureNetwo
     MNIST classifier's accuracy on the translations against the digits' labels (pix2pix's FCN score), and
     FID of the translations to the real digits (how real they look as a set; `real_floor` is its floor)."""
     target = data.test.images[:, None]
-    translated = edges2digit(domains.edge_map(target))
+    translated = edges2digit(datasets.edge_map(target))
     probabilities, translated_features = features(translated)
     return {
         "l1": float(np.abs(translated - target).mean()),
@@ -166,8 +169,15 @@ def evaluate_paired(edges2digit: Translator, data: Mnist, features: FeatureNetwo
     }
 
 
+@functools.cache
+def uci_classifier() -> SVC:
+    """Predicts digits of UCI-domain images from their scans (`to_scans`)."""
+    train = datasets.load_uci_digits().train
+    return SVC(gamma=0.001).fit(datasets.to_scans(train.images), train.labels)
+
+
 def classify_uci(images: np.ndarray) -> np.ndarray:
-    return domains.uci_classifier().predict(domains.to_scans(images))
+    return uci_classifier().predict(datasets.to_scans(images))
 
 
 def label_preservation(to_uci: np.ndarray, mnist_labels: np.ndarray, to_mnist: np.ndarray, uci_labels: np.ndarray,
@@ -184,7 +194,7 @@ def evaluate_unpaired(mnist2uci: Translator, uci2mnist: Translator, data: Mnist,
     """Both directions on the test splits (10k MNIST, 500 UCI): label preservation beside the identity map
     (the untranslated image given to the target domain's classifier), cycle L1, and FID to the target
     domain's test images with its real-vs-real floor, both on 500 images (the UCI test split's size)."""
-    uci = domains.load_uci_digits()
+    uci = datasets.load_uci_digits()
     mnist_images, uci_images = data.test.images[:, None], uci.test.images[:, None]
     n = len(uci_images)
     to_uci, to_mnist = mnist2uci(mnist_images), uci2mnist(uci_images)
