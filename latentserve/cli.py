@@ -177,41 +177,41 @@ def cmd_generate(args) -> None:
 
 def cmd_eval(args) -> None:
     if args.what == "generation":
-        from serving.evaluation import main as evaluate
+        from benchmarks.generation_quality import main as evaluate
 
         evaluate(args.repository, args.models, args.samples)
     elif args.what == "translation":
-        from training.benchmark_translation import main as evaluate
+        from benchmarks.translation_quality import main as evaluate
 
         evaluate(args.repository, args.checkpoints, args.grids)
     elif args.what == "propagation":
-        from training.benchmark_semi_supervised import propagation
+        from benchmarks.semi_supervised import propagation
 
         propagation(args.repository, args.seeds, args.neighbours)
     else:
-        from training.benchmark_semi_supervised import classification
+        from benchmarks.semi_supervised import classification
 
         classification(args.repository, args.checkpoints)
 
 
 def cmd_bench(args) -> None:
     if args.what == "retrieval":
-        from training.benchmark_retrieval import main as bench
+        from benchmarks.retrieval import main as bench
         bench(args.repository)
     elif args.what == "serving":
-        from serving.benchmark import main as bench
+        from benchmarks.gateway import main as bench
         bench(args.repository, args.duration)
     elif args.what == "generation":
-        from serving.benchmark_generation import main as bench
+        from benchmarks.generation_stream import main as bench
         bench(args.repository, args.duration)
     elif args.what == "classification":
-        from serving.benchmark import main_classification as bench
+        from benchmarks.gateway import main_classification as bench
         bench(args.repository, args.duration)
     elif args.what == "translation":
-        from serving.benchmark import main_translation as bench
+        from benchmarks.gateway import main_translation as bench
         bench(args.repository, args.duration)
     else:
-        from serving.benchmark_triton import main as bench
+        from benchmarks.triton import main as bench
         bench(args.repository, args.duration)
 
 

@@ -3,13 +3,13 @@ import numpy as np
 import onnxruntime
 import pytest
 
+from benchmarks.retrieval import encode_with_onnx
 from latentserve import repository
 from latentserve.datasets import BUNDLED_SHA256
 from latentserve.quality import FeatureNetwork, evaluate_entry, real_floor
 from serving.settings import Settings
 from tests.conftest import MODEL_REPOSITORY
 from training import retrieval
-from training.benchmark_retrieval import encode_with_onnx
 
 ENTRIES = repository.read_repository(MODEL_REPOSITORY)
 REPOSITORY_BUDGET_BYTES = 50 * 1024 * 1024

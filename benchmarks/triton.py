@@ -20,7 +20,7 @@ import tritonclient.grpc.aio as triton_client
 from google.protobuf import text_format
 
 from latentserve import repository
-from serving.benchmark import CONCURRENCY, drive, summary, gateway_process, through_gateway
+from benchmarks.gateway import CONCURRENCY, drive, summary, gateway_process, through_gateway
 from latentserve.datasets import load_mnist
 from serving.triton_server import TritonServer
 

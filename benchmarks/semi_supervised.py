@@ -15,11 +15,11 @@ import numpy as np
 import onnxruntime
 import torch
 
+from benchmarks.retrieval import encode_with_onnx
 from latentserve import repository
 from serving.label_propagation import knn_graph, propagate
 from latentserve.datasets import CLASSES, load_mnist
 from training import retrieval
-from training.benchmark_retrieval import encode_with_onnx
 from training.semi_supervised import SemiSupervisedConfig, evaluate_classifier, labelled_indices
 from training.train import load_checkpoint, load_model
 

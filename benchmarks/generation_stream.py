@@ -18,7 +18,7 @@ import numpy as np
 
 from latentserve.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from latentserve import repository
-from serving.benchmark import gateway_process, gateway_session
+from benchmarks.gateway import gateway_process, gateway_session
 from latentserve.contract import GENERATE as CAPABILITY, IMAGE as IMAGE_OUTPUT, LABEL as LABEL_INPUT, LATENT as LATENT_INPUT
 from latentserve.latents import sample_latents
 
