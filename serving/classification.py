@@ -3,10 +3,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.runtime import InflightLimit, Runtime, resolve
-
-CAPABILITY = "classify"
-IMAGE_INPUT, PROBABILITIES_OUTPUT = "image", "probabilities"
+from latentserve.contract import CLASSIFY, IMAGE, PROBABILITIES
+from latentserve.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
+from serving import convert
+from serving.capability import Capability
 
 
 @dataclass(frozen=True)
@@ -27,15 +27,38 @@ def summarise(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return labels, confidences, entropies.astype(np.float32)
 
 
-class Classification:
-    def __init__(self, runtime: Runtime, inflight: InflightLimit):
-        self.runtime = runtime
-        self.inflight = inflight
+class Classification(Capability):
+    service = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"]
+    add_servicer = staticmethod(classifier_pb2_grpc.add_ClassifierServicer_to_server)
+
+    def servicer(self):
+        return ClassifierServicer(self)
+
+    def ready(self) -> bool:
+        return self.inference.ready(self.settings.default_classifier, CLASSIFY)
 
     async def classify(self, model: str, version: int, images: np.ndarray, timeout: float | None = None) -> Classified:
         """`images` (n, 1, 28, 28) float32 in [0, 1]; `version` 0 runs the newest loaded version."""
-        entry, version = resolve(self.runtime, model, CAPABILITY, version)
-        with self.inflight.admit(entry):
-            outputs = await self.runtime.infer(entry, version, {IMAGE_INPUT: images}, timeout)
-        probabilities = outputs[PROBABILITIES_OUTPUT]
+        entry, version = self.inference.resolve(model, CLASSIFY, version)
+        outputs = await self.inference.run(entry, version, {IMAGE: images}, timeout)
+        probabilities = outputs[PROBABILITIES]
         return Classified(model, version, probabilities, *summarise(probabilities))
+
+
+class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
+    def __init__(self, classification: Classification):
+        self.classification = classification
+
+    async def Classify(self, request, context):
+        settings = self.classification.settings
+        images = convert.decode_batch(request.images, "images", settings.max_batch_images, settings.max_image_pixels)
+        classified = await self.classification.classify(
+            request.model.name or settings.default_classifier, request.model.version, images, context.time_remaining()
+        )
+        return classifier_pb2.ClassifyResponse(
+            model=common_pb2.ModelRef(name=classified.model, version=classified.version),
+            probabilities=convert.tensor(classified.probabilities, common_pb2.DATA_TYPE_FLOAT32),
+            labels=classified.labels.tolist(),
+            confidences=classified.confidences.tolist(),
+            entropies=classified.entropies.tolist(),
+        )

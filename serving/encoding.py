@@ -3,10 +3,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.runtime import InflightLimit, Runtime, resolve
-
-CAPABILITY = "encode"
-IMAGE_INPUT, CODE_OUTPUT, BITS_OUTPUT = "image", "code", "binary_code"
+from latentserve.contract import BINARY_CODE, CODE, ENCODE, IMAGE
+from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
+from serving import convert
+from serving.capability import Capability
 
 
 @dataclass(frozen=True)
@@ -18,21 +18,43 @@ class Codes:
     num_bits: int
 
 
-class Encoding:
-    def __init__(self, runtime: Runtime, inflight: InflightLimit):
-        self.runtime = runtime
-        self.inflight = inflight
+class Encoding(Capability):
+    service = encoder_pb2.DESCRIPTOR.services_by_name["Encoder"]
+    add_servicer = staticmethod(encoder_pb2_grpc.add_EncoderServicer_to_server)
+
+    def servicer(self):
+        return EncoderServicer(self)
+
+    def ready(self) -> bool:
+        return self.inference.ready(self.settings.index_model, ENCODE)
 
     async def encode(self, model: str, version: int, images: np.ndarray, timeout: float | None = None) -> Codes:
         """`images` (n, 1, 28, 28) float32 in [0, 1]; `version` 0 runs the newest loaded version."""
-        entry, version = resolve(self.runtime, model, CAPABILITY, version)
-        with self.inflight.admit(entry):
-            outputs = await self.runtime.infer(entry, version, {IMAGE_INPUT: images}, timeout)
-        bits = outputs[BITS_OUTPUT]
-        return Codes(model, version, outputs[CODE_OUTPUT], np.packbits(bits, axis=1), bits.shape[1])
+        entry, version = self.inference.resolve(model, ENCODE, version)
+        outputs = await self.inference.run(entry, version, {IMAGE: images}, timeout)
+        bits = outputs[BINARY_CODE]
+        return Codes(model, version, outputs[CODE], np.packbits(bits, axis=1), bits.shape[1])
 
     def signature(self, model: str, version: int) -> tuple[int, int, int]:
         """(version, code_dim, num_bits) of a model version; version 0: the newest loaded."""
-        entry, version = resolve(self.runtime, model, CAPABILITY, version)
+        entry, version = self.inference.resolve(model, ENCODE, version)
         dims = {output.name: output.dims[0] for output in entry.outputs}
-        return version, dims[CODE_OUTPUT], dims[BITS_OUTPUT]
+        return version, dims[CODE], dims[BINARY_CODE]
+
+
+class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
+    def __init__(self, encoding: Encoding):
+        self.encoding = encoding
+
+    async def Encode(self, request, context):
+        settings = self.encoding.settings
+        images = convert.decode_batch(request.images, "images", settings.max_batch_images, settings.max_image_pixels)
+        codes = await self.encoding.encode(
+            request.model.name or settings.index_model, request.model.version, images, context.time_remaining()
+        )
+        return encoder_pb2.EncodeResponse(
+            model=common_pb2.ModelRef(name=codes.model, version=codes.version),
+            codes=convert.tensor(codes.values, common_pb2.DATA_TYPE_FLOAT32),
+            bits=convert.tensor(codes.bits, common_pb2.DATA_TYPE_UINT8),
+            num_bits=codes.num_bits,
+        )

@@ -1,15 +1,19 @@
-"""The generate capability: latents from (seed, index), truncation, interpolation, and the generator graphs."""
+"""The generate capability: images from latents drawn by (seed, index) (latentserve/latents.py), with
+truncation, explicit latents, interpolation and streams."""
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import Counter
 
-from serving.errors import InvalidArgument
+from latentserve.contract import GENERATE, IMAGE, LABEL, LATENT
+from latentserve.latents import sample_latents
 from latentserve.repository import Entry
-from serving.runtime import InflightLimit, Runtime, resolve
+from latentserve.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from serving import convert, validation
+from serving.capability import Capability
+from serving.errors import InvalidArgument
 
-CAPABILITY = "generate"
-LATENT_INPUT, LABEL_INPUT, IMAGE_OUTPUT = "latent", "label", "image"
 TRUNCATION_RANGE = (0.05, 4.0)  # below: mostly redraws; above: the same as no truncation
 GENERATED = Counter("latentserve_generated_images_total", "images generated", ["model"])
 
@@ -32,14 +36,19 @@ class Generated:
     labels: np.ndarray | None  # (n,) int64, conditional models only
 
 
-class Generation:
-    def __init__(self, runtime: Runtime, inflight: InflightLimit):
-        self.runtime = runtime
-        self.inflight = inflight
+class Generation(Capability):
+    service = generator_pb2.DESCRIPTOR.services_by_name["Generator"]
+    add_servicer = staticmethod(generator_pb2_grpc.add_GeneratorServicer_to_server)
+
+    def servicer(self):
+        return GeneratorServicer(self)
+
+    def ready(self) -> bool:
+        return self.inference.ready(self.settings.default_generator, GENERATE)
 
     def generator(self, model: str, version: int) -> Generator:
-        entry, version = resolve(self.runtime, model, CAPABILITY, version)
-        conditional = any(tensor.name == LABEL_INPUT for tensor in entry.inputs)
+        entry, version = self.inference.resolve(model, GENERATE, version)
+        conditional = any(tensor.name == LABEL for tensor in entry.inputs)
         return Generator(entry, version, entry.latent_dim, entry.classes if conditional else 0)
 
     def labels(self, generator: Generator, labels: list[int], start: int, count: int, field: str) -> np.ndarray | None:
@@ -68,13 +77,12 @@ class Generation:
         return latents
 
     async def run(self, generator: Generator, latents: np.ndarray, labels: np.ndarray | None, timeout: float | None = None) -> Generated:
-        inputs = {LATENT_INPUT: latents}
+        inputs = {LATENT: latents}
         if generator.classes:
-            inputs[LABEL_INPUT] = labels[:, None]
-        with self.inflight.admit(generator.entry):
-            outputs = await self.runtime.infer(generator.entry, generator.version, inputs, timeout)
+            inputs[LABEL] = labels[:, None]
+        outputs = await self.inference.run(generator.entry, generator.version, inputs, timeout)
         GENERATED.labels(generator.entry.model).inc(len(latents))
-        return Generated(generator, outputs[IMAGE_OUTPUT], latents, labels)
+        return Generated(generator, outputs[IMAGE], latents, labels)
 
 
 def check_truncation(truncation: float | None, field: str) -> float | None:
@@ -95,3 +103,104 @@ def interpolate(start: np.ndarray, end: np.ndarray, steps: int, spherical: bool)
     else:
         path = (np.sin((1 - t) * angle) * a + np.sin(t * angle) * b) / np.sin(angle)
     return path.astype(np.float32)
+
+
+class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
+    def __init__(self, generation: Generation):
+        self.generation = generation
+        self.settings = generation.settings
+
+    def _resolve(self, model: common_pb2.ModelRef) -> Generator:
+        return self.generation.generator(model.name or self.settings.default_generator, model.version)
+
+    def _response(self, generated: Generated, png: bool) -> generator_pb2.GenerateResponse:
+        return generator_pb2.GenerateResponse(
+            model=common_pb2.ModelRef(name=generated.generator.entry.model, version=generated.generator.version),
+            latents=convert.tensor(generated.latents, common_pb2.DATA_TYPE_FLOAT32),
+            labels=[] if generated.labels is None else generated.labels.tolist(),
+            **convert.image_fields(generated.images, png),
+        )
+
+    async def Generate(self, request, context):
+        generation, settings = self.generation, self.settings
+        generator, png = self._resolve(request.model), convert.wants_png(request.format)
+        sampling = request.sampling
+        truncation = check_truncation(sampling.truncation if sampling.HasField("truncation") else None, "sampling.truncation")
+        if request.HasField("latents"):
+            if request.count:
+                raise InvalidArgument("leave 0 when `latents` is set", "count")
+            latents = generation.latents(generator, convert.float_tensor(request.latents, "latents"), "latents")
+            validation.count(len(latents), settings.max_batch_images, "latents", "images")
+        else:
+            count = validation.count(request.count, settings.max_batch_images, "count", "images")
+            if sampling.start_index < 0:
+                raise InvalidArgument("must be 0 or more", "sampling.start_index")
+            latents = await asyncio.to_thread(sample_latents, sampling.seed, sampling.start_index, count, generator.latent_dim, truncation)
+        labels = generation.labels(generator, list(sampling.labels), sampling.start_index, len(latents), "sampling.labels")
+        generated = await generation.run(generator, latents, labels, context.time_remaining())
+        return await asyncio.to_thread(self._response, generated, png)  # PNG encoding off the event loop
+
+    async def Interpolate(self, request, context):
+        generation = self.generation
+        generator, png = self._resolve(request.model), convert.wants_png(request.format)
+        if request.steps < 2:
+            raise InvalidArgument("must be at least 2 (the endpoints)", "steps")
+        steps = validation.count(request.steps, self.settings.max_batch_images, "steps", "images")
+        truncation = check_truncation(request.truncation if request.HasField("truncation") else None, "truncation")
+        kind = request.WhichOneof("endpoints")
+        if kind == "seeds":
+            ends = [sample_latents(seed, 0, 1, generator.latent_dim, truncation)[0] for seed in (request.seeds.start, request.seeds.end)]
+        elif kind == "latents":
+            ends = generation.latents(generator, convert.float_tensor(request.latents, "latents"), "latents")
+            if len(ends) != 2:
+                raise InvalidArgument(f"{len(ends)} latents; want 2 (start and end)", "latents.shape")
+        else:
+            raise InvalidArgument("set `seeds` or `latents`", "endpoints")
+        spherical = request.method == generator_pb2.INTERPOLATION_SPHERICAL
+        latents = interpolate(ends[0], ends[1], steps, spherical)
+        label = [request.label] if request.HasField("label") else [0] if generator.classes else []
+        labels = generation.labels(generator, label, 0, steps, "label")
+        generated = await generation.run(generator, latents, labels, context.time_remaining())
+        return await asyncio.to_thread(self._response, generated, png)
+
+    async def GenerateStream(self, request, context):
+        generation, settings = self.generation, self.settings
+        generator, png = self._resolve(request.model), convert.wants_png(request.format)
+        count = validation.count(request.count, settings.max_stream_images, "count", "images")
+        sampling = request.sampling
+        if sampling.start_index < 0:
+            raise InvalidArgument("must be 0 or more", "sampling.start_index")
+        if len(sampling.labels) > 1:
+            raise InvalidArgument("give at most one label for a stream", "sampling.labels")
+        truncation = check_truncation(sampling.truncation if sampling.HasField("truncation") else None, "sampling.truncation")
+        chunk = min(validation.optional_count(
+            request.chunk_size, settings.default_chunk_images, settings.max_batch_images, "chunk_size", "images"
+        ), count)
+        first, stop = sampling.start_index, sampling.start_index + count
+        generation.labels(generator, list(sampling.labels), first, 0, "sampling.labels")  # check them before any work
+
+        def message(start: int, generated: Generated) -> generator_pb2.GenerateChunk:
+            return generator_pb2.GenerateChunk(
+                model=common_pb2.ModelRef(name=generator.entry.model, version=generator.version),
+                start_index=start,
+                labels=[] if generated.labels is None else generated.labels.tolist(),
+                **convert.image_fields(generated.images, png),
+            )
+
+        async def produce(start: int) -> generator_pb2.GenerateChunk:
+            size = min(chunk, stop - start)
+            latents = await asyncio.to_thread(sample_latents, sampling.seed, start, size, generator.latent_dim, truncation)
+            labels = generation.labels(generator, list(sampling.labels), start, size, "sampling.labels")
+            generated = await generation.run(generator, latents, labels, context.time_remaining())
+            return await asyncio.to_thread(message, start, generated)
+
+        # The next chunk is computed while the current one is sent; a cancelled call cancels it.
+        pending = asyncio.ensure_future(produce(first))
+        try:
+            for start in range(first, stop, chunk):
+                ready = await pending
+                if start + chunk < stop:
+                    pending = asyncio.ensure_future(produce(start + chunk))
+                yield ready
+        finally:
+            pending.cancel()

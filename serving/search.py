@@ -1,48 +1,81 @@
-"""The search capability: the code index, fed by the encoder version it is bound to."""
+"""The search capability: the code index, fed by the encoder version it is bound to, and label
+propagation over the stored codes."""
 import asyncio
 import logging
 
 import numpy as np
 
+from latentserve.contract import ENCODE
+from latentserve.datasets import load_mnist
+from latentserve.v1 import common_pb2, search_pb2, search_pb2_grpc
+from serving import convert, validation
+from serving.capability import Capability, Inference
 from serving.encoding import Encoding
-from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from serving.index import Binding, CodeIndex, Hit, NewItem
 from serving.label_propagation import Method, knn_graph, propagate
-from serving.runtime import encoder_entry
-from latentserve.datasets import load_mnist
+from serving.settings import Settings
 
 log = logging.getLogger(__name__)
 GALLERY_MARK = "gallery:mnist-test"
 GALLERY_BATCH = 1000
+PROPAGATION_METHODS = {
+    search_pb2.PROPAGATION_UNSPECIFIED: "spreading",
+    search_pb2.PROPAGATION_SPREADING: "spreading",
+    search_pb2.PROPAGATION_HARMONIC: "harmonic",
+}
 
 
-class Search:
-    def __init__(self, index: CodeIndex, encoding: Encoding):
-        self.index = index
+class Search(Capability):
+    service = search_pb2.DESCRIPTOR.services_by_name["Search"]
+    add_servicer = staticmethod(search_pb2_grpc.add_SearchServicer_to_server)
+
+    def __init__(self, settings: Settings, inference: Inference, encoding: Encoding):
+        super().__init__(settings, inference)
         self.encoding = encoding
+        self._index: CodeIndex | None = None
 
-    @classmethod
-    async def open(cls, directory, encoding: Encoding, model: str, gallery: str) -> "Search":
-        """Open (or create, bound to the newest version of `model`) the index, seeding the gallery once."""
-        binding = Binding(model, *encoding.signature(model, 0))
-        index = await asyncio.to_thread(CodeIndex, directory, binding)
-        search = cls(index, encoding)
-        if gallery == "mnist-test" and not index.is_marked(GALLERY_MARK):
-            await search._seed_mnist_test()
-        return search
+    def servicer(self):
+        return SearchServicer(self)
 
-    async def _seed_mnist_test(self) -> None:
+    @property
+    def index(self) -> CodeIndex:
+        if self._index is None:
+            raise Unavailable("the search index is still loading")
+        return self._index
+
+    async def open(self) -> None:
+        """Open (or create, bound to the newest version of the index model) the index, seeding the gallery
+        once; waits for the index model to have a version ready."""
+        settings = self.settings
+        if not any(e.model == settings.index_model and e.capability == ENCODE for e in self.inference.entries().values()):
+            raise NotFound(f"no encoder {settings.index_model!r} in {settings.model_repository}", "index_model")
+        while not self.encoding.ready():
+            log.info("waiting for %s to be ready", settings.index_model)
+            await asyncio.sleep(settings.health_poll_seconds)
+        binding = Binding(settings.index_model, *self.encoding.signature(settings.index_model, 0))
+        index = await asyncio.to_thread(CodeIndex, settings.data_dir / "index", binding)
+        if settings.gallery == "mnist-test" and not index.is_marked(GALLERY_MARK):
+            await self._seed_mnist_test(index)
+        self._index = index
+        log.info("ready: %d items in the index", len(index))
+
+    async def close(self) -> None:
+        if self._index is not None:
+            await asyncio.to_thread(self._index.close)
+
+    async def _seed_mnist_test(self, index: CodeIndex) -> None:
         """One transaction with the mark, so an interrupted start seeds again from scratch."""
         test = (await asyncio.to_thread(load_mnist)).test
-        batches = [await self.encode(test.images[i : i + GALLERY_BATCH, None]) for i in range(0, len(test.labels), GALLERY_BATCH)]
+        batches = [await self._encode(index, test.images[i : i + GALLERY_BATCH, None]) for i in range(0, len(test.labels), GALLERY_BATCH)]
         values = np.concatenate([codes.values for codes in batches])
         bits = np.concatenate([codes.bits for codes in batches])
         items = [NewItem(f"mnist-test-{i:05d}", values[i], bits[i], int(label)) for i, label in enumerate(test.labels)]
-        await asyncio.to_thread(self.index.add, items, GALLERY_MARK)
+        await asyncio.to_thread(index.add, items, GALLERY_MARK)
         log.info("seeded the index with %d MNIST test images", len(items))
 
-    async def encode(self, images: np.ndarray, timeout: float | None = None):
-        binding = self.index.binding
+    async def _encode(self, index: CodeIndex, images: np.ndarray, timeout: float | None = None):
+        binding = index.binding
         try:
             return await self.encoding.encode(binding.model, binding.version, images, timeout)
         except NotFound:
@@ -50,10 +83,15 @@ class Search:
                 f"the index holds codes of {binding.model} version {binding.version}, which is not loaded"
             ) from None
 
+    async def encode(self, images: np.ndarray, timeout: float | None = None):
+        return await self._encode(self.index, images, timeout)
+
     def ready(self) -> bool:
-        """Whether the encoder version the index is bound to is loaded."""
-        entry = encoder_entry(self.encoding.runtime, self.index.binding.model)
-        return entry is not None and self.index.binding.version in entry.versions
+        """Whether the index is open and the encoder version it is bound to is loaded."""
+        if self._index is None:
+            return False
+        binding = self._index.binding
+        return any(e.model == binding.model and e.capability == ENCODE and binding.version in e.versions for e in self.inference.entries().values())
 
     async def add(self, ids: list[str], images: np.ndarray, labels: list[int | None], metadata: list[dict], timeout=None) -> None:
         codes = await self.encode(images, timeout)
@@ -113,3 +151,86 @@ class Search:
         confidence = scores[np.arange(len(ids)), best]
         predicted = np.where(confidence > 0, np.asarray(classes)[best], -1)
         return list(zip(ids, predicted.tolist(), confidence.tolist()))
+
+
+class SearchServicer(search_pb2_grpc.SearchServicer):
+    def __init__(self, search: Search):
+        self.search = search
+        self.settings = search.settings
+
+    async def Search(self, request, context):
+        search, settings = self.search, self.settings
+        k = validation.optional_count(request.k, settings.default_k, settings.max_k, "k", "hits")
+        hashed = request.space == search_pb2.SPACE_HASH
+        kind = request.WhichOneof("query")
+        if kind == "image":
+            image = convert.decode_image(request.image, "image", settings.max_image_pixels)
+            hits = await search.by_image(image, k, hashed, context.time_remaining())
+        elif kind == "code":
+            code = request.code
+            hits = await search.by_code(np.asarray(code.values, np.float32), code.bits, code.num_bits, k, hashed)
+        elif kind == "id":
+            hits = await search.by_id(request.id, k, hashed)
+        else:
+            raise InvalidArgument("set one of `image`, `code` or `id`", "query")
+        return search_pb2.SearchResponse(hits=[
+            search_pb2.Hit(id=hit.id, distance=hit.distance, label=hit.label, metadata=hit.metadata) for hit in hits
+        ])
+
+    async def AddItems(self, request, context):
+        search, settings = self.search, self.settings
+        items = request.items
+        if not items:
+            raise InvalidArgument("must hold at least one item", "items")
+        validation.count(len(items), settings.max_batch_images, "items", "items")
+        ids = validation.unique_ids([item.id for item in items], settings.max_id_bytes, "items[{}].id")
+        images = np.stack([
+            convert.decode_image(item.image, f"items[{i}].image", settings.max_image_pixels) for i, item in enumerate(items)
+        ])
+        labels = [item.label if item.HasField("label") else None for item in items]
+        metadata = [dict(item.metadata) for item in items]
+        await search.add(ids, images, labels, metadata, context.time_remaining())
+        return search_pb2.AddItemsResponse(added=len(items))
+
+    async def DeleteItems(self, request, context):
+        ids = list(request.ids)
+        if not ids:
+            raise InvalidArgument("must hold at least one id", "ids")
+        validation.count(len(ids), self.settings.max_batch_images, "ids", "ids")
+        if len(set(ids)) != len(ids):
+            raise InvalidArgument("holds an id twice", "ids")
+        await self.search.delete(ids)
+        return search_pb2.DeleteItemsResponse(deleted=len(ids))
+
+    async def PropagateLabels(self, request, context):
+        settings = self.settings
+        labels = dict(request.labels)
+        if not labels:
+            raise InvalidArgument("give at least one labelled item", "labels")
+        for item_id, label in labels.items():
+            if label < 0:
+                raise InvalidArgument(f"label {label} of {item_id!r}; want 0 or more", "labels")
+        neighbours = validation.optional_count(
+            request.neighbours, settings.default_graph_neighbours, settings.max_graph_neighbours, "neighbours", "neighbours"
+        )
+        if request.method not in PROPAGATION_METHODS:
+            raise InvalidArgument(f"unknown method {request.method}", "method")
+        predictions = await self.search.propagate_labels(labels, neighbours, PROPAGATION_METHODS[request.method], settings.max_propagation_items)
+
+        def message(chunk: list[tuple[str, int, float]]) -> search_pb2.PropagateLabelsResponse:
+            return search_pb2.PropagateLabelsResponse(predictions=[
+                search_pb2.PredictedLabel(id=item_id, label=label, confidence=confidence) for item_id, label, confidence in chunk
+            ])
+
+        for start in range(0, len(predictions), settings.propagation_chunk_items):
+            yield await asyncio.to_thread(message, predictions[start : start + settings.propagation_chunk_items])
+
+    async def GetIndexStats(self, request, context):
+        index = self.search.index
+        binding = index.binding
+        return search_pb2.IndexStats(
+            items=len(index),
+            model=common_pb2.ModelRef(name=binding.model, version=binding.version),
+            code_dim=binding.code_dim,
+            num_bits=binding.num_bits,
+        )

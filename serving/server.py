@@ -1,4 +1,5 @@
-"""The gateway process: a grpc.aio server with health, reflection and metrics.
+"""The gateway process: a grpc.aio server with health, reflection and metrics, built from one list of
+capabilities.
 
 The server answers from the moment it starts; each service's health is NOT_SERVING until what it needs is
 loaded (the runtime's models, then the search index), and calls made before then get UNAVAILABLE.
@@ -12,83 +13,67 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Gauge, start_http_server
 
-from latentserve.v1 import (
-    classifier_pb2,
-    classifier_pb2_grpc,
-    encoder_pb2,
-    encoder_pb2_grpc,
-    generator_pb2,
-    generator_pb2_grpc,
-    models_pb2,
-    models_pb2_grpc,
-    search_pb2,
-    search_pb2_grpc,
-    translator_pb2,
-    translator_pb2_grpc,
-)
-from serving import classification, encoding, generation, translation
+from serving.capability import Capability, Inference
 from serving.classification import Classification
 from serving.encoding import Encoding
 from serving.generation import Generation
 from serving.interceptors import ErrorsAndMetrics
-from serving.errors import NotFound
-from serving.runtime import InflightLimit, encoder_entry
+from serving.models import Models
+from serving.runtime import InflightLimit
 from serving.runtime.embedded import EmbeddedRuntime
 from serving.runtime.triton import TritonRuntime
 from serving.search import Search
-from serving.servicers import (
-    ClassifierServicer,
-    EncoderServicer,
-    Gateway,
-    GeneratorServicer,
-    ModelsServicer,
-    SearchServicer,
-    TranslatorServicer,
-)
 from serving.settings import Settings
 from serving.translation import Translation
 
 log = logging.getLogger(__name__)
 
-MODELS = models_pb2.DESCRIPTOR.services_by_name["Models"].full_name
-ENCODER = encoder_pb2.DESCRIPTOR.services_by_name["Encoder"].full_name
-SEARCH = search_pb2.DESCRIPTOR.services_by_name["Search"].full_name
-GENERATOR = generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name
-CLASSIFIER = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
-TRANSLATOR = translator_pb2.DESCRIPTOR.services_by_name["Translator"].full_name
-SERVICES = (MODELS, ENCODER, SEARCH, GENERATOR, CLASSIFIER, TRANSLATOR)
 INDEX_ITEMS = Gauge("latentserve_index_items", "items in the search index")
 INFLIGHT = Gauge("latentserve_inflight_requests", "inference requests running or queued in the gateway")
+
+
+def capabilities(settings: Settings, inference: Inference) -> list[Capability]:
+    """Everything the gateway serves, in the order health and reflection list it."""
+    encoding = Encoding(settings, inference)
+    return [
+        Models(settings, inference),
+        encoding,
+        Search(settings, inference, encoding),
+        Generation(settings, inference),
+        Classification(settings, inference),
+        Translation(settings, inference),
+    ]
 
 
 class Server:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.gateway = Gateway(settings)
+        self.inference = Inference(InflightLimit(settings.max_inflight_per_model))
+        self.capabilities = capabilities(settings, self.inference)
         self.health = health.aio.HealthServicer()
         limits = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ]
         self.grpc = grpc.aio.server(interceptors=[ErrorsAndMetrics()], options=limits)
-        models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.gateway), self.grpc)
-        encoder_pb2_grpc.add_EncoderServicer_to_server(EncoderServicer(self.gateway), self.grpc)
-        search_pb2_grpc.add_SearchServicer_to_server(SearchServicer(self.gateway), self.grpc)
-        generator_pb2_grpc.add_GeneratorServicer_to_server(GeneratorServicer(self.gateway), self.grpc)
-        classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierServicer(self.gateway), self.grpc)
-        translator_pb2_grpc.add_TranslatorServicer_to_server(TranslatorServicer(self.gateway), self.grpc)
+        for capability in self.capabilities:
+            capability.add_servicer(capability.servicer(), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        self.services = [capability.service.full_name for capability in self.capabilities]
         reflection.enable_server_reflection(
-            (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.grpc,
+            (*self.services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.grpc
         )
         self.port = self.grpc.add_insecure_port(f"{settings.host}:{settings.port}")
         self.loaded: asyncio.Task | None = None
         self.watch: asyncio.Task | None = None
         self.metrics = None  # (HTTP server, thread) of /metrics
+        INFLIGHT.set_function(self.inference.inflight.total)
+
+    def capability(self, kind: type[Capability]) -> Capability:
+        return next(c for c in self.capabilities if isinstance(c, kind))
 
     async def start(self) -> None:
-        for service in ("", *SERVICES):
+        for service in ("", *self.services):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc.start()
         if self.settings.metrics_port:
@@ -105,51 +90,22 @@ class Server:
         )
 
     async def _load(self) -> None:
-        settings, gateway = self.settings, self.gateway
+        """The runtime, then each capability's own state (the search index), with health kept current."""
         try:
-            gateway.runtime = await self._runtime()
-            inflight = InflightLimit(settings.max_inflight_per_model)
-            gateway.encoding = Encoding(gateway.runtime, inflight)
-            gateway.generation = Generation(gateway.runtime, inflight)
-            gateway.classification = Classification(gateway.runtime, inflight)
-            gateway.translation = Translation(gateway.runtime, inflight)
-            INFLIGHT.set_function(inflight.total)
+            self.inference.runtime = await self._runtime()
             await self._update_health()
-            if encoder_entry(gateway.runtime, settings.index_model) is None:
-                raise NotFound(f"no encoder {settings.index_model!r} in {settings.model_repository}", "index_model")
-            while not encoder_entry(gateway.runtime, settings.index_model).versions:
-                log.info("waiting for %s to be ready", settings.index_model)
-                await asyncio.sleep(settings.health_poll_seconds)
-                await self._update_health()
-            gateway.search = await Search.open(
-                settings.data_dir / "index", gateway.encoding, settings.index_model, settings.gallery
-            )
-            INDEX_ITEMS.set_function(lambda: len(gateway.search.index))
+            self.watch = asyncio.create_task(self._watch())
+            await asyncio.gather(*(capability.open() for capability in self.capabilities))
+            INDEX_ITEMS.set_function(lambda: len(self.capability(Search).index))
             await self._update_health()
-            log.info("ready: %d items in the index", len(gateway.search.index))
         except Exception:
             log.exception("loading failed; the affected services stay NOT_SERVING")
             raise
-        self.watch = asyncio.create_task(self._watch())
 
     async def _update_health(self) -> None:
-        """Each service is SERVING while what it needs is ready: the index model, the index's version, the
-        default generator, the default classifier, any translator (translators have no default)."""
-        runtime, search = self.gateway.runtime, self.gateway.search
-        await runtime.refresh()
-
-        def ready(model: str, capability: str) -> bool:
-            entry = next((e for e in runtime.entries().values() if e.model == model and e.capability == capability), None)
-            return entry is not None and bool(entry.versions)
-
-        serving = {
-            MODELS: True,
-            ENCODER: ready(self.settings.index_model, encoding.CAPABILITY),
-            SEARCH: search is not None and search.ready(),
-            GENERATOR: ready(self.settings.default_generator, generation.CAPABILITY),
-            CLASSIFIER: ready(self.settings.default_classifier, classification.CAPABILITY),
-            TRANSLATOR: any(e.capability == translation.CAPABILITY and e.versions for e in runtime.entries().values()),
-        }
+        """Each service is SERVING while what it needs is ready (the capability says what); "" while all are."""
+        await self.inference.runtime.refresh()
+        serving = {capability.service.full_name: capability.ready() for capability in self.capabilities}
         serving[""] = all(serving.values())
         for service, up in serving.items():
             status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -171,10 +127,10 @@ class Server:
         for task in (self.loaded, self.watch):
             if task and not task.done():
                 task.cancel()
-        if self.gateway.search:
-            await asyncio.to_thread(self.gateway.search.index.close)
-        if self.gateway.runtime:
-            await self.gateway.runtime.close()
+        for capability in self.capabilities:
+            await capability.close()
+        if self.inference.loaded:
+            await self.inference.runtime.close()
 
 
 async def serve(settings: Settings) -> None:

@@ -1,19 +1,19 @@
 """The translate capability: images of one domain -> images of another, along a named direction.
 
 A direction is the name of a translate graph ("edges2digit", "mnist2uci"); one model may offer several
-directions and several models may offer one. The output is not named `image` like the input because ONNX
-names every value of a graph once.
+directions and several models may offer one.
 """
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
 
-from serving.errors import InvalidArgument, NotFound
+from latentserve.contract import IMAGE, TRANSLATE, TRANSLATED
 from latentserve.repository import Entry
-from serving.runtime import InflightLimit, Runtime, resolve
-
-CAPABILITY = "translate"
-IMAGE_INPUT, TRANSLATED_OUTPUT = "image", "translated"
+from latentserve.v1 import common_pb2, translator_pb2, translator_pb2_grpc
+from serving import convert
+from serving.capability import Capability
+from serving.errors import InvalidArgument, NotFound
 
 
 @dataclass(frozen=True)
@@ -24,16 +24,22 @@ class Translated:
     images: np.ndarray  # float32 (n, 1, 28, 28) in [0, 1]
 
 
-class Translation:
-    def __init__(self, runtime: Runtime, inflight: InflightLimit):
-        self.runtime = runtime
-        self.inflight = inflight
+class Translation(Capability):
+    service = translator_pb2.DESCRIPTOR.services_by_name["Translator"]
+    add_servicer = staticmethod(translator_pb2_grpc.add_TranslatorServicer_to_server)
+
+    def servicer(self):
+        return TranslatorServicer(self)
+
+    def ready(self) -> bool:
+        """Translators have no default model: serving while any direction is."""
+        return self.inference.loaded and any(e.capability == TRANSLATE and e.versions for e in self.inference.entries().values())
 
     def directions(self) -> dict[str, list[Entry]]:
         """Direction -> the translate entries offering it, in repository order."""
         directions: dict[str, list[Entry]] = {}
-        for entry in self.runtime.entries().values():
-            if entry.capability == CAPABILITY:
+        for entry in self.inference.entries().values():
+            if entry.capability == TRANSLATE:
                 directions.setdefault(entry.graph, []).append(entry)
         return directions
 
@@ -50,7 +56,43 @@ class Translation:
             if len(offering) > 1:
                 raise InvalidArgument(f"models {sorted(offering)} translate {direction!r}; name one", "model.name")
             model = offering[0]
-        entry, version = resolve(self.runtime, model, CAPABILITY, version, graph=direction)
-        with self.inflight.admit(entry):
-            outputs = await self.runtime.infer(entry, version, {IMAGE_INPUT: images}, timeout)
-        return Translated(model, version, direction, outputs[TRANSLATED_OUTPUT])
+        entry, version = self.inference.resolve(model, TRANSLATE, version, graph=direction)
+        outputs = await self.inference.run(entry, version, {IMAGE: images}, timeout)
+        return Translated(model, version, direction, outputs[TRANSLATED])
+
+
+class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
+    def __init__(self, translation: Translation):
+        self.translation = translation
+
+    async def Translate(self, request, context):
+        settings = self.translation.settings
+        png = convert.wants_png(request.format)
+        if request.resize not in (translator_pb2.RESIZE_UNSPECIFIED, translator_pb2.RESIZE_AREA, translator_pb2.RESIZE_NONE):
+            raise InvalidArgument(f"unknown resize mode {request.resize}", "resize")
+        images = convert.decode_batch(
+            request.images, "images", settings.max_batch_images, settings.max_image_pixels,
+            resize=request.resize != translator_pb2.RESIZE_NONE,
+        )
+        translated = await self.translation.translate(
+            request.direction, request.model.name, request.model.version, images, context.time_remaining()
+        )
+
+        def response() -> translator_pb2.TranslateResponse:
+            return translator_pb2.TranslateResponse(
+                model=common_pb2.ModelRef(name=translated.model, version=translated.version),
+                direction=translated.direction,
+                **convert.image_fields(translated.images, png),
+            )
+
+        return await asyncio.to_thread(response)  # PNG encoding off the event loop
+
+    async def ListDirections(self, request, context):
+        directions = []
+        for name, entries in sorted(self.translation.directions().items()):
+            for entry in sorted(entries, key=lambda e: e.model):
+                (image_input,), (image_output,) = entry.inputs, entry.outputs
+                directions.append(translator_pb2.Direction(
+                    name=name, model=entry.model, versions=entry.versions, input_dims=image_input.dims, output_dims=image_output.dims
+                ))
+        return translator_pb2.ListDirectionsResponse(directions=directions)

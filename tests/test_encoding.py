@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 
 from latentserve import repository
+from serving.capability import Inference
 from serving.encoding import Encoding
 from serving.errors import ResourceExhausted
 from serving.runtime import InflightLimit
+from serving.settings import Settings
 from tests.conftest import MODEL_REPOSITORY
 
 
@@ -28,7 +30,7 @@ class HeldRuntime:
 def test_requests_over_the_in_flight_limit_are_refused_until_one_finishes():
     async def scenario():
         runtime = HeldRuntime()
-        encoding = Encoding(runtime, InflightLimit(2))
+        encoding = Encoding(Settings(), Inference(InflightLimit(2), runtime))
         images = np.zeros((1, 1, 28, 28), np.float32)
         held = [asyncio.create_task(encoding.encode("autoencoder", 0, images)) for _ in range(2)]
         await asyncio.sleep(0)

@@ -236,7 +236,7 @@ def test_bad_input_gets_a_precise_status(stub, case):
 
 
 def _inflight(gateway) -> int:
-    return gateway.server.gateway.generation.inflight.total()
+    return gateway.server.inference.inflight.total()
 
 
 def test_a_cancelled_stream_stops_generating(gateway, stub):

@@ -26,10 +26,6 @@ class Runtime(Protocol):
     async def close(self) -> None: ...
 
 
-def encoder_entry(runtime: Runtime, model: str) -> Entry | None:
-    return next((e for e in runtime.entries().values() if e.model == model and e.capability == "encode"), None)
-
-
 def resolve(
     runtime: Runtime, model: str, capability: str, version: int, field: str = "model", graph: str | None = None
 ) -> tuple[Entry, int]:

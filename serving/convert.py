@@ -1,4 +1,6 @@
-"""Image messages -> model input (n, 1, 28, 28) float32 in [0, 1].
+"""Converters between protobuf messages and numpy arrays, for every capability.
+
+Image messages -> model input (n, 1, 28, 28) float32 in [0, 1].
 
 Encoded images (PNG or JPEG) of any size are converted to 8-bit grey and, if not 28x28, resized with
 Pillow's area (box) filter, or refused when the caller turns resizing off (`decode_batch(resize=False)`:
@@ -9,17 +11,17 @@ fast path.
 """
 import io
 import warnings
-from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
 
 from latentserve.v1 import common_pb2
+from latentserve.contract import HEIGHT, WIDTH
 from serving.errors import InvalidArgument, ResourceExhausted
 
-HEIGHT = WIDTH = 28
 FORMATS = {"PNG", "JPEG"}
 TENSOR_DTYPES = {common_pb2.DATA_TYPE_UINT8: np.dtype("<u1"), common_pb2.DATA_TYPE_FLOAT32: np.dtype("<f4")}
+API_DTYPES = {dtype.name: code for code, dtype in TENSOR_DTYPES.items()}  # numpy name -> DataType
 
 
 def decode_batch(images: common_pb2.Images, field: str, max_images: int, max_pixels: int, *, resize: bool = True) -> np.ndarray:
@@ -102,3 +104,29 @@ def encode_png(images: np.ndarray) -> list[bytes]:
         PILImage.fromarray(pixels).save(buffer, format="PNG")
         files.append(buffer.getvalue())
     return files
+
+
+def tensor(array: np.ndarray, dtype: int) -> common_pb2.Tensor:
+    return common_pb2.Tensor(shape=array.shape, dtype=dtype, data=np.ascontiguousarray(array).tobytes())
+
+
+def float_tensor(message: common_pb2.Tensor, field: str) -> np.ndarray:
+    """A float32 Tensor message -> array of its shape."""
+    if message.dtype != common_pb2.DATA_TYPE_FLOAT32:
+        raise InvalidArgument("want DATA_TYPE_FLOAT32", f"{field}.dtype")
+    shape = tuple(message.shape)
+    if any(n < 0 for n in shape) or len(message.data) != 4 * int(np.prod(shape)):
+        raise InvalidArgument(f"{len(message.data)} bytes do not fill shape {list(shape)} of float32", f"{field}.data")
+    return np.frombuffer(message.data, "<f4").reshape(shape)
+
+
+def wants_png(image_format: int) -> bool:
+    """Whether images go out as PNG files (else as one float32 tensor)."""
+    if image_format not in (common_pb2.IMAGE_FORMAT_UNSPECIFIED, common_pb2.IMAGE_FORMAT_TENSOR, common_pb2.IMAGE_FORMAT_PNG):
+        raise InvalidArgument(f"unknown format {image_format}", "format")
+    return image_format == common_pb2.IMAGE_FORMAT_PNG
+
+
+def image_fields(images: np.ndarray, png: bool) -> dict:
+    """The `png` or `images` field of a response carrying (n, 1, 28, 28) images."""
+    return {"png": encode_png(images)} if png else {"images": tensor(images[:, 0], common_pb2.DATA_TYPE_FLOAT32)}
