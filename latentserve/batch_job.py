@@ -70,10 +70,10 @@ def _open(directory: Path, asked: Job, resume: bool) -> Job:
     path = directory / "job.json"
     if path.exists():
         if not resume:
-            raise SystemExit(f"{directory} already holds a job; pass --resume to continue it, or choose another --out")
+            raise FileExistsError(f"{directory} already holds a job; pass --resume to continue it, or choose another --out")
         job = Job(**json.loads(path.read_text()))
         if {**asdict(job), "version": 0} != {**asdict(asked), "version": 0} or asked.version not in (0, job.version):
-            raise SystemExit(f"{directory} holds a different job: {asdict(job)}")
+            raise FileExistsError(f"{directory} holds a different job: {asdict(job)}")
         return job
     directory.mkdir(parents=True, exist_ok=True)
     (directory / ("images" if asked.format == "png" else "chunks")).mkdir(exist_ok=True)
@@ -81,7 +81,8 @@ def _open(directory: Path, asked: Job, resume: bool) -> Job:
     return asked
 
 
-def run(target: str, directory: Path, asked: Job, resume: bool, grid: bool) -> None:
+def run(channel: grpc.Channel, directory: Path, asked: Job, resume: bool, grid: bool) -> Job:
+    """Run or resume the job in `directory`; the job as run, its model version pinned."""
     job = _open(directory, asked, resume)
     done = _done(directory, job)
     progress = tqdm(total=job.count, initial=done, unit="img", desc=f"{job.model} seed {job.seed}", smoothing=0.1)
@@ -97,20 +98,20 @@ def run(target: str, directory: Path, asked: Job, resume: bool, grid: bool) -> N
             format=common_pb2.IMAGE_FORMAT_PNG if job.format == "png" else common_pb2.IMAGE_FORMAT_TENSOR,
         )
         try:
-            with grpc.insecure_channel(target) as channel:
-                for chunk in generator_pb2_grpc.GeneratorStub(channel).GenerateStream(request):
-                    if job.version == 0:  # pin the version that runs, so a resumed job uses the same one
-                        job = Job(**{**asdict(job), "version": chunk.model.version})
-                        _write_atomically(directory / "job.json", json.dumps(asdict(job), indent=2).encode())
-                    _save_chunk(directory, job, chunk)
-                    progress.update(len(chunk.png) or chunk.images.shape[0])
+            for chunk in generator_pb2_grpc.GeneratorStub(channel).GenerateStream(request):
+                if job.version == 0:  # pin the version that runs, so a resumed job uses the same one
+                    job = Job(**{**asdict(job), "version": chunk.model.version})
+                    _write_atomically(directory / "job.json", json.dumps(asdict(job), indent=2).encode())
+                _save_chunk(directory, job, chunk)
+                progress.update(len(chunk.png) or chunk.images.shape[0])
         except grpc.RpcError as error:
             progress.close()
-            raise SystemExit(f"generation stopped: {error.code().name}: {error.details()}; "
+            raise SystemExit(f"error: {error.code().name}: {error.details()}; generation stopped: "
                              f"{progress.n} of {job.count} images are in {directory}; continue with --resume") from None
     progress.close()
     if grid:
         save_grid(_first_images(directory, job, min(GRID_IMAGES, job.count)), directory / "grid.png", columns=10)
+    return job
 
 
 def _save_chunk(directory: Path, job: Job, chunk: generator_pb2.GenerateChunk) -> None:

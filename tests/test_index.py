@@ -1,5 +1,7 @@
-"""The code index: exact and Hamming search, all-or-nothing writes, persistence, crash safety."""
+"""The code index: exact and Hamming search, all-or-nothing writes, persistence, crash safety, one process."""
+import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -8,7 +10,7 @@ import numpy as np
 import pytest
 
 from serving.errors import AlreadyExists, NotFound
-from serving.index import Binding, CodeIndex, NewItem
+from serving.index import Binding, CodeIndex, IndexLocked, NewItem
 
 BINDING = Binding("autoencoder", 1, code_dim=4, num_bits=12)
 
@@ -72,7 +74,7 @@ def test_reopening_keeps_everything_with_or_without_a_clean_close(tmp_path):
 WRITER = textwrap.dedent("""
     import sys, numpy as np
     from pathlib import Path
-    from serving.index import Binding, CodeIndex, NewItem
+    from serving.index import Binding, CodeIndex, IndexLocked, NewItem
     index = CodeIndex(Path(sys.argv[1]), Binding("autoencoder", 1, 4, 12))
     for i in range(100000):
         batch = [NewItem(f"{i}-{j}", np.random.rand(4).astype(np.float32), np.zeros(2, np.uint8)) for j in range(50)]
@@ -92,3 +94,22 @@ def test_a_killed_writer_loses_nothing_acknowledged_and_leaves_a_readable_index(
     for batch in acknowledged:
         index.get(f"{batch}-49")
     assert len(index.search_code(np.zeros(4, np.float32), stored)) == stored
+
+
+OPENER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from serving.index import Binding, CodeIndex
+    CodeIndex(Path(sys.argv[1]), Binding("autoencoder", 1, 4, 12)).close()
+""")
+
+
+def test_a_second_process_is_refused_while_the_index_is_open_and_names_the_holder(tmp_path):
+    index = CodeIndex(tmp_path, BINDING)
+    refused = subprocess.run([sys.executable, "-c", OPENER, str(tmp_path)], capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert f"IndexLocked: the index at {tmp_path} is in use by process {os.getpid()} on {socket.gethostname()}" in refused.stderr
+    with pytest.raises(IndexLocked, match="one gateway per data directory"):
+        CodeIndex(tmp_path, BINDING)  # a second open in the same process too
+    index.close()
+    subprocess.run([sys.executable, "-c", OPENER, str(tmp_path)], check=True)

@@ -33,8 +33,8 @@ def test_serving_runs_without_torch_or_training():
         assert "import torch" not in source and "from training" not in source, path
 
 
-@pytest.mark.parametrize("verb", [[], ["train"], ["export"], ["serve"], ["triton"], ["models"], ["encode"], ["search"], ["index"], ["index", "add"],
-                                   ["generate"], ["translate"], ["eval"], ["bench"]])
+@pytest.mark.parametrize("verb", [[], ["train"], ["export"], ["serve"], ["triton"], ["bench"], ["eval"], ["models"], ["encode"], ["classify"],
+                                   ["translate"], ["search"], ["index"], ["index", "add"], ["index", "delete"], ["index", "stats"], ["generate"]])
 def test_every_verb_has_help(verb):
     result = subprocess.run([sys.executable, "-m", "latentserve.cli", *verb, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: latentserve" in result.stdout

@@ -1,0 +1,126 @@
+"""The client verbs of `latentserve` over a real gateway: plain error lines, image arguments, tables and --json."""
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from latentserve.cli import build_parser
+from serving.triton_server import free_ports
+from tests.conftest import RunningGateway
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    running = RunningGateway(data_dir=tmp_path_factory.mktemp("data"), gallery="none").start()
+    yield running
+    running.stop()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "latentserve.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def digits(directory: Path, count: int = 3) -> list[Path]:
+    directory.mkdir(exist_ok=True)
+    paths = [directory / f"digit-{i}.png" for i in range(count)]
+    for i, path in enumerate(paths):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (28, 28), np.uint8)).save(path)
+    return paths
+
+
+def assert_error(result: subprocess.CompletedProcess, status: int, start: str) -> None:
+    assert result.returncode == status, result.stderr
+    assert result.stderr.startswith(f"error: {start}") and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_a_server_error_is_one_line_with_its_code(gateway, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert_error(cli("classify", "--target", gateway.target, str(bad)), 1, "INVALID_ARGUMENT: images.encoded.images[0]")
+
+
+def test_no_gateway_names_the_address_tried(tmp_path):
+    (port,) = free_ports(1)
+    result = cli("classify", "--target", f"127.0.0.1:{port}", "--connect-timeout", "0.5", *map(str, digits(tmp_path)))
+    assert_error(result, 1, f"UNAVAILABLE: no gateway at 127.0.0.1:{port}")
+
+
+def test_images_are_files_directories_or_globs(gateway, tmp_path):
+    paths = digits(tmp_path / "digits")
+    (tmp_path / "digits" / "notes.txt").write_text("a directory's other files are left out")
+    for arguments in ([tmp_path / "digits"], [tmp_path / "digits" / "*.png"], paths):
+        result = cli("classify", "--target", gateway.target, "--json", *map(str, arguments))
+        assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == list(map(str, paths)), result.stderr
+
+
+@pytest.mark.parametrize("argument, problem", [
+    ("empty", "no PNG or JPEG files in this directory"),
+    ("*.jpg", "no such file or directory, and no file matches it"),
+    ("notes.txt", "not a PNG or JPEG file"),
+])
+def test_a_bad_image_argument_is_named_before_any_call(tmp_path, argument, problem):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("")
+    assert_error(cli("classify", "--target", "127.0.0.1:1", str(tmp_path / argument)), 2, f"{tmp_path / argument}: {problem}")
+
+
+def test_every_client_verb_prints_a_table_or_with_json_one_object_per_line(gateway, tmp_path):
+    paths = digits(tmp_path / "digits")
+    target = ["--target", gateway.target]
+
+    def human(*args: str) -> list[str]:
+        result = cli(*args, *target)
+        assert result.returncode == 0 and not result.stdout.startswith("{"), result.stderr
+        return result.stdout.splitlines()
+
+    def records(*args: str) -> list[dict]:
+        result = cli(*args, *target, "--json")
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    assert human("models")[0].split() == ["model", "graph", "capability", "versions"]
+    assert "acgan" in {model["name"] for model in records("models")}
+    assert [model["name"] for model in records("models", "acgan")] == ["acgan"]
+
+    assert human("encode", str(tmp_path / "digits"))[0].split() == ["image", "model", "version", "bits", "num_bits", "code"]
+    assert all(len(code["code"]) == 32 and code["model"] == "autoencoder" for code in records("encode", str(tmp_path / "digits")))
+
+    table = human("classify", *map(str, paths))
+    assert table[0].split() == ["image", "model", "version", "label", "confidence", "entropy"] and len(table) == 4
+    assert all(0 <= row["label"] <= 9 for row in records("classify", *map(str, paths)))
+
+    out = tmp_path / "out"
+    assert len(human("translate", "--direction", "mnist2uci", "--out", str(out), *map(str, paths))) == 4
+    translated = records("translate", "--direction", "mnist2uci", "--out", str(out), *map(str, paths))
+    assert [row["out"] for row in translated] == [str(out / path.name) for path in paths] and all(p.is_file() for p in out.iterdir())
+
+    assert human("index", "add", str(paths[0]), "--label", "3", "--meta", "who=cli") == ["added: 1"]
+    assert records("index", "add", *map(str, paths[1:])) == [{"added": 2}]
+    assert human("index", "stats")[:1] == ["items: 3"]
+    assert records("index", "stats")[0]["items"] == "3"  # int64 in proto3 JSON is a string
+    assert human("search", "--id", "digit-1", "-k", "5")[0].split() == ["id", "distance", "label", "metadata"]
+    hits = {hit["id"]: hit for hit in records("search", "--image", str(paths[0]), "-k", "5")}
+    assert hits["digit-0"]["label"] == 3 and hits["digit-0"]["metadata"] == {"who": "cli"} and len(hits) == 3
+    assert human("index", "delete", "digit-0") == ["deleted: 1"]
+    assert records("index", "delete", "digit-1", "digit-2") == [{"deleted": 2}]
+
+    assert human("generate", "--model", "acgan", "--count", "3", "--out", str(tmp_path / "job"))[0].split()[:2] == ["out", "model"]
+    (job,) = records("generate", "--model", "acgan", "--count", "3", "--out", str(tmp_path / "job"), "--resume")
+    assert job["count"] == 3 and job["version"] >= 1 and len(list((tmp_path / "job" / "images").iterdir())) == 3
+
+
+def test_every_argument_of_every_verb_has_help():
+    def without_help(parser: argparse.ArgumentParser) -> list[str]:
+        found = [f"{parser.prog} {action.dest}" for action in parser._actions if action.help is None]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                found += [name for sub in action.choices.values() for name in without_help(sub)]
+        return found
+
+    assert without_help(build_parser()) == []
