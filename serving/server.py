@@ -17,6 +17,7 @@ from serving.capability import Capability, Inference
 from serving.classification import Classification
 from serving.encoding import Encoding
 from serving.generation import Generation
+from serving.index import IndexLocked
 from serving.interceptors import ErrorsAndMetrics
 from serving.models import Models
 from serving.runtime import InflightLimit
@@ -98,6 +99,8 @@ class Server:
             await asyncio.gather(*(capability.open() for capability in self.capabilities))
             INDEX_ITEMS.set_function(lambda: len(self.capability(Search).index))
             await self._update_health()
+        except IndexLocked:
+            raise  # `serve` stops on it: another gateway owns the data directory
         except Exception:
             log.exception("loading failed; the affected services stay NOT_SERVING")
             raise
@@ -134,12 +137,20 @@ class Server:
 
 
 async def serve(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM. Raises IndexLocked, after stopping, when another process holds the
+    data directory; other loading failures leave their services NOT_SERVING (and say so in the log)."""
     server = Server(settings)
     await server.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
-    await stopping.wait()
+    signalled = asyncio.create_task(stopping.wait())
+    await asyncio.wait({signalled, server.loaded}, return_when=asyncio.FIRST_COMPLETED)
+    failure = server.loaded.exception() if server.loaded.done() else None
+    if not isinstance(failure, IndexLocked):
+        await signalled
     log.info("stopping")
     await server.stop()
+    if isinstance(failure, IndexLocked):
+        raise failure

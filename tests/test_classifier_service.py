@@ -107,7 +107,7 @@ def test_cli_classify_prints_one_line_per_file(gateway, mnist, tmp_path, capsys)
     for i in range(3):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray((mnist.test.images[i] * 255).round().astype(np.uint8)).save(paths[-1])
-    main(["classify", "--target", gateway.target, *map(str, paths)])
+    main(["classify", "--target", gateway.target, *map(str, paths), "--json"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["image"] for line in lines] == list(map(str, paths))
     assert [line["label"] for line in lines] == mnist.test.labels[:3].tolist()

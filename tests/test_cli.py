@@ -124,3 +124,12 @@ def test_every_argument_of_every_verb_has_help():
         return found
 
     assert without_help(build_parser()) == []
+
+
+def test_a_second_gateway_on_the_same_data_directory_exits_naming_the_holder(gateway):
+    port, = free_ports(1)
+    result = cli("serve", "--port", str(port), "--metrics-port", "0", "--gallery", "none",
+                 "--data-dir", str(gateway.settings.data_dir), "--model-repository", str(gateway.settings.model_repository))
+    assert result.returncode == 2, result.stderr
+    assert f"error: the index at {gateway.settings.data_dir / 'index'} is in use by process" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -310,7 +310,7 @@ def test_cli_client_verbs(gateway, tmp_path, capsys):
     from latentserve.cli import main
 
     def stored_items() -> int:
-        main(["index", "stats", "--target", gateway.target])
+        main(["index", "stats", "--target", gateway.target, "--json"])
         return int(json.loads(capsys.readouterr().out)["items"])
 
     path = tmp_path / "digit.png"
@@ -319,13 +319,13 @@ def test_cli_client_verbs(gateway, tmp_path, capsys):
     main(["index", "add", "--target", gateway.target, str(path), "--label", "3", "--meta", "who=cli"])
     capsys.readouterr()
     assert stored_items() == before + 1
-    main(["search", "--target", gateway.target, "--image", str(path), "-k", "1"])
-    hit_id, distance, label, metadata = capsys.readouterr().out.strip().splitlines()[-1].split("\t")
-    assert (hit_id, label, json.loads(metadata)) == ("digit", "3", {"who": "cli"}) and float(distance) < 1e-3
+    main(["search", "--target", gateway.target, "--image", str(path), "-k", "1", "--json"])
+    hit = json.loads(capsys.readouterr().out)
+    assert (hit["id"], hit["label"], hit["metadata"]) == ("digit", 3, {"who": "cli"}) and hit["distance"] < 1e-3
     main(["index", "delete", "--target", gateway.target, "digit"])
     capsys.readouterr()
     assert stored_items() == before
-    main(["encode", "--target", gateway.target, str(path)])
+    main(["encode", "--target", gateway.target, str(path), "--json"])
     encoded = json.loads(capsys.readouterr().out)
     assert (encoded["num_bits"], len(encoded["code"]), len(encoded["bits"])) == (32, 32, 8)
 
