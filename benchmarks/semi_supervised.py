@@ -20,7 +20,8 @@ from latentserve import repository
 from serving.label_propagation import knn_graph, propagate
 from latentserve.datasets import CLASSES, load_mnist
 from training import retrieval
-from training.semi_supervised import SemiSupervisedConfig, evaluate_classifier, labelled_indices
+from training.evaluation import evaluate_classifier
+from training.semi_supervised import SemiSupervisedConfig, labelled_indices
 from training.train import load_checkpoint, load_model
 
 PUBLISHED = (

@@ -23,8 +23,9 @@ import tritonclient.grpc
 from tritonclient.grpc import model_config_pb2
 
 from latentserve import repository
+from latentserve.contract import IMAGE, LABEL, LATENT, TensorSpec
 from latentserve.datasets import Mnist
-from training.registry import Graph, TensorSpec
+from training.base import Graph
 from training.train import load_checkpoint, load_model
 
 FLOAT_TOLERANCE = 1e-4  # max |onnx - torch| and |torchscript - torch| over float outputs
@@ -109,13 +110,13 @@ def _parity_inputs(graph: Graph, data: Mnist) -> dict[str, dict[str, np.ndarray]
     real, random = {}, {}
     for spec in graph.inputs:
         shape = (PARITY_IMAGES, *spec.dims)
-        if spec.name == "image":
+        if spec.name == IMAGE:
             real[spec.name] = data.test.images[:PARITY_IMAGES, None]
             random[spec.name] = rng.random(shape, dtype=np.float32)
-        elif spec.name == "latent":
+        elif spec.name == LATENT:
             real[spec.name] = rng.standard_normal(shape, dtype=np.float32)
             random[spec.name] = 3 * rng.standard_normal(shape, dtype=np.float32)
-        elif spec.name == "label":
+        elif spec.name == LABEL:
             real[spec.name] = (np.arange(PARITY_IMAGES) % graph.classes).reshape(shape)
             random[spec.name] = rng.permutation(real[spec.name])
         else:
@@ -126,13 +127,17 @@ def _parity_inputs(graph: Graph, data: Mnist) -> dict[str, dict[str, np.ndarray]
 def _write_graph(graph: Graph, directory: Path, examples: dict[str, np.ndarray]) -> None:
     sample = tuple(torch.from_numpy(examples[spec.name][:2]) for spec in graph.inputs)
     batch = torch.export.Dim("batch")
+    # by tensor rather than by argument name: a graph's module may take its inputs as *inputs (ExportGraph)
+    batch_axes = torch.export.ShapesCollection()
+    for tensor in sample:
+        batch_axes[tensor] = {0: batch}
     torch.onnx.export(
         graph.module,
         sample,
         directory / repository.ONNX_FILE,
         input_names=[t.name for t in graph.inputs],
         output_names=[t.name for t in graph.outputs],
-        dynamic_shapes={spec.name: {0: batch} for spec in graph.inputs},
+        dynamic_shapes=batch_axes.dynamic_shapes(graph.module, sample),
         dynamo=True,
         external_data=False,
         verbose=False,

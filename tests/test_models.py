@@ -9,7 +9,7 @@ from torch.optim.swa_utils import update_bn
 
 from latentserve.latents import sample_latents
 from training.gan import AVERAGE_STATISTICS_BATCHES, latent_code
-from training.registry import build, models
+from training.registry import MODELS, build
 
 SMALL = {
     "autoencoder": {"channels": 8, "code_dim": 8, "hash_bits": 16},
@@ -33,10 +33,10 @@ SMALL = {
 
 
 def _with_capability(capability: str) -> list[str]:
-    return [n for n in sorted(models()) if any(g.capability == capability for g in build(n, SMALL[n]).graphs().values())]
+    return [n for n in sorted(MODELS) if any(g.capability == capability for g in build(n, SMALL[n]).graphs().values())]
 
 
-@pytest.fixture(params=sorted(models()))
+@pytest.fixture(params=sorted(MODELS))
 def name(request):
     return request.param
 
@@ -66,7 +66,7 @@ def graph_inputs(graph, images: torch.Tensor) -> list[torch.Tensor]:
 
 
 def test_every_model_has_a_small_config():
-    assert set(SMALL) == set(models())
+    assert set(SMALL) == set(MODELS)
 
 
 def test_graphs_give_their_declared_outputs(name, images):
@@ -164,7 +164,7 @@ def test_a_gan_with_weight_averaging_serves_the_average(images, labels):
     model.train_step(images, labels, optimizers)
     for average, old, new in zip(model.generator_average.parameters(), before, model.generator.parameters()):
         torch.testing.assert_close(average, (old + new) / 2)  # decay 0.5: halfway from the old weights
-    assert model.graphs()["generator"].module.generator is model.generator_average
+    assert model.graphs()["generator"].module.model is model.generator_average
 
 
 def test_a_gan_serves_its_average_with_batch_norm_statistics_of_its_own(images, labels):

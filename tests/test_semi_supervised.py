@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 
+from training.augmentation import strong_augment
 from training.kingma import M2Network
 from training.registry import build
-from training.self_training import SelfTraining, flexible_thresholds, restroke, strong_augment
+from training.self_training import SelfTraining
 from training.semi_supervised import labelled_indices
 from training.train import load_checkpoint, load_model, train
 
@@ -97,9 +98,9 @@ def test_training_on_a_tiny_sample_fits_its_labels(name, mnist):
 def test_the_strong_view_erases_one_cutout_square_per_image_or_none(mnist):
     images = torch.from_numpy(mnist.train.images[:32, None])
     torch.manual_seed(0)
-    warped = strong_augment(images, 0, 0.0)
+    warped = strong_augment(images, 0)
     torch.manual_seed(0)
-    cut = strong_augment(images, 8, 0.0)
+    cut = strong_augment(images, 8)
     assert warped.sum() > 0.5 * images.sum()  # the affine keeps the digits
     erased = warped != cut
     assert erased.any() and (cut[erased] == 0).all()
@@ -107,39 +108,6 @@ def test_the_strong_view_erases_one_cutout_square_per_image_or_none(mnist):
         rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
         if len(rows):
             assert rows.max() - rows.min() < 8 and cols.max() - cols.min() < 8
-
-
-def test_restroke_thickens_and_thins_strokes_by_the_amount(mnist):
-    images = torch.from_numpy(mnist.train.images[:8, None])
-    ink = lambda x: x.sum((1, 2, 3))
-    assert torch.equal(restroke(images, torch.zeros(8)), images)
-    thicker, thickest = restroke(images, torch.full((8,), 0.5)), restroke(images, torch.ones(8))
-    thinner, thinnest = restroke(images, torch.full((8,), -0.5)), restroke(images, -torch.ones(8))
-    assert (ink(thinnest) < ink(thinner)).all() and (ink(thinner) < ink(images)).all()
-    assert (ink(images) < ink(thicker)).all() and (ink(thicker) < ink(thickest)).all()
-    assert thinnest.min() >= 0 and thickest.max() <= 1  # still images
-
-
-def test_class_thresholds_scale_with_how_far_each_class_is_learned():
-    share = torch.tensor([0.5, 0.25] + [0.0] * 8)  # 75% confident: the largest class sets the scale
-    torch.testing.assert_close(flexible_thresholds(share, 0.9), torch.tensor([0.9, 0.3] + [0.0] * 8))
-    share = torch.tensor([0.2, 0.1] + [0.0] * 8)  # warm-up: the unconfident 70% sets it
-    learned = torch.tensor([2 / 7, 1 / 7])
-    torch.testing.assert_close(flexible_thresholds(share, 0.9)[:2], 0.9 * learned / (2 - learned))
-
-
-def test_class_thresholds_track_confident_predictions_only_in_training(mnist):
-    torch.manual_seed(0)
-    images = torch.from_numpy(mnist.train.images[:80, None])
-    labels = torch.cat([torch.from_numpy(mnist.train.labels[:20]).long(), torch.full((60,), -1)])
-    model = build("fixmatch", {"class_thresholds": True, "threshold": 0.0, "alignment_momentum": 0.5}).train()
-    model.loss(images, labels)
-    # threshold 0: every unlabelled image counts for its predicted class; momentum 0.5: half of that share
-    torch.testing.assert_close(model.confident_share.sum(), torch.tensor(0.5))
-    share = model.confident_share.clone()
-    model.eval()
-    model.loss(images, labels)
-    assert torch.equal(model.confident_share, share)
 
 
 def test_fixmatch_with_weight_averaging_trains_the_network_and_serves_the_average(mnist):

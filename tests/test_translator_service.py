@@ -15,7 +15,8 @@ from export import exporter
 from latentserve.v1 import common_pb2, translator_pb2, translator_pb2_grpc
 from latentserve import datasets, quality, repository
 from tests.conftest import MODEL_REPOSITORY, RunningGateway, assert_refused, tensor_batch
-from training.registry import Graph, TensorSpec
+from latentserve.contract import TensorSpec
+from training.base import Graph
 
 # Model -> direction -> what its stand-in graph computes. Two models offer edges2digit, so a call in that
 # direction must name the model; mnist2uci is a transpose, so PNG round trips are exact.

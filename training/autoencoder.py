@@ -5,14 +5,14 @@ running statistics would fit neither in eval mode. The hash head maps the code t
 their signs (straight-through gradient), and a quantisation term pulls the units towards +-1 so that the
 served bits (unit > 0) lose little. A balance term keeps each bit near 50% on.
 """
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from latentserve.contract import ENCODE, IMAGE_SPEC, binary_code_spec, code_spec
 from latentserve.datasets import Mnist
-from training import retrieval
-from training.registry import Graph, LossModel, Losses, TensorSpec, TrainConfig
+from training.base import ExportGraph, Graph, LossModel, Losses, TrainConfig
+from training.evaluation import encoder_retrieval
 
 
 class AutoencoderConfig(TrainConfig):
@@ -95,13 +95,10 @@ class ConvAutoencoder(LossModel):
     def graphs(self) -> dict[str, Graph]:
         return {
             "encoder": Graph(
-                module=_EncoderGraph(self),
-                inputs=(TensorSpec("image", "float32", (1, 28, 28)),),
-                outputs=(
-                    TensorSpec("code", "float32", (self.config.code_dim,)),
-                    TensorSpec("binary_code", "uint8", (self.config.hash_bits,)),
-                ),
-                capability="encode",
+                module=ExportGraph(self, _codes),
+                inputs=(IMAGE_SPEC,),
+                outputs=(code_spec(self.config.code_dim), binary_code_spec(self.config.hash_bits)),
+                capability=ENCODE,
             )
         }
 
@@ -112,37 +109,10 @@ class ConvAutoencoder(LossModel):
             F.binary_cross_entropy(self.decode(self.encode(batch)), batch, reduction="sum").item()
             for batch in test.split(1000)
         ) / len(test)
-        return {"test_reconstruction_bce": reconstruction, **encoder_retrieval(_EncoderGraph(self), data)}
+        return {"test_reconstruction_bce": reconstruction, **encoder_retrieval(self.graphs()["encoder"].module, data)}
 
 
-class _EncoderGraph(nn.Module):
-    def __init__(self, model: ConvAutoencoder):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor):
-        code = self.model.encode(image)
-        return code, (self.model.hash(code) > 0).to(torch.uint8)
-
-
-@torch.no_grad()
-def encoder_retrieval(encoder: nn.Module, data: Mnist) -> dict[str, float]:
-    """Retrieval scores of an encoder graph (image -> code, binary_code) on the standard protocol."""
-    split = retrieval.protocol(data)
-
-    def encode(images: np.ndarray):
-        outputs = [encoder(torch.from_numpy(batch[:, None])) for batch in np.array_split(images, len(images) // 1000 + 1)]
-        return tuple(torch.cat(parts).numpy() for parts in zip(*outputs))
-
-    query_code, query_bits = encode(split.queries)
-    gallery_code, gallery_bits = encode(split.gallery)
-    real = retrieval.retrieval_scores(
-        retrieval.l2_distances(query_code, gallery_code), split.query_labels, split.gallery_labels
-    )
-    binary = retrieval.retrieval_scores(
-        retrieval.hamming_distances(query_bits, gallery_bits), split.query_labels, split.gallery_labels
-    )
-    return {
-        **{f"retrieval_code_{key}": value for key, value in real.items()},
-        **{f"retrieval_bits_{key}": value for key, value in binary.items()},
-    }
+def _codes(model: ConvAutoencoder, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder graph: the code, and its hash bits as 0/1."""
+    code = model.encode(image)
+    return code, (model.hash(code) > 0).to(torch.uint8)

@@ -8,8 +8,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from latentserve.contract import CLASSIFY, IMAGE_SPEC, PROBABILITIES_SPEC, features_spec
 from latentserve.datasets import CLASSES, Mnist
-from training.registry import Graph, LossModel, Losses, TensorSpec, TrainConfig
+from training.augmentation import shift
+from training.base import ExportGraph, Graph, LossModel, Losses, TrainConfig
+from training.evaluation import error_rate
 
 
 class LeNetConfig(TrainConfig):
@@ -63,13 +66,10 @@ class LeNet(LossModel):
     def graphs(self) -> dict[str, Graph]:
         return {
             "classifier": Graph(
-                module=_ClassifierGraph(self),
-                inputs=(TensorSpec("image", "float32", (1, 28, 28)),),
-                outputs=(
-                    TensorSpec("probabilities", "float32", (CLASSES,)),
-                    TensorSpec("features", "float32", (self.config.features,)),
-                ),
-                capability="classify",
+                module=ExportGraph(self, _probabilities_and_features),
+                inputs=(IMAGE_SPEC,),
+                outputs=(PROBABILITIES_SPEC, features_spec(self.config.features)),
+                capability=CLASSIFY,
             )
         }
 
@@ -79,28 +79,7 @@ class LeNet(LossModel):
         return {"test_error": error_rate(self.classify, test, torch.from_numpy(data.test.labels))}
 
 
-@torch.no_grad()
-def error_rate(classify, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """The share of `images` whose largest logit from `classify` is not their label."""
-    wrong = sum((classify(x).argmax(1) != y).sum().item() for x, y in zip(images.split(1000), labels.split(1000)))
-    return wrong / len(images)
-
-
-def shift(images: torch.Tensor, max_shift: int) -> torch.Tensor:
-    """Each image moved by its own random offset in [-max_shift, max_shift]^2, zero-filled."""
-    n, _, h, w = images.shape
-    padded = F.pad(images, (max_shift,) * 4)
-    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n))
-    rows = (dy[:, None] + torch.arange(h))[:, :, None]
-    cols = (dx[:, None] + torch.arange(w))[:, None, :]
-    return padded[torch.arange(n)[:, None, None], 0, rows, cols][:, None]
-
-
-class _ClassifierGraph(nn.Module):
-    def __init__(self, model: LeNet):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor):
-        logits, features = self.model(image)
-        return torch.softmax(logits, 1), features
+def _probabilities_and_features(model: LeNet, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier graph."""
+    logits, features = model(image)
+    return torch.softmax(logits, 1), features

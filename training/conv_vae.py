@@ -6,9 +6,10 @@ samples come from the same latents the gateway draws for every generator.
 import torch
 from torch import nn
 
+from latentserve.contract import GENERATE, IMAGE_SPEC, latent_spec
 from latentserve.datasets import Mnist
-from training.gan import evaluate_generator_graph
-from training.registry import Graph, LossModel, TensorSpec, TrainConfig
+from training.base import ExportGraph, Graph, LossModel, TrainConfig
+from training.evaluation import evaluate_generator_graph
 from training.vae import VAE
 
 
@@ -44,22 +45,13 @@ class ConvVAE(VAE):
         return {
             **super().graphs(),
             "decoder": Graph(
-                module=_DecoderGraph(self),
-                inputs=(TensorSpec("latent", "float32", (self.config.latent_dim,)),),
-                outputs=(TensorSpec("image", "float32", (1, 28, 28)),),
-                capability="generate",
+                module=ExportGraph(self, lambda model, latent: (model.decode(latent),)),
+                inputs=(latent_spec(self.config.latent_dim),),
+                outputs=(IMAGE_SPEC,),
+                capability=GENERATE,
             ),
         }
 
     @torch.no_grad()
     def evaluate(self, data: Mnist) -> dict[str, float]:
         return {**self.test_negative_elbo(data), **evaluate_generator_graph(self.graphs()["decoder"], data)}
-
-
-class _DecoderGraph(nn.Module):
-    def __init__(self, model: ConvVAE):
-        super().__init__()
-        self.model = model
-
-    def forward(self, latent: torch.Tensor):
-        return (self.model.decode(latent),)

@@ -15,15 +15,15 @@ The generators output images in [0, 1] like the data; discriminators map their i
 """
 import copy
 
-import numpy as np
 import torch
 from pydantic import model_validator
 from torch import nn
 from torch.nn import functional as F
 
+from latentserve.contract import GENERATE, IMAGE_SPEC, LABEL_SPEC, latent_spec
 from latentserve.datasets import CLASSES, Mnist
-from latentserve.quality import evaluate_generator
-from training.registry import Graph, TensorSpec, TrainConfig, optimizer_step, update_average
+from training.base import ExportGraph, Graph, TrainConfig, optimizer_step, update_average
+from training.evaluation import evaluate_generator_graph
 
 PREVIEW_SAMPLES = 64
 # Latent batches (of 64) the weight average's batch-norm statistics are recomputed from. Copying G's
@@ -253,15 +253,15 @@ class GAN(nn.Module):
         return self.served_generator()(latent, labels)
 
     def graphs(self) -> dict[str, Graph]:
-        inputs = (TensorSpec("latent", "float32", (self.config.latent_dim,)),)
+        inputs = (latent_spec(self.config.latent_dim),)
         if self.classes:
-            inputs += (TensorSpec("label", "int64", (1,)),)
+            inputs += (LABEL_SPEC,)
         return {
             "generator": Graph(
-                module=_GeneratorGraph(self.served_generator()),
+                module=ExportGraph(self.served_generator(), _generate),
                 inputs=inputs,
-                outputs=(TensorSpec("image", "float32", (1, 28, 28)),),
-                capability="generate",
+                outputs=(IMAGE_SPEC,),
+                capability=GENERATE,
                 classes=self.classes,
             )
         }
@@ -344,24 +344,6 @@ def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.flatten(), torch.full((logits.numel(),), float(target)))
 
 
-
-@torch.no_grad()
-def evaluate_generator_graph(graph: Graph, data: Mnist) -> dict[str, float]:
-    """Sample quality of a generator graph, on the same latents and labels the gateway would feed it."""
-
-    def run(inputs: dict) -> np.ndarray:
-        return graph.module(**{name: torch.from_numpy(array) for name, array in inputs.items()})[0].numpy()
-
-    latent_dim = next(spec.dims[0] for spec in graph.inputs if spec.name == "latent")
-    return evaluate_generator(run, latent_dim, graph.classes, data)
-
-
-class _GeneratorGraph(nn.Module):
-    """latent [N, D] (and label [N, 1] int64 if conditional) -> image [N, 1, 28, 28] in [0, 1]."""
-
-    def __init__(self, generator: Generator):
-        super().__init__()
-        self.generator = generator
-
-    def forward(self, latent: torch.Tensor, label: torch.Tensor | None = None):
-        return (self.generator(latent, None if label is None else label[:, 0]),)
+def _generate(generator: Generator, latent: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+    """The generator graph: latent [N, D] (and label [N, 1] if conditional) -> image [N, 1, 28, 28] in [0, 1]."""
+    return (generator(latent, None if label is None else label[:, 0]),)

@@ -26,9 +26,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from latentserve.datasets import CLASSES, Mnist
-from training.classifier import error_rate
-from training.registry import Graph, LossModel, Losses
-from training.semi_supervised import SemiSupervisedConfig, classifier_graph, evaluate_classifier
+from training.base import Graph, LossModel, Losses
+from training.evaluation import error_rate, evaluate_classifier
+from training.semi_supervised import SemiSupervisedConfig, classifier_graph
 from training.vae import VAE, VAEConfig
 
 PIXELS = 784

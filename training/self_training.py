@@ -12,31 +12,28 @@ all on the LeNet network (training/classifier.py):
   allow. Cutout is off since v2: 59% of v1's test errors over five data seeds went into class 8 (3s, 9s,
   slanted 1s) or from 7 to 2, and an 8 with a square erased can look like a 3 or a 9, a 2 like a 7, so
   the strong views themselves can teach those confusions; without cutout the validation error fell on
-  both data seeds tried (docs/benchmarks.md). `stroke_jitter` (off by default) thins or thickens the
-  strong view's strokes, because v2-like runs read many misread 1s right once thinned; it helped on one
-  data seed and hurt on another, so no shipped version uses it (docs/benchmarks.md).
+  both data seeds tried (docs/benchmarks.md).
   With `distribution_alignment` (ReMixMatch, Berthelot et al. 2020) the weak view's probabilities are
   multiplied by uniform / (their running mean over unlabelled batches) and renormalised before the
   threshold, so a class the network over-predicts cannot soak up pseudo-labels (a first run without it
   sent 77 of 1,030 validation 3s, and most of its other errors, to class 8).
-  With `class_thresholds` (FlexMatch, Zhang et al. 2021; off by default) each class's threshold scales
-  with how far it is learned, so a class the first confident pseudo-labels pass by still gets some.
 
 Every unlabelled term is weighted by `unlabelled_weight`, ramped up linearly over `rampup_steps`.
 With `ema_decay` (FixMatch's practice) validation, evaluation and export use a moving average of the
 network's weights; training and the pseudo-labels use the network itself.
 """
 import copy
-import math
 from typing import Literal
 
 import torch
 from torch.nn import functional as F
 
 from latentserve.datasets import CLASSES, Mnist
-from training.classifier import LeNet, LeNetConfig, error_rate, shift
-from training.registry import Graph, Losses, LossModel, update_average
-from training.semi_supervised import SemiSupervisedConfig, classifier_graph, evaluate_classifier
+from training.augmentation import shift, strong_augment
+from training.base import Graph, Losses, LossModel, update_average
+from training.classifier import LeNet, LeNetConfig
+from training.evaluation import error_rate, evaluate_classifier
+from training.semi_supervised import SemiSupervisedConfig, classifier_graph
 
 
 class SelfTrainingConfig(SemiSupervisedConfig):
@@ -52,11 +49,8 @@ class SelfTrainingConfig(SemiSupervisedConfig):
     rampup_steps: int = 500
     strong_augmentation: bool = False  # FixMatch: pseudo-labels from the weak view train the strong one
     cutout: int = 8  # side of the square of zeros the strong view ends with; 0: none
-    stroke_jitter: float = 0.0  # the strong view's strokes thinned or thickened by up to this (see restroke)
     distribution_alignment: bool = False
-    # of the running means over unlabelled batches: predicted class probabilities, confident shares
-    alignment_momentum: float = 0.99
-    class_thresholds: bool = False
+    alignment_momentum: float = 0.99  # of the running mean of predicted class probabilities
     weak_shift: int = 2
     ema_decay: float = 0.0  # > 0: serve a moving average of the network's weights; 0: the network itself
 
@@ -85,8 +79,6 @@ class SelfTraining(LossModel):
         self.network = LeNet(LeNetConfig(dropout=config.dropout))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training steps so far, for the ramp
         self.register_buffer("predicted_mean", torch.full((CLASSES,), 1.0 / CLASSES))  # for distribution alignment
-        if config.class_thresholds:  # per class, the share of unlabelled images predicted as it at `threshold` or above
-            self.register_buffer("confident_share", torch.zeros(CLASSES))
         if config.ema_decay:
             self.network_average = copy.deepcopy(self.network).requires_grad_(False)
 
@@ -122,7 +114,7 @@ class SelfTraining(LossModel):
         if cfg.strong_augmentation:
             with torch.no_grad():
                 targets = F.softmax(self._logits(unlabelled), 1)
-            logits = self._logits(strong_augment(images[~labelled], cfg.cutout, cfg.stroke_jitter))
+            logits = self._logits(strong_augment(images[~labelled], cfg.cutout))
         else:
             logits = self._logits(unlabelled)
             targets = F.softmax(logits.detach(), 1)
@@ -133,13 +125,7 @@ class SelfTraining(LossModel):
             targets = targets / targets.sum(1, keepdim=True)
         log_probabilities = F.log_softmax(logits, 1)
         confidence, predicted = targets.max(1)
-        threshold = cfg.threshold
-        if cfg.class_thresholds and len(targets):
-            if self.training:
-                confident = F.one_hot(predicted[confidence >= cfg.threshold], CLASSES).sum(0) / len(targets)
-                self.confident_share.lerp_(confident.float(), 1 - cfg.alignment_momentum)
-            threshold = flexible_thresholds(self.confident_share, cfg.threshold)[predicted]
-        mask = (confidence >= threshold).float()
+        mask = (confidence >= cfg.threshold).float()
         if cfg.pseudo_labels == "hard":
             pseudo = F.nll_loss(log_probabilities, predicted, reduction="none") * mask
         elif cfg.pseudo_labels == "soft":
@@ -169,7 +155,7 @@ class SelfTraining(LossModel):
     def preview(self, images: torch.Tensor) -> torch.Tensor:
         """The validation images, weakly and strongly augmented."""
         cfg = self.config
-        return torch.cat([images, shift(images, cfg.weak_shift), strong_augment(images, cfg.cutout, cfg.stroke_jitter)])
+        return torch.cat([images, shift(images, cfg.weak_shift), strong_augment(images, cfg.cutout)])
 
     def graphs(self) -> dict[str, Graph]:
         return {"classifier": classifier_graph(self.served_network())}  # one network, not both
@@ -177,52 +163,6 @@ class SelfTraining(LossModel):
     @torch.no_grad()
     def evaluate(self, data: Mnist) -> dict[str, float]:
         return evaluate_classifier(self, data)
-
-
-def flexible_thresholds(confident_share: torch.Tensor, threshold: float) -> torch.Tensor:
-    """FlexMatch's class thresholds: each class's learning effect (its confident share over the largest
-    one, or over the unconfident share while that is larger: the warm-up) mapped convexly, x / (2 - x),
-    onto [0, threshold]. A class nobody predicts confidently yet takes any prediction."""
-    learned = confident_share / torch.maximum(confident_share.max(), 1 - confident_share.sum())
-    return threshold * learned / (2 - learned)
-
-
-def strong_augment(images: torch.Tensor, cutout: int, stroke_jitter: float) -> torch.Tensor:
-    """Strokes thinned or thickened by a uniform amount in [-stroke_jitter, stroke_jitter] (none if 0),
-    then a random affine per image (rotation up to 20 degrees, scale 0.85-1.15, shear up to 0.2, shift up
-    to 3 pixels), then a `cutout` x `cutout` square of zeros at a random place (none if `cutout` is 0)."""
-    n = len(images)
-    if n == 0:
-        return images
-    if stroke_jitter:
-        images = restroke(images, (torch.rand(n) * 2 - 1) * stroke_jitter)
-    angle = (torch.rand(n) * 2 - 1) * math.radians(20)
-    scale = 0.85 + torch.rand(n) * 0.3
-    shear = (torch.rand(n) * 2 - 1) * 0.2
-    offset = (torch.rand(n, 2) * 2 - 1) * (3 / 14)  # grid units: 14 pixels per unit on 28 pixels
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([
-        torch.stack([cos, -sin + shear * cos, offset[:, 0]], 1),
-        torch.stack([sin, cos + shear * sin, offset[:, 1]], 1),
-    ], 1)
-    grid = F.affine_grid(theta, images.shape, align_corners=False)
-    warped = F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
-    if not cutout:
-        return warped
-    rows = torch.arange(28)[None, :, None]
-    cols = torch.arange(28)[None, None, :]
-    top, left = (torch.randint(-cutout // 2, 28 - cutout // 2, (2, n, 1, 1)))
-    square = (rows >= top) & (rows < top + cutout) & (cols >= left) & (cols < left + cutout)
-    return warped * (~square)[:, None]
-
-
-def restroke(images: torch.Tensor, amounts: torch.Tensor) -> torch.Tensor:
-    """Each image blended towards its 3x3 grey-scale dilation (amount > 0: thicker strokes) or erosion
-    (amount < 0: thinner), by the amount's size (1: all the way)."""
-    amounts = amounts[:, None, None, None]
-    dilated = F.max_pool2d(images, 3, 1, 1)
-    eroded = -F.max_pool2d(-images, 3, 1, 1)
-    return images + amounts.clamp(min=0) * (dilated - images) + (-amounts).clamp(min=0) * (eroded - images)
 
 
 class EntropyMin(SelfTraining):

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from latentserve.datasets import CLASSES, Mnist
-from training.classifier import error_rate
-from training.registry import Graph, TensorSpec, TrainConfig
+from latentserve.contract import CLASSIFY, IMAGE_SPEC, PROBABILITIES_SPEC
+from latentserve.datasets import CLASSES
+from training.base import ExportGraph, Graph, TrainConfig
 
 UNLABELLED = -1
 
@@ -42,26 +42,8 @@ def hide_labels(labels: torch.Tensor, config: SemiSupervisedConfig) -> tuple[tor
 def classifier_graph(model: nn.Module) -> Graph:
     """The served graph of a semi-supervised model: `model.classify` maps images to class logits."""
     return Graph(
-        module=_ProbabilitiesGraph(model),
-        inputs=(TensorSpec("image", "float32", (1, 28, 28)),),
-        outputs=(TensorSpec("probabilities", "float32", (CLASSES,)),),
-        capability="classify",
+        module=ExportGraph(model, lambda model, image: (torch.softmax(model.classify(image), 1),)),
+        inputs=(IMAGE_SPEC,),
+        outputs=(PROBABILITIES_SPEC,),
+        capability=CLASSIFY,
     )
-
-
-@torch.no_grad()
-def evaluate_classifier(model: nn.Module, data: Mnist) -> dict[str, float]:
-    """What a semi-supervised model's card reports: its error on the validation and the test set."""
-    return {
-        f"{name}_error": error_rate(model.classify, torch.from_numpy(split.images[:, None]), torch.from_numpy(split.labels))
-        for name, split in (("valid", data.valid), ("test", data.test))
-    }
-
-
-class _ProbabilitiesGraph(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor):
-        return (torch.softmax(self.model.classify(image), 1),)

@@ -20,11 +20,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from latentserve import datasets, quality
+from latentserve.contract import IMAGE_SPEC, TRANSLATE, TRANSLATED_SPEC
 from latentserve.datasets import CLASSES, Mnist
-from training.registry import Graph, TensorSpec, TrainConfig, optimizer_step
+from training.base import ExportGraph, Graph, TrainConfig, optimizer_step
 
-IMAGE = TensorSpec("image", "float32", (1, 28, 28))
-TRANSLATED = TensorSpec("translated", "float32", (1, 28, 28))
 PREVIEW_UCI = 16
 READER_STEPS, READER_BATCH = 3000, 128
 
@@ -120,7 +119,7 @@ class ImagePool(nn.Module):
 
     def __init__(self, size: int):
         super().__init__()
-        self.register_buffer("images", torch.zeros(size, *IMAGE.dims))
+        self.register_buffer("images", torch.zeros(size, *IMAGE_SPEC.dims))
         self.register_buffer("filled", torch.zeros((), dtype=torch.int64))
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
@@ -164,20 +163,14 @@ class ScanReader(nn.Module):
         self.requires_grad_(False)
 
 
-class _TranslatorGraph(nn.Module):
-    """image [N, 1, 28, 28] -> translated [N, 1, 28, 28], both in [0, 1]."""
-
-    def __init__(self, generator: nn.Module):
-        super().__init__()
-        self.generator = generator
-
-    def forward(self, image: torch.Tensor):
-        return (self.generator(image),)
-
-
 def translator_graph(generator: nn.Module) -> Graph:
-    return Graph(module=_TranslatorGraph(generator), inputs=(IMAGE,), outputs=(TRANSLATED,), capability="translate")
-
+    """image [N, 1, 28, 28] -> translated [N, 1, 28, 28], both in [0, 1]."""
+    return Graph(
+        module=ExportGraph(generator, lambda generator, image: (generator(image),)),
+        inputs=(IMAGE_SPEC,),
+        outputs=(TRANSLATED_SPEC,),
+        capability=TRANSLATE,
+    )
 
 
 def _edges(images: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from latentserve.contract import ENCODE, IMAGE_SPEC, binary_code_spec, code_spec
 from latentserve.datasets import Mnist
-from training.autoencoder import encoder_retrieval
-from training.registry import Graph, LossModel, Losses, TensorSpec, TrainConfig
+from training.base import ExportGraph, Graph, LossModel, Losses, TrainConfig
+from training.evaluation import encoder_retrieval
 
 
 class VAEConfig(TrainConfig):
@@ -60,10 +61,10 @@ class VAE(LossModel):
         dim = self.config.latent_dim
         return {
             "encoder": Graph(
-                module=_EncoderGraph(self),
-                inputs=(TensorSpec("image", "float32", (1, 28, 28)),),
-                outputs=(TensorSpec("code", "float32", (dim,)), TensorSpec("binary_code", "uint8", (dim,))),
-                capability="encode",
+                module=ExportGraph(self, _codes),
+                inputs=(IMAGE_SPEC,),
+                outputs=(code_spec(dim), binary_code_spec(dim)),
+                capability=ENCODE,
             )
         }
 
@@ -83,7 +84,7 @@ class VAE(LossModel):
 
     @torch.no_grad()
     def evaluate(self, data: Mnist) -> dict[str, float]:
-        return {**self.test_negative_elbo(data), **encoder_retrieval(_EncoderGraph(self), data)}
+        return {**self.test_negative_elbo(data), **encoder_retrieval(self.graphs()["encoder"].module, data)}
 
 
 def _layers(inputs: int, hidden: int, count: int) -> list[nn.Module]:
@@ -94,11 +95,7 @@ def _layers(inputs: int, hidden: int, count: int) -> list[nn.Module]:
     return layers
 
 
-class _EncoderGraph(nn.Module):
-    def __init__(self, model: VAE):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor):
-        mean, _ = self.model.encode(image)
-        return mean, (mean > 0).to(torch.uint8)
+def _codes(model: VAE, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder graph: the posterior mean, and its signs as 0/1."""
+    mean, _ = model.encode(image)
+    return mean, (mean > 0).to(torch.uint8)
