@@ -189,7 +189,7 @@ def test_cli_translate_writes_one_png_per_input(gateway, mnist, tmp_path, capsys
     paths = [tmp_path / f"digit-{i}.png" for i in range(3)]
     for path, image in zip(paths, pixels):
         path.write_bytes(png_file(image))
-    main(["translate", "--target", gateway.target, "--direction", "mnist2uci", "--out", str(tmp_path / "out"), *map(str, paths)])
+    main(["translate", "--target", gateway.target, "--direction", "mnist2uci", "--out", str(tmp_path / "out"), *map(str, paths), "--json"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["out"] for line in lines] == [str(tmp_path / "out" / path.name) for path in paths]
     assert {(line["model"], line["version"], line["direction"]) for line in lines} == {("cyclegan", 1, "mnist2uci")}
