@@ -5,7 +5,6 @@ its logic, a `Capability` subclass, and its thin gRPC servicer. The server is bu
 (serving/server.py).
 """
 import numpy as np
-from google.protobuf.descriptor import ServiceDescriptor
 
 from latentserve.repository import Entry
 from serving.errors import Unavailable
@@ -50,20 +49,14 @@ class Inference:
 
 
 class Capability:
-    """One capability: subclasses name their gRPC `service`, the generated `add_servicer` function, and
-    build their servicer; `ready` is their health."""
-
-    service: ServiceDescriptor
+    """One capability: subclasses build their servicer and say when they are ready (their health)."""
 
     def __init__(self, settings: Settings, inference: Inference):
         self.settings = settings
         self.inference = inference
 
-    @staticmethod
-    def add_servicer(servicer, server) -> None:
-        raise NotImplementedError
-
     def servicer(self):
+        """This capability's servicer: a subclass of a protoc-generated `<Service>Servicer`."""
         raise NotImplementedError
 
     def ready(self) -> bool:

@@ -28,9 +28,6 @@ def summarise(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 class Classification(Capability):
-    service = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"]
-    add_servicer = staticmethod(classifier_pb2_grpc.add_ClassifierServicer_to_server)
-
     def servicer(self):
         return ClassifierServicer(self)
 

@@ -19,9 +19,6 @@ class Codes:
 
 
 class Encoding(Capability):
-    service = encoder_pb2.DESCRIPTOR.services_by_name["Encoder"]
-    add_servicer = staticmethod(encoder_pb2_grpc.add_EncoderServicer_to_server)
-
     def servicer(self):
         return EncoderServicer(self)
 

@@ -37,9 +37,6 @@ class Generated:
 
 
 class Generation(Capability):
-    service = generator_pb2.DESCRIPTOR.services_by_name["Generator"]
-    add_servicer = staticmethod(generator_pb2_grpc.add_GeneratorServicer_to_server)
-
     def servicer(self):
         return GeneratorServicer(self)
 

@@ -8,9 +8,6 @@ from serving.errors import NotFound
 
 
 class Models(Capability):
-    service = models_pb2.DESCRIPTOR.services_by_name["Models"]
-    add_servicer = staticmethod(models_pb2_grpc.add_ModelsServicer_to_server)
-
     def servicer(self):
         return ModelsServicer(self)
 

@@ -27,9 +27,6 @@ PROPAGATION_METHODS = {
 
 
 class Search(Capability):
-    service = search_pb2.DESCRIPTOR.services_by_name["Search"]
-    add_servicer = staticmethod(search_pb2_grpc.add_SearchServicer_to_server)
-
     def __init__(self, settings: Settings, inference: Inference, encoding: Encoding):
         super().__init__(settings, inference)
         self.encoding = encoding

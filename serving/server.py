@@ -5,6 +5,7 @@ The server answers from the moment it starts; each service's health is NOT_SERVI
 loaded (the runtime's models, then the search index), and calls made before then get UNAVAILABLE.
 """
 import asyncio
+import importlib
 import logging
 import signal
 
@@ -46,6 +47,15 @@ def capabilities(settings: Settings, inference: Inference) -> list[Capability]:
     ]
 
 
+def add_servicer(servicer, server: grpc.aio.Server) -> str:
+    """Add `servicer` to `server` through the add_<Service>Servicer_to_server function protoc generated beside
+    its base class; returns the service's full name (for health and reflection)."""
+    generated = next(cls for cls in type(servicer).__mro__ if cls.__module__.endswith("_pb2_grpc"))
+    getattr(importlib.import_module(generated.__module__), f"add_{generated.__name__}_to_server")(servicer, server)
+    messages = importlib.import_module(generated.__module__.removesuffix("_grpc"))
+    return messages.DESCRIPTOR.services_by_name[generated.__name__.removesuffix("Servicer")].full_name
+
+
 class Server:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -57,10 +67,8 @@ class Server:
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ]
         self.grpc = grpc.aio.server(interceptors=[ErrorsAndMetrics()], options=limits)
-        for capability in self.capabilities:
-            capability.add_servicer(capability.servicer(), self.grpc)
+        self.services = {add_servicer(capability.servicer(), self.grpc): capability for capability in self.capabilities}
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        self.services = [capability.service.full_name for capability in self.capabilities]
         reflection.enable_server_reflection(
             (*self.services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.grpc
         )
@@ -108,7 +116,7 @@ class Server:
     async def _update_health(self) -> None:
         """Each service is SERVING while what it needs is ready (the capability says what); "" while all are."""
         await self.inference.runtime.refresh()
-        serving = {capability.service.full_name: capability.ready() for capability in self.capabilities}
+        serving = {service: capability.ready() for service, capability in self.services.items()}
         serving[""] = all(serving.values())
         for service, up in serving.items():
             status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -25,9 +25,6 @@ class Translated:
 
 
 class Translation(Capability):
-    service = translator_pb2.DESCRIPTOR.services_by_name["Translator"]
-    add_servicer = staticmethod(translator_pb2_grpc.add_TranslatorServicer_to_server)
-
     def servicer(self):
         return TranslatorServicer(self)
 

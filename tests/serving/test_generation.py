@@ -1,4 +1,5 @@
-"""The Generator service end to end over real gRPC on loopback, with the shipped generators."""
+"""The generate capability: the Generator service end to end over real gRPC on loopback with the shipped
+generators, and interpolation."""
 import io
 import time
 
@@ -14,6 +15,7 @@ from PIL import Image
 from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, generator_pb2, generator_pb2_grpc
 from latentserve import repository
 from latentserve.latents import sample_latents
+from serving.generation import interpolate
 from tests.conftest import MODEL_REPOSITORY, RunningGateway, wait_for
 
 CONDITIONAL, UNCONDITIONAL = "acgan", "dcgan"
@@ -258,3 +260,20 @@ def test_a_stream_past_its_deadline_ends_with_deadline_exceeded(gateway, stub):
             pass
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     wait_for(lambda: _inflight(gateway) == 0, timeout=5)
+
+
+def test_interpolation_ends_at_the_endpoints():
+    a, b = sample_latents(1, 0, 2, 64)
+    for spherical in (False, True):
+        path = interpolate(a, b, 9, spherical)
+        assert path.shape == (9, 64)
+        np.testing.assert_allclose(path[0], a, atol=1e-6)
+        np.testing.assert_allclose(path[-1], b, atol=1e-6)
+
+
+def test_spherical_interpolation_keeps_the_norm_of_gaussian_latents():
+    a, b = sample_latents(2, 0, 2, 256)
+    middle_linear, middle_spherical = interpolate(a, b, 3, False)[1], interpolate(a, b, 3, True)[1]
+    typical = np.sqrt(256)
+    assert abs(np.linalg.norm(middle_spherical) - typical) < 0.1 * typical
+    assert np.linalg.norm(middle_linear) < 0.8 * typical  # the straight path cuts through the low-norm middle
