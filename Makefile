@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup proto train export bench clean
+.PHONY: run test test-fast setup proto train export bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The tests without the slow ones (training, export, tritonserver): under 2 minutes on 2 cores.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m 'not slow'
 
 # Regenerate the gRPC stubs in latentserve/v1 from proto/ (tests check they match).
 proto: $(STAMP)

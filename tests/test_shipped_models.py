@@ -55,6 +55,7 @@ def _encode(entry, images: np.ndarray):
     return encode_with_onnx(entry.version_path(entry.versions[0]) / repository.ONNX_FILE, images)
 
 
+@pytest.mark.slow
 def test_the_autoencoder_beats_raw_pixels_and_pca_on_retrieval(mnist, protocol):
     entry = ENTRIES["autoencoder_encoder"]
     (query_code, query_bits), (gallery_code, gallery_bits) = _encode(entry, protocol.queries), _encode(entry, protocol.gallery)

@@ -10,6 +10,8 @@ from export import exporter
 from latentserve import repository
 from training.train import load_checkpoint, load_model, train
 
+pytestmark = pytest.mark.slow  # every test exports ONNX and TorchScript graphs
+
 TINY = {"channels": 8, "code_dim": 8, "hash_bits": 16, "epochs": 1}
 
 

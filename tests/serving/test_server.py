@@ -330,6 +330,7 @@ def test_cli_client_verbs(gateway, tmp_path, capsys):
     assert (encoded["num_bits"], len(encoded["code"]), len(encoded["bits"])) == (32, 32, 8)
 
 
+@pytest.mark.slow
 def test_embedded_runtime_follows_new_and_broken_versions(start_gateway, tmp_path, small_mnist):
     import shutil
 

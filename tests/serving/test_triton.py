@@ -19,6 +19,8 @@ from serving.runtime.triton import TritonRuntime, _error
 from serving.triton_server import SHM, TritonServer, TritonStartError, free_ports
 from tests.conftest import MODEL_REPOSITORY, wait_for
 
+pytestmark = [pytest.mark.triton, pytest.mark.slow]  # each starts tritonserver
+
 
 ENTRIES = repository.read_repository(MODEL_REPOSITORY)
 

@@ -77,6 +77,7 @@ SMALL = {  # (config, steps): M1's classifier waits for its VAE's codes to separ
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.slow
 def test_training_on_a_tiny_sample_fits_its_labels(name, mnist):
     """Twenty labelled and sixty unlabelled images: the error on the labelled ones falls."""
     torch.manual_seed(0)

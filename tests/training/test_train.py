@@ -46,6 +46,7 @@ def test_learning_rate_decays_per_epoch_and_survives_resume(tmp_path, small_mnis
     assert checkpoint["optimizers"]["model"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5**2)
 
 
+@pytest.mark.slow
 def test_each_optimizer_decays_from_its_own_rate_across_a_resume(tmp_path, small_mnist):
     config = {"channels": 8, "latent_dim": 12, "batch_size": 128, "learning_rate": 1e-4, "discriminator_learning_rate": 4e-4}
     train("wgan_gp", tmp_path, small_mnist, {**config, "epochs": 1, "learning_rate_decay": 0.5}, threads=1)

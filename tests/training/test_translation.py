@@ -104,6 +104,7 @@ def test_a_cyclegan_step_lowers_the_cycle_loss(mnist):
     assert cycle() < 0.9 * before
 
 
+@pytest.mark.slow
 def test_semantic_consistency_fits_a_frozen_scan_reader_per_domain(small_mnist):
     torch.manual_seed(0)
     model = build("cyclegan", {"channels": 4, "residual_blocks": 1, "semantic_weight": 1.0})
@@ -138,6 +139,7 @@ def test_the_l1_baseline_is_pix2pix_without_a_discriminator():
     ("pix2pix", {"channels": 4}, ["edges2digit"]),
     ("cyclegan", {"channels": 4, "residual_blocks": 1}, ["mnist2uci", "uci2mnist"]),
 ])
+@pytest.mark.slow
 def test_translators_export_one_graph_per_direction(tmp_path, small_mnist, name, config, directions):
     run = train(name, tmp_path / "run", small_mnist, {**config, "epochs": 1}, threads=1)
     exporter.export_checkpoint(run, tmp_path / "repository", small_mnist)
