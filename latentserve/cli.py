@@ -299,9 +299,12 @@ def cmd_bench(args) -> None:
     elif args.what == "translation":
         from benchmarks.gateway import main_translation as bench
         bench(args.repository, args.duration)
-    else:
+    elif args.what == "triton":
         from benchmarks.triton import main as bench
         bench(args.repository, args.duration)
+    else:
+        from benchmarks.layout import main as bench
+        bench(Path(__file__).resolve().parents[1])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,8 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     triton.set_defaults(func=cmd_triton)
 
     bench = verbs.add_parser("bench", help="measure what docs/benchmarks.md reports")
-    bench.add_argument("what", choices=["retrieval", "serving", "triton", "generation", "classification", "translation"],
-                       help="what to measure")
+    bench.add_argument("what", choices=["retrieval", "serving", "triton", "generation", "classification", "translation", "layout"],
+                       help="what to measure (layout: import cycles and lines of Python per folder)")
     bench.add_argument("--repository", type=Path, default=Path("model_repository"), help="the model repository to measure")
     bench.add_argument("--duration", type=float, default=5.0, help="seconds per serving measurement")
     bench.set_defaults(func=cmd_bench)

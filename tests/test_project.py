@@ -9,6 +9,7 @@ import pytest
 from grpc_tools import protoc
 
 from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, generator_pb2, generator_pb2_grpc
+from benchmarks.layout import cycles, import_graph
 from serving.triton_server import free_ports
 from tests.conftest import ROOT
 
@@ -23,6 +24,22 @@ def test_generated_stubs_match_the_protos(tmp_path):
     assert generated == committed, "run `make proto`"
     for path in generated:
         assert filecmp.cmp(tmp_path / path, ROOT / path, shallow=False), f"{path} is stale: run `make proto`"
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check can see one
+    assert cycles(import_graph(ROOT)) == []
+
+
+def test_the_layers_import_only_what_sits_below_them():
+    """latentserve's shared modules import no other part; training and export never import serving."""
+    graph = import_graph(ROOT)
+    shared = [name for name in graph if name.startswith("latentserve.") and name not in ("latentserve.cli", "latentserve.batch_job")]
+    for name in shared:
+        assert all(target.startswith("latentserve") for target in graph[name]), (name, graph[name])
+    for name in graph:
+        if name.startswith(("training", "export")):
+            assert not any(target.startswith(("serving", "benchmarks")) for target in graph[name]), (name, graph[name])
 
 
 def test_serving_runs_without_torch_or_training():
