@@ -52,13 +52,21 @@ def cmd_serve(args) -> None:
     import asyncio
     import logging
 
+    from pydantic import ValidationError
+
     from serving.server import serve
     from serving.settings import Settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flags = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "model_repository": args.model_repository,
-             "metrics_port": args.metrics_port, "gallery": args.gallery, "runtime": args.runtime, "triton_url": args.triton_url}
-    asyncio.run(serve(Settings(**{key: value for key, value in flags.items() if value is not None})))
+             "metrics_port": args.metrics_port, "gallery": args.gallery, "runtime": args.runtime, "triton_url": args.triton_url,
+             "tls_cert_file": args.tls_cert, "tls_key_file": args.tls_key, "tls_client_ca_file": args.tls_client_ca,
+             "insecure": args.insecure, "metrics_host": args.metrics_host}
+    try:
+        settings = Settings(**{key: value for key, value in flags.items() if value is not None})
+    except ValidationError as error:  # a refused setting: say which and why, no traceback
+        raise InputError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors())) from None
+    asyncio.run(serve(settings))
 
 
 def cmd_triton(args) -> None:
@@ -106,9 +114,20 @@ def _encoded(paths: list[Path]):
     return common_pb2.Images(encoded=common_pb2.EncodedImages(images=[path.read_bytes() for path in paths]))
 
 
+def _read(path: Path | None) -> bytes | None:
+    return None if path is None else path.read_bytes()
+
+
 def _channel(args) -> grpc.Channel:
-    """A channel to the gateway, once it answers; grpc.FutureTimeoutError if none does within --connect-timeout."""
-    channel = grpc.insecure_channel(args.target)
+    """A channel to the gateway (TLS with --tls-ca, mutual TLS with --tls-cert and --tls-key too), once it
+    answers; grpc.FutureTimeoutError if none does within --connect-timeout."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise InputError("give --tls-cert and --tls-key together (mutual TLS)")
+    if args.tls_ca or args.tls_cert:
+        credentials = grpc.ssl_channel_credentials(_read(args.tls_ca), _read(args.tls_key), _read(args.tls_cert))
+        channel = grpc.secure_channel(args.target, credentials)
+    else:
+        channel = grpc.insecure_channel(args.target)
     grpc.channel_ready_future(channel).result(timeout=args.connect_timeout)
     return channel
 
@@ -335,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--gallery", choices=["mnist-test", "none"], help="what a new index starts with")
     serve.add_argument("--runtime", choices=["embedded", "triton"], help="default: embedded (in-process onnxruntime)")
     serve.add_argument("--triton-url", help="Triton's gRPC HOST:PORT, with --runtime triton")
+    serve.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate chain (PEM; re-read when it changes)")
+    serve.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    serve.add_argument("--tls-client-ca", type=Path, help="mutual TLS: only clients with a certificate this CA signed")
+    serve.add_argument("--insecure", action="store_true", default=None,
+                       help="allow a non-loopback --host without TLS and tokens (anyone who reaches the port can use it)")
+    serve.add_argument("--metrics-host", help="address of /metrics (default: 127.0.0.1)")
     serve.set_defaults(func=cmd_serve)
 
     triton = verbs.add_parser("triton", help="run tritonserver (from the nvidia-pytriton wheel) over the model repository")
@@ -368,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = subparsers.add_parser(name, help=help)
         sub.add_argument("--target", default="127.0.0.1:50051", help="gateway address")
         sub.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the gateway to answer")
+        sub.add_argument("--tls-ca", type=Path, help="connect over TLS, trusting this CA (PEM; default without it: plaintext)")
+        sub.add_argument("--tls-cert", type=Path, help="mutual TLS: this client's certificate chain (PEM)")
+        sub.add_argument("--tls-key", type=Path, help="mutual TLS: this client's private key (PEM)")
         sub.add_argument("--json", action="store_true", help="print JSON for scripts, one object per line")
         return sub
 

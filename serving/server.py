@@ -26,6 +26,7 @@ from serving.runtime.embedded import EmbeddedRuntime
 from serving.runtime.triton import TritonRuntime
 from serving.search import Search
 from serving.settings import Settings
+from serving.tls import server_credentials
 from serving.translation import Translation
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,11 @@ class Server:
         reflection.enable_server_reflection(
             (*self.services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.grpc
         )
-        self.port = self.grpc.add_insecure_port(f"{settings.host}:{settings.port}")
+        address = f"{settings.host}:{settings.port}"
+        if settings.tls:
+            self.port = self.grpc.add_secure_port(address, server_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file))
+        else:
+            self.port = self.grpc.add_insecure_port(address)
         self.loaded: asyncio.Task | None = None
         self.watch: asyncio.Task | None = None
         self.metrics = None  # (HTTP server, thread) of /metrics
@@ -86,14 +91,17 @@ class Server:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc.start()
         if self.settings.metrics_port:
-            self.metrics = start_http_server(self.settings.metrics_port, addr=self.settings.host)
-        log.info("listening on %s:%d", self.settings.host, self.port)
+            self.metrics = start_http_server(self.settings.metrics_port, addr=self.settings.metrics_host)
+        log.info("listening on %s:%d (%s)", self.settings.host, self.port, "mutual TLS" if self.settings.tls_client_ca_file else "TLS" if self.settings.tls else "plaintext")
         self.loaded = asyncio.create_task(self._load())
 
     async def _runtime(self):
         settings = self.settings
         if settings.runtime == "triton":
-            return TritonRuntime(settings.triton_url, settings.model_repository)  # its aio client needs this loop
+            return TritonRuntime(  # its aio client needs this loop
+                settings.triton_url, settings.model_repository,
+                settings.triton_tls_ca_file, settings.triton_tls_cert_file, settings.triton_tls_key_file,
+            )
         return await asyncio.to_thread(
             EmbeddedRuntime, settings.model_repository, settings.intra_op_threads, settings.inference_workers
         )

@@ -14,13 +14,21 @@ PREDICTION_BYTES = 32  # a PredictedLabel without its id: tags, lengths, a 10-by
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LATENTSERVE_")
 
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="where the gateway listens; beyond loopback it needs TLS and tokens, or `insecure`")
     port: int = Field(50051, ge=0, le=65535, description="0: any free port")
+    insecure: bool = Field(False, description="allow a non-loopback address without TLS and tokens")
+    tls_cert_file: Path | None = Field(None, description="the gateway's certificate chain (PEM); with tls_key_file: TLS")
+    tls_key_file: Path | None = Field(None, description="the gateway's private key (PEM)")
+    tls_client_ca_file: Path | None = Field(None, description="mutual TLS: only clients with a certificate this CA signed connect")
+    metrics_host: str = Field("127.0.0.1", description="where /metrics listens")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0: off")
     model_repository: Path = Path("model_repository")
     data_dir: Path = Field(Path("data"), description="where the search index lives")
     runtime: Literal["embedded", "triton"] = Field("embedded", description="in-process onnxruntime, or Triton")
     triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC address (runtime triton)")
+    triton_tls_ca_file: Path | None = Field(None, description="reach Triton over TLS, trusting this CA (PEM)")
+    triton_tls_cert_file: Path | None = Field(None, description="the gateway's client certificate for Triton's mutual TLS")
+    triton_tls_key_file: Path | None = Field(None, description="its private key")
     health_poll_seconds: float = Field(1.0, gt=0, description="how often model readiness is re-read")
     index_model: str = Field("autoencoder", description="the encoder whose codes the search index holds")
     default_generator: str = Field("acgan", description="the model Generator calls use when they name none")
@@ -41,6 +49,20 @@ class Settings(BaseSettings):
     max_inflight_per_model: int = Field(64, ge=1, description="requests running or queued per model; more: RESOURCE_EXHAUSTED")
     intra_op_threads: int = Field(1, ge=1, description="onnxruntime threads per inference")
     inference_workers: int = Field(2, ge=1, description="inferences running at once (embedded runtime)")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+    @model_validator(mode="after")
+    def _tls_files_come_in_pairs(self) -> "Settings":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set tls_cert_file and tls_key_file together")
+        if self.tls_client_ca_file and not self.tls:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        if (self.triton_tls_cert_file is None) != (self.triton_tls_key_file is None):
+            raise ValueError("set triton_tls_cert_file and triton_tls_key_file together")
+        return self
 
     @model_validator(mode="after")
     def _batches_fit_in_a_message(self) -> "Settings":

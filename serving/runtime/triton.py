@@ -32,11 +32,21 @@ def _error(error: InferenceServerException, entry: Entry) -> ServingError:
     return Unavailable(f"Triton: {text}")
 
 
+def _optional(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
 class TritonRuntime:
-    def __init__(self, url: str, repository_root: Path):
+    def __init__(self, url: str, repository_root: Path, tls_ca_file: Path | None = None,
+                 tls_cert_file: Path | None = None, tls_key_file: Path | None = None):
+        """Over TLS when `tls_ca_file` is set (Triton's server certificate must chain to it); with
+        `tls_cert_file` and `tls_key_file` too, the gateway shows Triton its own certificate (mutual TLS)."""
         self.url = url
         self._repository_root = repository_root
-        self._client = triton.InferenceServerClient(url)
+        self._client = triton.InferenceServerClient(
+            url, ssl=tls_ca_file is not None, root_certificates=_optional(tls_ca_file),
+            private_key=_optional(tls_key_file), certificate_chain=_optional(tls_cert_file),
+        )
         self._entries: dict[str, Entry] = {}  # with the versions Triton reports READY
         self._ready: dict[str, set[int]] | None = None  # as last seen, to re-read the repository only on change
         self._reachable: bool | None = None
