@@ -2,8 +2,10 @@
 import argparse
 import glob
 import json
+import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 
@@ -129,7 +131,41 @@ def _channel(args) -> grpc.Channel:
     else:
         channel = grpc.insecure_channel(args.target)
     grpc.channel_ready_future(channel).result(timeout=args.connect_timeout)
-    return channel
+    return _with_token(channel, args.token)
+
+
+class _CallDetails(NamedTuple):
+    """grpc.ClientCallDetails with other metadata."""
+    method: str
+    timeout: float | None
+    metadata: tuple | None
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: grpc.Compression | None
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer TOKEN` to the metadata of every call."""
+
+    def __init__(self, token: str):
+        self.header = ("authorization", f"Bearer {token}")
+
+    def _with_header(self, details: grpc.ClientCallDetails) -> _CallDetails:
+        return _CallDetails(details.method, details.timeout, (*(details.metadata or ()), self.header), details.credentials,
+                            details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_header(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_header(details), request)
+
+
+def _with_token(channel: grpc.Channel, token: str | None) -> grpc.Channel:
+    """`channel`, sending the bearer token (--token, else $LATENTSERVE_TOKEN) with every call if there is one;
+    the same over plaintext and TLS."""
+    token = token or os.environ.get("LATENTSERVE_TOKEN")
+    return grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
 
 
 def _cell(value) -> str:
@@ -283,6 +319,27 @@ def cmd_generate(args) -> None:
     _show(args, [{"out": str(args.out), **asdict(job)}])
 
 
+def cmd_token(args) -> None:
+    from serving import tokens
+
+    try:
+        if args.action == "create":
+            token = tokens.create(args.tokens_file, args.name, args.scopes.split(","), args.requests_per_second, args.images_per_second)
+            print(f"created token {args.name!r} with scopes {args.scopes} in {args.tokens_file}; it is shown only now, keep it secret:")
+            print(token)
+        elif args.action == "revoke":
+            tokens.revoke(args.tokens_file, args.name)
+            print(f"revoked token {args.name!r}; a running gateway refuses it from its next call")
+        else:
+            _show(args, [
+                {"name": token.name, "scopes": ",".join(token.scopes), "created": token.created.isoformat(),
+                 "requests_per_second": token.requests_per_second, "images_per_second": token.images_per_second}
+                for token in tokens.read_tokens(args.tokens_file)
+            ])
+    except tokens.TokenError as error:
+        raise InputError(str(error)) from None
+
+
 def cmd_eval(args) -> None:
     if args.what == "generation":
         from benchmarks.generation_quality import main as evaluate
@@ -396,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--tls-ca", type=Path, help="connect over TLS, trusting this CA (PEM; default without it: plaintext)")
         sub.add_argument("--tls-cert", type=Path, help="mutual TLS: this client's certificate chain (PEM)")
         sub.add_argument("--tls-key", type=Path, help="mutual TLS: this client's private key (PEM)")
+        sub.add_argument("--token", help="bearer token for a gateway with a tokens file (default: $LATENTSERVE_TOKEN, "
+                                         "which, unlike this option, other local users cannot see in the process list)")
         sub.add_argument("--json", action="store_true", help="print JSON for scripts, one object per line")
         return sub
 
@@ -457,6 +516,22 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--resume", action="store_true", help="continue the job in --out")
     generate.add_argument("--grid", action="store_true", help="also write OUT/grid.png of the first 100 images")
     generate.set_defaults(func=cmd_generate)
+
+    token = verbs.add_parser("token", help="create, list or revoke the bearer tokens in a gateway's tokens file")
+    token_actions = token.add_subparsers(dest="action", required=True, help="what to do with the tokens file")
+    create = token_actions.add_parser("create", help="add a new token and print it, once, as the last line")
+    create.add_argument("--name", required=True, help="the token's name (letters, digits, _ . @ -), shown in the audit log")
+    create.add_argument("--scopes", required=True, help="comma-separated: read, write, admin (each independent)")
+    create.add_argument("--requests-per-second", type=float, help="this token's request quota (default: the gateway's per scope; 0: none)")
+    create.add_argument("--images-per-second", type=float, help="this token's images quota (default: the gateway's; 0: none)")
+    revoke = token_actions.add_parser("revoke", help="remove a token; a running gateway refuses it from its next call")
+    revoke.add_argument("--name", required=True, help="the token's name")
+    listing = token_actions.add_parser("list", help="names, scopes, creation times and quotas (never the hashes)")
+    listing.add_argument("--json", action="store_true", help="print JSON for scripts, one object per line")
+    for action in (create, revoke, listing):
+        action.add_argument("--tokens-file", type=Path, required=True,
+                            help="the gateway's tokens file (its LATENTSERVE_TOKENS_FILE); create makes it, mode 0600")
+    token.set_defaults(func=cmd_token)
     return parser
 
 

@@ -24,7 +24,12 @@ class AlreadyExists(ServingError):
 
 
 class ResourceExhausted(ServingError):
+    """Over a limit; `retry_after` (seconds), when set, becomes a google.rpc.RetryInfo detail."""
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, field: str | None = None, retry_after: float | None = None):
+        super().__init__(message, field)
+        self.retry_after = retry_after
 
 
 class FailedPrecondition(ServingError):
@@ -37,3 +42,11 @@ class Unavailable(ServingError):
 
 class DeadlineExceeded(ServingError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unauthenticated(ServingError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ServingError):
+    code = grpc.StatusCode.PERMISSION_DENIED

@@ -1,18 +1,23 @@
-"""One interceptor for what every call needs: errors mapped to gRPC statuses, and metrics.
+"""One interceptor for what every call needs: authentication, scopes and quotas (serving/auth.py), errors
+mapped to gRPC statuses, metrics, and the audit log.
 
 A ServingError becomes its status code with the message naming the field, plus a google.rpc.BadRequest
-detail for INVALID_ARGUMENT; anything else is logged and answered INTERNAL, and the server keeps serving.
+detail for INVALID_ARGUMENT and a google.rpc.RetryInfo detail for a quota's RESOURCE_EXHAUSTED; anything
+else is logged and answered INTERNAL, and the server keeps serving.
 """
 import logging
+import math
 import time
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
-from serving.errors import ServingError
+from serving.auth import Guard
+from serving.errors import ResourceExhausted, ServingError
+from serving.tokens import Token
 
 log = logging.getLogger(__name__)
 
@@ -23,31 +28,46 @@ LATENCY = Histogram(
 )
 
 
-def _status(code: grpc.StatusCode, message: str, field: str | None = None, description: str = "") -> grpc.Status:
+def _status(code: grpc.StatusCode, message: str, details: tuple = ()) -> grpc.Status:
     status = status_pb2.Status(code=code.value[0], message=message)
-    if code == grpc.StatusCode.INVALID_ARGUMENT and field:
-        detail = any_pb2.Any()
-        detail.Pack(error_details_pb2.BadRequest(
-            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=description)]
-        ))
-        status.details.append(detail)
+    for detail in details:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
     return rpc_status.to_status(status)
 
 
-def _observe(method: str, code: grpc.StatusCode, start: float) -> None:
-    REQUESTS.labels(method, code.name).inc()
-    LATENCY.labels(method).observe(time.perf_counter() - start)
+def _details(error: ServingError) -> tuple:
+    """The google.rpc details of an error: the field an INVALID_ARGUMENT names, when to retry after a quota."""
+    if error.code == grpc.StatusCode.INVALID_ARGUMENT and error.field:
+        return (error_details_pb2.BadRequest(
+            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.description)]
+        ),)
+    if isinstance(error, ResourceExhausted) and error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(math.ceil(error.retry_after * 1e9))
+        return (error_details_pb2.RetryInfo(retry_delay=delay),)
+    return ()
 
 
 def _failure(method: str, error: Exception) -> grpc.Status:
     if isinstance(error, ServingError):
-        return _status(error.code, str(error), error.field, error.description)
+        return _status(error.code, str(error), _details(error))
     log.error("%s failed", method, exc_info=error)
     return _status(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
 
 class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
-    """Wraps unary calls and our server-streaming ones; the health Watch and reflection streams pass through."""
+    """Wraps unary calls and our server-streaming ones; the health Watch and reflection streams pass through.
+    Before a call runs, `guard` checks its token, scope and quotas; after it, the guard audits writes."""
+
+    def __init__(self, guard: Guard):
+        self.guard = guard
+
+    def _finish(self, method: str, token: Token | None, request, code: grpc.StatusCode, start: float) -> None:
+        REQUESTS.labels(method, code.name).inc()
+        LATENCY.labels(method).observe(time.perf_counter() - start)
+        self.guard.audit(method, token, request, code)
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -57,14 +77,17 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
 
             async def call(request, context):
                 start = time.perf_counter()
+                token = None
                 try:
+                    token = self.guard.authenticate(method, details.invocation_metadata)
+                    self.guard.authorize(method, token, request)
                     response = await inner(request, context)
                 except Exception as error:  # noqa: BLE001 - every failure becomes a status, the server goes on
                     status = _failure(method, error)
                 else:
-                    _observe(method, grpc.StatusCode.OK, start)
+                    self._finish(method, token, request, grpc.StatusCode.OK, start)
                     return response
-                _observe(method, status.code, start)  # before abort: the client may read /metrics as soon as it has the status
+                self._finish(method, token, request, status.code, start)  # before abort: the client may read /metrics as soon as it has the status
                 await context.abort(status.code, status.details, status.trailing_metadata)
 
             return grpc.unary_unary_rpc_method_handler(
@@ -75,15 +98,18 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
 
             async def stream(request, context):
                 start = time.perf_counter()
+                token = None
                 try:
+                    token = self.guard.authenticate(method, details.invocation_metadata)
+                    self.guard.authorize(method, token, request)
                     async for response in inner(request, context):
                         yield response
                 except Exception as error:  # noqa: BLE001
                     status = _failure(method, error)
                 else:
-                    _observe(method, grpc.StatusCode.OK, start)
+                    self._finish(method, token, request, grpc.StatusCode.OK, start)
                     return
-                _observe(method, status.code, start)
+                self._finish(method, token, request, status.code, start)
                 await context.abort(status.code, status.details, status.trailing_metadata)
 
             return grpc.unary_stream_rpc_method_handler(

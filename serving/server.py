@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Gauge, start_http_server
 
+from serving.auth import Guard
 from serving.capability import Capability, Inference
 from serving.classification import Classification
 from serving.encoding import Encoding
@@ -67,7 +68,7 @@ class Server:
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ]
-        self.grpc = grpc.aio.server(interceptors=[ErrorsAndMetrics()], options=limits)
+        self.grpc = grpc.aio.server(interceptors=[ErrorsAndMetrics(Guard(settings))], options=limits)
         self.services = {add_servicer(capability.servicer(), self.grpc): capability for capability in self.capabilities}
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     max_inflight_per_model: int = Field(64, ge=1, description="requests running or queued per model; more: RESOURCE_EXHAUSTED")
     intra_op_threads: int = Field(1, ge=1, description="onnxruntime threads per inference")
     inference_workers: int = Field(2, ge=1, description="inferences running at once (embedded runtime)")
+    reflection: bool = Field(True, description="serve gRPC server reflection (grpcurl list)")
+    tokens_file: Path | None = Field(None, description="bearer tokens (`latentserve token`); unset: no authentication, no quotas")
+    quota_read_requests_per_second: float = Field(100, ge=0, description="per token, calls of scope read; 0: unlimited")
+    quota_write_requests_per_second: float = Field(10, ge=0, description="per token, calls of scope write or admin; 0: unlimited")
+    quota_images_per_second: float = Field(1000, ge=0, description="per token, images sent, generated or added; 0: unlimited")
 
     @property
     def tls(self) -> bool:
