@@ -150,8 +150,9 @@ async def search_latency(target: str, images: np.ndarray, duration: float) -> di
 
 
 @contextlib.contextmanager
-def gateway_process(repository_root: Path, *flags: str):
-    """`latentserve serve` in its own process on a free loopback port, default gallery, stopped on exit."""
+def gateway_process(repository_root: Path, *flags: str, ca_file: Path | None = None):
+    """`latentserve serve` in its own process on a free loopback port, default gallery, stopped on exit;
+    with `ca_file`, a TLS gateway whose certificate that CA signed."""
     port, = free_ports(1)
     with tempfile.TemporaryDirectory() as data_dir:
         server = subprocess.Popen(
@@ -161,16 +162,17 @@ def gateway_process(repository_root: Path, *flags: str):
         )
         try:
             target = f"127.0.0.1:{port}"
-            _wait_serving(target)
+            _wait_serving(target, ca_file)
             yield target, server.pid
         finally:
             server.terminate()
             server.wait(30)
 
 
-def _wait_serving(target: str, timeout: float = 120) -> None:
+def _wait_serving(target: str, ca_file: Path | None, timeout: float = 120) -> None:
     deadline = time.time() + timeout
-    with grpc.insecure_channel(target) as channel:
+    credentials = grpc.ssl_channel_credentials(ca_file.read_bytes()) if ca_file else None
+    with grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.time() < deadline:
             try:

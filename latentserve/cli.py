@@ -58,17 +58,22 @@ def cmd_serve(args) -> None:
 
     from serving.server import serve
     from serving.settings import Settings
+    from serving.tokens import TokenError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flags = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "model_repository": args.model_repository,
              "metrics_port": args.metrics_port, "gallery": args.gallery, "runtime": args.runtime, "triton_url": args.triton_url,
              "tls_cert_file": args.tls_cert, "tls_key_file": args.tls_key, "tls_client_ca_file": args.tls_client_ca,
-             "insecure": args.insecure, "metrics_host": args.metrics_host}
+             "insecure": args.insecure, "metrics_host": args.metrics_host, "tokens_file": args.tokens_file,
+             "reflection": args.reflection}
     try:
         settings = Settings(**{key: value for key, value in flags.items() if value is not None})
     except ValidationError as error:  # a refused setting: say which and why, no traceback
-        raise InputError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors())) from None
-    asyncio.run(serve(settings))
+        raise InputError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors())) from None
+    try:
+        asyncio.run(serve(settings))
+    except TokenError as error:  # a missing or malformed tokens file
+        raise InputError(str(error)) from None
 
 
 def cmd_triton(args) -> None:
@@ -417,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--insecure", action="store_true", default=None,
                        help="allow a non-loopback --host without TLS and tokens (anyone who reaches the port can use it)")
     serve.add_argument("--metrics-host", help="address of /metrics (default: 127.0.0.1)")
+    serve.add_argument("--tokens-file", type=Path, help="require bearer tokens from this file (`latentserve token`); re-read when it changes")
+    serve.add_argument("--no-reflection", dest="reflection", action="store_false", default=None, help="turn gRPC server reflection off")
     serve.set_defaults(func=cmd_serve)
 
     triton = verbs.add_parser("triton", help="run tritonserver (from the nvidia-pytriton wheel) over the model repository")

@@ -71,9 +71,10 @@ class Server:
         self.grpc = grpc.aio.server(interceptors=[ErrorsAndMetrics(Guard(settings))], options=limits)
         self.services = {add_servicer(capability.servicer(), self.grpc): capability for capability in self.capabilities}
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        reflection.enable_server_reflection(
-            (*self.services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.grpc
-        )
+        if settings.reflection:
+            reflection.enable_server_reflection(
+                (*self.services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.grpc
+            )
         address = f"{settings.host}:{settings.port}"
         if settings.tls:
             self.port = self.grpc.add_secure_port(address, server_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file))

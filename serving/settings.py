@@ -1,4 +1,5 @@
 """Gateway settings: every limit is here, with its default; each can be set as LATENTSERVE_<NAME>."""
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +10,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 BYTES_PER_IMAGE = 4096  # a float32 28x28 image (3,136 bytes) with its latent (up to ~230 floats) and label
 MESSAGE_OVERHEAD_BYTES = 4096
 PREDICTION_BYTES = 32  # a PredictedLabel without its id: tags, lengths, a 10-byte varint for label -1, a float
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost may resolve anywhere
+        return False
 
 
 class Settings(BaseSettings):
@@ -58,6 +66,15 @@ class Settings(BaseSettings):
     @property
     def tls(self) -> bool:
         return self.tls_cert_file is not None
+
+    @model_validator(mode="after")
+    def _beyond_loopback_only_with_tls_and_tokens(self) -> "Settings":
+        if not (_loopback(self.host) or self.insecure or (self.tls and self.tokens_file)):
+            raise ValueError(
+                f"listening on {self.host!r}, beyond loopback, needs TLS (tls_cert_file, tls_key_file) and tokens "
+                "(tokens_file); set insecure (`serve --insecure`) to serve anyone who reaches the port, in the clear"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_files_come_in_pairs(self) -> "Settings":

@@ -13,6 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from benchmarks.certificates import CertificateAuthority
 from latentserve.repository import CONFIG_FILE, NATIVE_CONFIG_FILE, ONNX_FILE, available_versions, read_config
 from serving.settings import Settings
 from tests.conftest import MODEL_REPOSITORY, ROOT
@@ -82,7 +83,7 @@ def test_copied_paths_exist_and_are_in_the_build_context():
 
 
 def test_stages_named_by_compose_and_by_the_dockerfile_exist():
-    targets = set(re.findall(r"^\s*target:\s*(\S+)", COMPOSE, re.M))
+    targets = set(re.findall(r"build:\s*\n\s*context:[^\n]*\n\s*target:\s*(\S+)", COMPOSE))  # not the secrets' targets
     assert targets == {"gateway", "triton"} and targets <= STAGES.keys()
     used = set(re.findall(r"[-,]from=([\w.-]+)", DOCKERFILE))  # COPY --from=, RUN --mount=...,from=
     assert used and used <= STAGES.keys()
@@ -112,7 +113,10 @@ def test_settings_the_images_set_exist_and_match_their_paths_and_ports():
     assert f"gateway-data:{settings.data_dir}" in COMPOSE
     ports = [str(settings.port), str(settings.metrics_port)]
     assert arguments("gateway", "EXPOSE")[0].split() == ports
-    assert re.findall(r'"\d+:(\d+)"', COMPOSE) == ports
+    assert re.findall(r'"\d+:(\d+)"', COMPOSE) == ports[:1]  # /metrics stays on the compose network
+    assert settings.tls and settings.tokens_file, "beyond loopback: TLS and tokens"
+    for secret in (settings.tls_cert_file, settings.tls_key_file, settings.tokens_file):
+        assert secret.parent == Path("/run/secrets") and f"target: {secret.name}" in COMPOSE, secret
 
 
 def test_compose_runs_the_gateway_on_triton():
@@ -148,21 +152,30 @@ def test_gateway_stage_installs_prebuilt_wheels_without_build_tools():
     assert "pip install" in commands and "--no-index" in commands
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
 @pytest.mark.parametrize("status, exit_code", [
     (health_pb2.HealthCheckResponse.SERVING, 0),
     (health_pb2.HealthCheckResponse.NOT_SERVING, 1),
 ])
-def test_gateway_healthcheck_asks_grpc_health(status, exit_code):
+def test_gateway_healthcheck_asks_grpc_health(status, exit_code, tls, tmp_path):
     probe = exec_form(arguments("gateway", "HEALTHCHECK")[0])
     assert probe[0] == "python"
     servicer = health.HealthServicer()
     servicer.set("", status)
     server = grpc.server(futures.ThreadPoolExecutor(1))
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    environment = {key: value for key, value in os.environ.items() if key != "HEALTHCHECK_TLS_CA"}
+    if tls:
+        authority = CertificateAuthority(tmp_path, "ca")
+        issued = authority.issue("gateway", server=True)
+        credentials = grpc.ssl_server_credentials([(issued.key_file.read_bytes(), issued.cert_file.read_bytes())])
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+        environment["HEALTHCHECK_TLS_CA"] = str(authority.cert_file)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        result = subprocess.run([sys.executable, *probe[1:]], env={**os.environ, "LATENTSERVE_PORT": str(port)}, timeout=30)
+        result = subprocess.run([sys.executable, *probe[1:]], env={**environment, "LATENTSERVE_PORT": str(port)}, timeout=30)
     finally:
         server.stop(None)
     assert result.returncode == exit_code

@@ -51,7 +51,8 @@ def test_serving_runs_without_torch_or_training():
 
 
 @pytest.mark.parametrize("verb", [[], ["train"], ["export"], ["serve"], ["triton"], ["bench"], ["eval"], ["models"], ["encode"], ["classify"],
-                                   ["translate"], ["search"], ["index"], ["index", "add"], ["index", "delete"], ["index", "stats"], ["generate"]])
+                                   ["translate"], ["search"], ["index"], ["index", "add"], ["index", "delete"], ["index", "stats"], ["generate"],
+                                   ["token"], ["token", "create"], ["token", "list"], ["token", "revoke"]])
 def test_every_verb_has_help(verb):
     result = subprocess.run([sys.executable, "-m", "latentserve.cli", *verb, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: latentserve" in result.stdout

@@ -133,3 +133,11 @@ def test_a_second_gateway_on_the_same_data_directory_exits_naming_the_holder(gat
     assert result.returncode == 2, result.stderr
     assert f"error: the index at {gateway.settings.data_dir / 'index'} is in use by process" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "gateway.example"])
+def test_serve_beyond_loopback_without_tls_and_tokens_refuses_to_start(host):
+    result = cli("serve", "--host", host, "--port", "0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"error: settings: listening on {host!r}, beyond loopback, needs TLS"), result.stderr
+    assert "--insecure" in result.stderr

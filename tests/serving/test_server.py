@@ -82,6 +82,14 @@ def test_reflection_lists_the_public_services(channel):
     assert {f"latentserve.v1.{name}" for name in public} | {"grpc.health.v1.Health"} <= names
 
 
+def test_reflection_can_be_turned_off(start_gateway, tmp_path):
+    gateway = start_gateway(data_dir=tmp_path, gallery="none", reflection=False)
+    with gateway.channel() as channel, pytest.raises(grpc.RpcError) as raised:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
 def test_models_lists_versions_signatures_and_card_metrics(channel):
     stub = models_pb2_grpc.ModelsStub(channel)
     models = {m.name: m for m in stub.ListModels(models_pb2.ListModelsRequest()).models}
