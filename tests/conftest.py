@@ -1,4 +1,5 @@
 import asyncio
+import logging
 import threading
 import time
 from dataclasses import replace
@@ -13,10 +14,47 @@ from grpc_status import rpc_status
 from latentserve.v1 import common_pb2
 from latentserve.datasets import Mnist, Split, load_mnist
 from serving.server import Server
+from serving import tokens
 from serving.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = ROOT / "model_repository"
+
+
+class Records(logging.Handler):
+    """Every log record of the process, formatted with its traceback if it has one."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_token_in_any_log_record():
+    """Every token made in this process during the suite (serving.tokens.create) is looked for in every log
+    record of the project's loggers, at DEBUG, at the end of the suite."""
+    made, create = [], tokens.create
+
+    def recording(*args, **kwargs) -> str:
+        made.append(create(*args, **kwargs))
+        return made[-1]
+
+    handler, loggers = Records(), [logging.getLogger(name) for name in ("serving", "latentserve", "benchmarks")]
+    levels = [logger.level for logger in loggers]
+    tokens.create = recording
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+    yield
+    tokens.create = create
+    for logger, level in zip(loggers, levels):
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    leaked = sum(any(token in line for line in handler.lines) for token in made)
+    assert not leaked, f"{leaked} of {len(made)} tokens appear in log records"
 
 
 @pytest.fixture(scope="session")

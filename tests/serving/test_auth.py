@@ -25,7 +25,7 @@ from serving import tokens
 from serving.auth import NO_VALID_TOKEN, RULES, Guard
 from serving.errors import PermissionDenied
 from serving.settings import Settings
-from tests.conftest import RunningGateway, tensor_batch
+from tests.conftest import Records, RunningGateway, tensor_batch
 
 MADE: list[str] = []  # every token made in this module: none may ever appear in a log record
 
@@ -34,17 +34,6 @@ def new_token(path, name: str, scopes: list[str], **quotas) -> str:
     token = tokens.create(path, name, scopes, **quotas)
     MADE.append(token)
     return token
-
-
-class Records(logging.Handler):
-    """Every log record of the process, formatted with its traceback if it has one."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
 
 
 @pytest.fixture(scope="module", autouse=True)
