@@ -82,8 +82,11 @@ def cmd_triton(args) -> None:
     from serving.triton_server import TritonServer, run_until_signalled
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if (args.grpc_tls_cert is None) != (args.grpc_tls_key is None):
+        raise InputError("give --grpc-tls-cert and --grpc-tls-key together")
+    grpc_tls = (args.grpc_tls_cert, args.grpc_tls_key) if args.grpc_tls_cert else None
     run_until_signalled(TritonServer(
-        args.repository, args.grpc_port, args.http_port, args.metrics_port, args.model_config_name, args.log_file
+        args.repository, args.grpc_port, args.http_port, args.metrics_port, args.model_config_name, args.log_file, grpc_tls
     ))
 
 
@@ -436,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     triton.add_argument("--metrics-port", type=int, default=0, help="0: a free port")
     triton.add_argument("--model-config-name", help="read configs/NAME.pbtxt instead of config.pbtxt")
     triton.add_argument("--log-file", type=Path, help="tritonserver's log (default: a temporary file)")
+    triton.add_argument("--grpc-tls-cert", type=Path, help="serve Triton's gRPC over TLS with this certificate chain (PEM)")
+    triton.add_argument("--grpc-tls-key", type=Path, help="the certificate's private key (PEM)")
     triton.set_defaults(func=cmd_triton)
 
     bench = verbs.add_parser("bench", help="measure what docs/benchmarks.md reports")

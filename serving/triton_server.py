@@ -52,8 +52,11 @@ def _wheel_dir() -> Path:
 
 class TritonServer:
     def __init__(self, repository: Path, grpc_port: int = 0, http_port: int = 0, metrics_port: int = 0,
-                 model_config_name: str | None = None, log_file: Path | None = None):
+                 model_config_name: str | None = None, log_file: Path | None = None,
+                 grpc_tls: tuple[Path, Path] | None = None):
+        """`grpc_tls` (certificate chain, key): Triton's gRPC endpoint speaks only TLS."""
         self.repository = Path(repository).resolve()
+        self.grpc_tls = grpc_tls
         spare_ports = iter(free_ports([grpc_port, http_port, metrics_port].count(0)))
         self.grpc_port = grpc_port or next(spare_ports)
         self.http_port = http_port or next(spare_ports)
@@ -105,6 +108,9 @@ class TritonServer:
         ]
         if self.model_config_name:
             command.append(f"--model-config-name={self.model_config_name}")
+        if self.grpc_tls:
+            cert, key = self.grpc_tls
+            command += ["--grpc-use-ssl=true", f"--grpc-server-cert={Path(cert).resolve()}", f"--grpc-server-key={Path(key).resolve()}"]
         return command
 
     def start(self, timeout: float = 180) -> "TritonServer":

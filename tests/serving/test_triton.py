@@ -12,12 +12,13 @@ import tritonclient.grpc as triton_client
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from benchmarks.certificates import CertificateAuthority
 from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, generator_pb2, generator_pb2_grpc
 from latentserve import repository
 from serving.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from serving.runtime.triton import TritonRuntime, _error
 from serving.triton_server import SHM, TritonServer, TritonStartError, free_ports
-from tests.conftest import MODEL_REPOSITORY, wait_for
+from tests.conftest import MODEL_REPOSITORY, tensor_batch, wait_for
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]  # each starts tritonserver
 
@@ -234,3 +235,23 @@ def test_the_triton_command_stops_cleanly_on_sigterm():
     finally:
         process.kill()
     assert not ours & set(SHM.iterdir())
+
+
+def test_the_gateway_reaches_triton_over_tls(start_gateway, tmp_path):
+    authority = CertificateAuthority(tmp_path, "triton-ca")
+    issued = authority.issue("triton", server=True)
+    image = tensor_batch(np.zeros((1, 28, 28), np.float32))
+    with TritonServer(MODEL_REPOSITORY, grpc_tls=(issued.cert_file, issued.key_file)) as triton:
+        trusting = start_gateway(runtime="triton", triton_url=triton.grpc_url, data_dir=tmp_path / "a", gallery="none",
+                                 triton_tls_ca_file=authority.cert_file, health_poll_seconds=0.2)
+        with trusting.channel() as channel:
+            assert encoder_pb2_grpc.EncoderStub(channel).Encode(encoder_pb2.EncodeRequest(images=image)).num_bits == 32
+        plaintext = start_gateway(wait=False, runtime="triton", triton_url=triton.grpc_url, data_dir=tmp_path / "b",
+                                  gallery="none", health_poll_seconds=0.2)
+        with plaintext.channel() as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            models = health_pb2.HealthCheckRequest(service="latentserve.v1.Models")
+            wait_for(lambda: health.Check(models).status == health_pb2.HealthCheckResponse.SERVING)  # Triton asked once
+            with pytest.raises(grpc.RpcError) as raised:
+                encoder_pb2_grpc.EncoderStub(channel).Encode(encoder_pb2.EncodeRequest(images=image), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE  # a plaintext client cannot reach a TLS Triton
