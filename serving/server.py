@@ -140,7 +140,9 @@ class Server:
             except Exception:
                 log.exception("health update failed")
 
-    async def stop(self, grace: float = 2.0) -> None:
+    async def stop(self, grace: float | None) -> None:
+        """Health NOT_SERVING, then no new calls; the calls in flight get `grace` seconds (None: cancelled
+        now); then the index and the runtime close."""
         await self.health.enter_graceful_shutdown()
         await self.grpc.stop(grace)
         if self.metrics:
@@ -168,7 +170,11 @@ async def serve(settings: Settings) -> None:
     failure = server.loaded.exception() if server.loaded.done() else None
     if not isinstance(failure, IndexLocked):
         await signalled
-    log.info("stopping")
-    await server.stop()
+    grace = settings.shutdown_grace_seconds
+    log.info("stopping: health NOT_SERVING, new calls refused, %g s for the calls in flight (a second signal: now)", grace)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(server.grpc.stop(None)))
+    await server.stop(grace)
+    log.info("stopped")
     if isinstance(failure, IndexLocked):
         raise failure

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     triton_tls_cert_file: Path | None = Field(None, description="the gateway's client certificate for Triton's mutual TLS")
     triton_tls_key_file: Path | None = Field(None, description="its private key")
     health_poll_seconds: float = Field(1.0, gt=0, description="how often model readiness is re-read")
+    shutdown_grace_seconds: float = Field(10.0, ge=0, description="on SIGTERM, how long calls in flight may take to finish")
     index_model: str = Field("autoencoder", description="the encoder whose codes the search index holds")
     default_generator: str = Field("acgan", description="the model Generator calls use when they name none")
     default_classifier: str = Field("fixmatch", description="the model Classify calls use when they name none")
