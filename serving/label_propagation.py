@@ -9,8 +9,11 @@ labels of a few nodes spread to the rest.
   nodes may change their label if their neighbourhood disagrees.
 
 Both are solved with conjugate gradients, one class at a time. A node in a component with no labelled
-node gets no scores: confidence 0 and label -1.
+node gets no scores: confidence 0 and label -1. Both functions take `stop`, asked between blocks of the
+kNN search and at every conjugate-gradient step: when it says so they raise Stopped, so a caller who
+gave up (or whose deadline passed) stops costing CPU within one step.
 """
+from collections.abc import Callable
 from typing import Literal
 
 import faiss
@@ -19,9 +22,23 @@ from scipy import sparse
 from scipy.sparse.linalg import cg
 
 Method = Literal["harmonic", "spreading"]
+SEARCH_BLOCK = 2048  # queries per FAISS call between two `stop` checks
 
 
-def knn_graph(codes: np.ndarray, k: int) -> sparse.csr_matrix:
+class Stopped(Exception):
+    """`stop` said so: the caller no longer waits."""
+
+
+def _never() -> bool:
+    return False
+
+
+def _check(stop: Callable[[], bool]) -> None:
+    if stop():
+        raise Stopped
+
+
+def knn_graph(codes: np.ndarray, k: int, stop: Callable[[], bool] = _never) -> sparse.csr_matrix:
     """Symmetric kNN graph: w_ij = exp(-d_ij^2 / sigma^2) if j is among i's k nearest (or i among j's),
     sigma^2 the mean squared distance to the k nearest (exact L2 search, FAISS)."""
     codes = np.ascontiguousarray(codes, np.float32)
@@ -29,7 +46,11 @@ def knn_graph(codes: np.ndarray, k: int) -> sparse.csr_matrix:
     k = min(k, n - 1)
     index = faiss.IndexFlatL2(codes.shape[1])
     index.add(codes)
-    distances, neighbours = index.search(codes, k + 1)
+    blocks = []
+    for start in range(0, n, SEARCH_BLOCK):
+        _check(stop)
+        blocks.append(index.search(codes[start : start + SEARCH_BLOCK], k + 1))
+    distances, neighbours = (np.concatenate(parts) for parts in zip(*blocks))
     distances, neighbours = distances[:, 1:], neighbours[:, 1:]  # a point is its own nearest: drop it
     scale = max(float(distances.mean()), 1e-12)
     weights = np.exp(-distances / scale)
@@ -45,7 +66,7 @@ def smoothness(graph: sparse.csr_matrix, scores: np.ndarray) -> float:
 
 def propagate(
     graph: sparse.csr_matrix, labelled: np.ndarray, labels: np.ndarray, classes: int,
-    method: Method = "harmonic", alpha: float = 0.99,
+    method: Method = "harmonic", alpha: float = 0.99, stop: Callable[[], bool] = _never,
 ) -> np.ndarray:
     """Class scores [n, classes] of every node, rows summing to 1 (or 0 where no label reaches)."""
     n = graph.shape[0]
@@ -58,11 +79,11 @@ def propagate(
         laplacian_uu = laplacian_uu + sparse.identity(len(unlabelled)) * 1e-9 * degree.mean()  # unseeded components
         right = graph[unlabelled][:, labelled] @ seeds[labelled]
         scores = seeds.copy()
-        scores[unlabelled] = _solve(laplacian_uu.tocsr(), right)
+        scores[unlabelled] = _solve(laplacian_uu.tocsr(), right, stop)
     elif method == "spreading":
         inverse_root = 1.0 / np.sqrt(np.maximum(np.asarray(graph.sum(1)).ravel(), 1e-12))
         normalised = sparse.diags(inverse_root) @ graph @ sparse.diags(inverse_root)
-        scores = _solve((sparse.identity(n) - alpha * normalised).tocsr(), (1 - alpha) * seeds)
+        scores = _solve((sparse.identity(n) - alpha * normalised).tocsr(), (1 - alpha) * seeds, stop)
     else:
         raise ValueError(f"unknown method {method!r}")
     scores = np.clip(scores, 0, None)
@@ -70,9 +91,9 @@ def propagate(
     return np.divide(scores, totals, out=np.zeros_like(scores), where=totals > 1e-12)
 
 
-def _solve(matrix: sparse.csr_matrix, right: np.ndarray) -> np.ndarray:
+def _solve(matrix: sparse.csr_matrix, right: np.ndarray, stop: Callable[[], bool]) -> np.ndarray:
     columns = []
     for column in right.T:
-        solution, _ = cg(matrix, column, rtol=1e-8, maxiter=2000)
+        solution, _ = cg(matrix, column, rtol=1e-8, maxiter=2000, callback=lambda _: _check(stop))
         columns.append(solution)
     return np.stack(columns, 1)

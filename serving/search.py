@@ -2,6 +2,8 @@
 propagation over the stored codes."""
 import asyncio
 import logging
+import threading
+import time
 
 import numpy as np
 
@@ -11,9 +13,9 @@ from latentserve.v1 import common_pb2, search_pb2, search_pb2_grpc
 from serving import convert, validation
 from serving.capability import Capability, Inference
 from serving.encoding import Encoding
-from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from serving.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from serving.index import Binding, CodeIndex, Hit, NewItem
-from serving.label_propagation import Method, knn_graph, propagate
+from serving.label_propagation import Method, Stopped, knn_graph, propagate
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -124,9 +126,10 @@ class Search(Capability):
         return await asyncio.to_thread(self.index.search_code, values, k, exclude_row)
 
     async def propagate_labels(
-        self, labels: dict[str, int], neighbours: int, method: Method, max_items: int
+        self, labels: dict[str, int], neighbours: int, method: Method, max_items: int, timeout: float | None = None
     ) -> list[tuple[str, int, float]]:
-        """(id, label, confidence) of every stored item, from the labels of a few (see label_propagation)."""
+        """(id, label, confidence) of every stored item, from the labels of a few (see label_propagation).
+        The work stops within a step once the call is cancelled or `timeout` seconds have passed."""
         ids, codes = await asyncio.to_thread(self.index.codes)
         if len(ids) > max_items:
             raise ResourceExhausted(f"the index holds {len(ids)} items; propagation is limited to {max_items}")
@@ -140,10 +143,22 @@ class Search(Capability):
         labelled = np.asarray([rows[item_id] for item_id in labels])
         columns = np.searchsorted(classes, list(labels.values()))
 
-        def run() -> np.ndarray:
-            return propagate(knn_graph(codes, neighbours), labelled, columns, len(classes), method)
+        cancelled = threading.Event()
+        deadline = None if timeout is None else time.monotonic() + timeout
 
-        scores = await asyncio.to_thread(run)
+        def stop() -> bool:
+            return cancelled.is_set() or (deadline is not None and time.monotonic() > deadline)
+
+        def run() -> np.ndarray:
+            return propagate(knn_graph(codes, neighbours, stop), labelled, columns, len(classes), method, stop=stop)
+
+        try:
+            scores = await asyncio.to_thread(run)
+        except asyncio.CancelledError:
+            cancelled.set()  # the thread sees it at its next step
+            raise
+        except Stopped:
+            raise DeadlineExceeded("label propagation passed the call's deadline") from None
         best = scores.argmax(1)
         confidence = scores[np.arange(len(ids)), best]
         predicted = np.where(confidence > 0, np.asarray(classes)[best], -1)
@@ -212,7 +227,9 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         )
         if request.method not in PROPAGATION_METHODS:
             raise InvalidArgument(f"unknown method {request.method}", "method")
-        predictions = await self.search.propagate_labels(labels, neighbours, PROPAGATION_METHODS[request.method], settings.max_propagation_items)
+        predictions = await self.search.propagate_labels(
+            labels, neighbours, PROPAGATION_METHODS[request.method], settings.max_propagation_items, context.time_remaining()
+        )
 
         def message(chunk: list[tuple[str, int, float]]) -> search_pb2.PropagateLabelsResponse:
             return search_pb2.PropagateLabelsResponse(predictions=[
