@@ -4,10 +4,17 @@ A capability (encode, search, generate, classify, translate, and the model listi
 its logic, a `Capability` subclass, and its thin gRPC servicer. The server is built from one list of them
 (serving/server.py).
 """
+import asyncio
+import io
+import warnings
+
 import numpy as np
+from PIL import Image as PILImage
 
 from latentserve.repository import Entry
-from serving.errors import Unavailable
+from latentserve.v1 import common_pb2
+from serving import convert, validation
+from serving.errors import ResourceExhausted, Unavailable
 from serving.runtime import InflightLimit, Runtime, resolve
 from serving.settings import Settings
 
@@ -67,3 +74,47 @@ class Capability:
 
     async def close(self) -> None:
         """Called when the server stops."""
+
+
+
+def _declared_pixels(data: bytes) -> int:
+    """Width x height as an image file's header declares it; 0 when it cannot be read (decoding says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            width, height = PILImage.open(io.BytesIO(data)).size
+    except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError):
+        return 0
+    return width * height
+
+
+async def _off_the_loop(decode, files: list[bytes], field: str, settings: Settings) -> np.ndarray:
+    """Decode encoded `files` on a worker thread, so a request of large images never stalls the other
+    calls (health included), and only within `max_request_pixels` in all, read from the headers first:
+    a few KB of PNG can declare a 16-megapixel image. Raw tensors (no files) convert on the loop: a copy."""
+    if not files:
+        return decode()
+    validation.count(len(files), settings.max_batch_images, field, "images")
+    pixels = sum(map(_declared_pixels, files))
+    if pixels > settings.max_request_pixels:
+        raise ResourceExhausted(f"{pixels} pixels in all; the limit per request is {settings.max_request_pixels}", field)
+    return await asyncio.to_thread(decode)
+
+
+async def decode_images(images: common_pb2.Images, field: str, settings: Settings, resize: bool = True) -> np.ndarray:
+    """An Images message -> (n, 1, 28, 28) float32 in [0, 1] (serving/convert.py says how)."""
+    files = list(images.encoded.images) if images.WhichOneof("data") == "encoded" else []
+    return await _off_the_loop(
+        lambda: convert.decode_batch(images, field, settings.max_batch_images, settings.max_image_pixels, resize=resize),
+        files, field, settings,
+    )
+
+
+async def decode_image_list(images: list[common_pb2.Image], fields: list[str], field: str, settings: Settings) -> np.ndarray:
+    """Image messages, each named by its field (`items[3].image`), of the request field `field` ->
+    (n, 1, 28, 28) float32 in [0, 1]."""
+    files = [image.encoded for image in images if image.WhichOneof("data") == "encoded"]
+    return await _off_the_loop(
+        lambda: np.stack([convert.decode_image(image, name, settings.max_image_pixels) for image, name in zip(images, fields)]),
+        files, field, settings,
+    )

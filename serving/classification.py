@@ -6,7 +6,7 @@ import numpy as np
 from latentserve.contract import CLASSIFY, IMAGE, PROBABILITIES
 from latentserve.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 from serving import convert
-from serving.capability import Capability
+from serving.capability import Capability, decode_images
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
 
     async def Classify(self, request, context):
         settings = self.classification.settings
-        images = convert.decode_batch(request.images, "images", settings.max_batch_images, settings.max_image_pixels)
+        images = await decode_images(request.images, "images", settings)
         classified = await self.classification.classify(
             request.model.name or settings.default_classifier, request.model.version, images, context.time_remaining()
         )

@@ -6,7 +6,7 @@ import numpy as np
 from latentserve.contract import BINARY_CODE, CODE, ENCODE, IMAGE
 from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 from serving import convert
-from serving.capability import Capability
+from serving.capability import Capability, decode_images
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
 
     async def Encode(self, request, context):
         settings = self.encoding.settings
-        images = convert.decode_batch(request.images, "images", settings.max_batch_images, settings.max_image_pixels)
+        images = await decode_images(request.images, "images", settings)
         codes = await self.encoding.encode(
             request.model.name or settings.index_model, request.model.version, images, context.time_remaining()
         )

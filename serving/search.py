@@ -10,8 +10,8 @@ import numpy as np
 from latentserve.contract import ENCODE
 from latentserve.datasets import load_mnist
 from latentserve.v1 import common_pb2, search_pb2, search_pb2_grpc
-from serving import convert, validation
-from serving.capability import Capability, Inference
+from serving import validation
+from serving.capability import Capability, Inference, decode_image_list
 from serving.encoding import Encoding
 from serving.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from serving.index import Binding, CodeIndex, Hit, NewItem
@@ -176,7 +176,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         hashed = request.space == search_pb2.SPACE_HASH
         kind = request.WhichOneof("query")
         if kind == "image":
-            image = convert.decode_image(request.image, "image", settings.max_image_pixels)
+            (image,) = await decode_image_list([request.image], ["image"], "image", settings)
             hits = await search.by_image(image, k, hashed, context.time_remaining())
         elif kind == "code":
             code = request.code
@@ -196,9 +196,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             raise InvalidArgument("must hold at least one item", "items")
         validation.count(len(items), settings.max_batch_images, "items", "items")
         ids = validation.unique_ids([item.id for item in items], settings.max_id_bytes, "items[{}].id")
-        images = np.stack([
-            convert.decode_image(item.image, f"items[{i}].image", settings.max_image_pixels) for i, item in enumerate(items)
-        ])
+        images = await decode_image_list([item.image for item in items], [f"items[{i}].image" for i in range(len(items))], "items", settings)
         labels = [item.label if item.HasField("label") else None for item in items]
         metadata = [dict(item.metadata) for item in items]
         await search.add(ids, images, labels, metadata, context.time_remaining())

@@ -170,10 +170,10 @@ async def serve(settings: Settings) -> None:
     failure = server.loaded.exception() if server.loaded.done() else None
     if not isinstance(failure, IndexLocked):
         await signalled
-    grace = settings.shutdown_grace_seconds
-    log.info("stopping: health NOT_SERVING, new calls refused, %g s for the calls in flight (a second signal: now)", grace)
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(server.grpc.stop(None)))
+    grace = settings.shutdown_grace_seconds
+    log.info("stopping: health NOT_SERVING, new calls refused, %g s for the calls in flight (a second signal: now)", grace)
     await server.stop(grace)
     log.info("stopped")
     if isinstance(failure, IndexLocked):

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     default_chunk_images: int = Field(256, ge=1, description="images per GenerateStream message when the request sets none")
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="gRPC send and receive limit")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="width x height of one encoded image")
+    max_request_pixels: int = Field(4096 * 4096, ge=1, description="width x height of all the encoded images of one request")
     max_id_bytes: int = Field(256, ge=1, description="length of one item id")
     max_k: int = Field(1000, ge=1, description="hits in one Search")
     default_k: int = Field(10, ge=1)

@@ -12,7 +12,7 @@ from latentserve.contract import IMAGE, TRANSLATE, TRANSLATED
 from latentserve.repository import Entry
 from latentserve.v1 import common_pb2, translator_pb2, translator_pb2_grpc
 from serving import convert
-from serving.capability import Capability
+from serving.capability import Capability, decode_images
 from serving.errors import InvalidArgument, NotFound
 
 
@@ -67,10 +67,7 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
         png = convert.wants_png(request.format)
         if request.resize not in (translator_pb2.RESIZE_UNSPECIFIED, translator_pb2.RESIZE_AREA, translator_pb2.RESIZE_NONE):
             raise InvalidArgument(f"unknown resize mode {request.resize}", "resize")
-        images = convert.decode_batch(
-            request.images, "images", settings.max_batch_images, settings.max_image_pixels,
-            resize=request.resize != translator_pb2.RESIZE_NONE,
-        )
+        images = await decode_images(request.images, "images", settings, resize=request.resize != translator_pb2.RESIZE_NONE)
         translated = await self.translation.translate(
             request.direction, request.model.name, request.model.version, images, context.time_remaining()
         )
