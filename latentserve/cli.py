@@ -389,6 +389,9 @@ def cmd_bench(args) -> None:
     elif args.what == "security":
         from benchmarks.security import main as bench
         bench(args.repository, args.duration)
+    elif args.what == "overload":
+        from benchmarks.overload import main as bench
+        bench(args.repository, args.duration)
     else:
         from benchmarks.layout import main as bench
         bench(Path(__file__).resolve().parents[1])
@@ -444,8 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     triton.set_defaults(func=cmd_triton)
 
     bench = verbs.add_parser("bench", help="measure what docs/benchmarks.md reports")
-    bench.add_argument("what", choices=["retrieval", "serving", "triton", "generation", "classification", "translation", "security", "layout"],
-                       help="what to measure (security: plaintext vs TLS + token; layout: import cycles and lines of Python per folder)")
+    bench.add_argument("what", choices=["retrieval", "serving", "triton", "generation", "classification", "translation", "security", "overload", "layout"],
+                       help="what to measure (security: plaintext vs TLS + token; overload: 4x capacity, then 0.5x; layout: import cycles and lines of Python per folder)")
     bench.add_argument("--repository", type=Path, default=Path("model_repository"), help="the model repository to measure")
     bench.add_argument("--duration", type=float, default=5.0, help="seconds per serving measurement")
     bench.set_defaults(func=cmd_bench)
