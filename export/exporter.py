@@ -1,9 +1,10 @@
 """Checkpoint -> new numeric version of each of the model's graphs in the model repository.
 
 Each version holds model.onnx (dynamic batch axis), model.pt (TorchScript), model.py (Triton Python
-backend) and card.json. It is written to a staging directory beside the versions and renamed into place,
-so a half-written version is never seen. Parity against PyTorch on real and random images must hold
-within the tolerances below, or the export fails and nothing is written.
+backend) and card.json, which records the sha256 of the other three. It is written to a staging directory
+beside the versions and renamed into place, so a half-written version is never seen. Parity against
+PyTorch on real and random images must hold within the tolerances below, or the export fails and nothing
+is written.
 """
 import datetime
 import json
@@ -82,6 +83,7 @@ def export_checkpoint(checkpoint_path: Path, repository_root: Path, data: Mnist)
                 "parity": {"float_tolerance": FLOAT_TOLERANCE, "bit_tolerance": BIT_TOLERANCE, **parity},
                 "source_commit": _source_commit(),
                 "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "files": repository.checksums(staging),  # a version whose files differ is not served
             }
             (staging / repository.CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
             _write_atomically(entry_path / repository.CONFIG_FILE, _config_text(entry_name, checkpoint["model"], graph_name, graph, native=False))

@@ -1,4 +1,5 @@
-"""The model listing: every served model, its graphs, tensors, loaded versions and model cards."""
+"""The model listing: every served model, its graphs, tensors, loaded versions and model cards, and the
+version directories that are not served with the reason why."""
 import json
 
 from latentserve.v1 import models_pb2, models_pb2_grpc
@@ -25,6 +26,8 @@ class Models(Capability):
                 card = entry.cards[version]
                 metrics = {k: float(v) for k, v in card.get("metrics", {}).items() if isinstance(v, (int, float))}
                 graph.versions.add(version=version, metrics=metrics, card_json=json.dumps(card))
+            for directory, reason in sorted(entry.skipped.items()):
+                graph.skipped_versions.add(directory=directory, reason=reason)
         return models
 
 

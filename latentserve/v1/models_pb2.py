@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from latentserve.v1 import common_pb2 as latentserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blatentserve/v1/models.proto\x12\x0elatentserve.v1\x1a\x1blatentserve/v1/common.proto\"\x13\n\x11ListModelsRequest\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.latentserve.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06graphs\x18\x02 \x03(\x0b\x32\x19.latentserve.v1.GraphInfo\"\xce\x01\n\tGraphInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ncapability\x18\x02 \x01(\t\x12\x17\n\x0frepository_name\x18\x03 \x01(\t\x12*\n\x06inputs\x18\x04 \x03(\x0b\x32\x1a.latentserve.v1.TensorInfo\x12+\n\x07outputs\x18\x05 \x03(\x0b\x32\x1a.latentserve.v1.TensorInfo\x12-\n\x08versions\x18\x06 \x03(\x0b\x32\x1b.latentserve.v1.VersionInfo\"Q\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05\x64type\x18\x02 \x01(\x0e\x32\x18.latentserve.v1.DataType\x12\x0c\n\x04\x64ims\x18\x03 \x03(\x03\"\x9c\x01\n\x0bVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x39\n\x07metrics\x18\x02 \x03(\x0b\x32(.latentserve.v1.VersionInfo.MetricsEntry\x12\x11\n\tcard_json\x18\x03 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xa5\x01\n\x06Models\x12S\n\nListModels\x12!.latentserve.v1.ListModelsRequest\x1a\".latentserve.v1.ListModelsResponse\x12\x46\n\x08GetModel\x12\x1f.latentserve.v1.GetModelRequest\x1a\x19.latentserve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blatentserve/v1/models.proto\x12\x0elatentserve.v1\x1a\x1blatentserve/v1/common.proto\"\x13\n\x11ListModelsRequest\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.latentserve.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06graphs\x18\x02 \x03(\x0b\x32\x19.latentserve.v1.GraphInfo\"\x88\x02\n\tGraphInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ncapability\x18\x02 \x01(\t\x12\x17\n\x0frepository_name\x18\x03 \x01(\t\x12*\n\x06inputs\x18\x04 \x03(\x0b\x32\x1a.latentserve.v1.TensorInfo\x12+\n\x07outputs\x18\x05 \x03(\x0b\x32\x1a.latentserve.v1.TensorInfo\x12-\n\x08versions\x18\x06 \x03(\x0b\x32\x1b.latentserve.v1.VersionInfo\x12\x38\n\x10skipped_versions\x18\x07 \x03(\x0b\x32\x1e.latentserve.v1.SkippedVersion\"Q\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05\x64type\x18\x02 \x01(\x0e\x32\x18.latentserve.v1.DataType\x12\x0c\n\x04\x64ims\x18\x03 \x03(\x03\"\x9c\x01\n\x0bVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x39\n\x07metrics\x18\x02 \x03(\x0b\x32(.latentserve.v1.VersionInfo.MetricsEntry\x12\x11\n\tcard_json\x18\x03 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"3\n\x0eSkippedVersion\x12\x11\n\tdirectory\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xa5\x01\n\x06Models\x12S\n\nListModels\x12!.latentserve.v1.ListModelsRequest\x1a\".latentserve.v1.ListModelsResponse\x12\x46\n\x08GetModel\x12\x1f.latentserve.v1.GetModelRequest\x1a\x19.latentserve.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,13 +43,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINFO']._serialized_start=195
   _globals['_MODELINFO']._serialized_end=263
   _globals['_GRAPHINFO']._serialized_start=266
-  _globals['_GRAPHINFO']._serialized_end=472
-  _globals['_TENSORINFO']._serialized_start=474
-  _globals['_TENSORINFO']._serialized_end=555
-  _globals['_VERSIONINFO']._serialized_start=558
-  _globals['_VERSIONINFO']._serialized_end=714
-  _globals['_VERSIONINFO_METRICSENTRY']._serialized_start=668
-  _globals['_VERSIONINFO_METRICSENTRY']._serialized_end=714
-  _globals['_MODELS']._serialized_start=717
-  _globals['_MODELS']._serialized_end=882
+  _globals['_GRAPHINFO']._serialized_end=530
+  _globals['_TENSORINFO']._serialized_start=532
+  _globals['_TENSORINFO']._serialized_end=613
+  _globals['_VERSIONINFO']._serialized_start=616
+  _globals['_VERSIONINFO']._serialized_end=772
+  _globals['_VERSIONINFO_METRICSENTRY']._serialized_start=726
+  _globals['_VERSIONINFO_METRICSENTRY']._serialized_end=772
+  _globals['_SKIPPEDVERSION']._serialized_start=774
+  _globals['_SKIPPEDVERSION']._serialized_end=825
+  _globals['_MODELS']._serialized_start=828
+  _globals['_MODELS']._serialized_end=993
 # @@protoc_insertion_point(module_scope)

@@ -32,20 +32,22 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., graphs: _Optional[_Iterable[_Union[GraphInfo, _Mapping]]] = ...) -> None: ...
 
 class GraphInfo(_message.Message):
-    __slots__ = ("name", "capability", "repository_name", "inputs", "outputs", "versions")
+    __slots__ = ("name", "capability", "repository_name", "inputs", "outputs", "versions", "skipped_versions")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CAPABILITY_FIELD_NUMBER: _ClassVar[int]
     REPOSITORY_NAME_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     capability: str
     repository_name: str
     inputs: _containers.RepeatedCompositeFieldContainer[TensorInfo]
     outputs: _containers.RepeatedCompositeFieldContainer[TensorInfo]
     versions: _containers.RepeatedCompositeFieldContainer[VersionInfo]
-    def __init__(self, name: _Optional[str] = ..., capability: _Optional[str] = ..., repository_name: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ...) -> None: ...
+    skipped_versions: _containers.RepeatedCompositeFieldContainer[SkippedVersion]
+    def __init__(self, name: _Optional[str] = ..., capability: _Optional[str] = ..., repository_name: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., skipped_versions: _Optional[_Iterable[_Union[SkippedVersion, _Mapping]]] = ...) -> None: ...
 
 class TensorInfo(_message.Message):
     __slots__ = ("name", "dtype", "dims")
@@ -73,3 +75,11 @@ class VersionInfo(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     card_json: str
     def __init__(self, version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., card_json: _Optional[str] = ...) -> None: ...
+
+class SkippedVersion(_message.Message):
+    __slots__ = ("directory", "reason")
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    directory: str
+    reason: str
+    def __init__(self, directory: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

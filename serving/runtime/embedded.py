@@ -1,13 +1,15 @@
 """In-process onnxruntime over model_repository/, loading the versions each config's policy selects.
 
-Like Triton in poll mode, it follows the repository: `refresh` notices new or removed version directories
-(and rewritten configs), loads the versions the policy now selects and drops the others. Calls already
-running on a dropped version finish on it. Version directories appear by atomic rename (the exporter), so
-a half-written version is never loaded.
+Like Triton in poll mode, it follows the repository: `refresh` notices new, removed or rewritten version
+directories and configs, loads the versions the policy now selects and drops the others. Calls already
+running on a dropped version finish on it. A version directory that is not valid (latentserve.repository:
+a stray name, a symlink, no card, files that fail their checksums, as while one is still being copied) or
+that fails to load is left out, with its reason in `Entry.skipped`, and the others keep serving.
 """
 import asyncio
 import dataclasses
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import numpy as np
 import onnxruntime
 
 from serving.errors import DeadlineExceeded, NotFound
-from latentserve.repository import CONFIG_FILE, ONNX_FILE, Entry, read_repository
+from latentserve.repository import ONNX_FILE, Entry, read_repository
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +38,20 @@ class EmbeddedRuntime:
         return self._entries
 
     def _repository_fingerprint(self) -> tuple:
-        """What changes when a version or a config does: entry and version directory names, config mtimes.
-        A few stat calls, so polling it is cheap; the repository is re-read only when it changes."""
-        return tuple(sorted(
-            (entry.name, tuple(sorted(p.name for p in entry.iterdir() if p.name.isdigit())), (entry / CONFIG_FILE).stat().st_mtime_ns)
-            for entry in self._root.iterdir() if (entry / CONFIG_FILE).is_file()
-        ))
+        """Path, size and mtime of everything under the repository but hidden names (an export being staged):
+        a few hundred stat calls, so polling it is cheap. The repository (and every checksum) is re-read only
+        when this changes, so a version still being copied in is checked again once it is complete."""
+        paths = []
+        for directory, subdirectories, files in os.walk(self._root):  # unreadable directories are left out
+            subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
+            paths += [os.path.join(directory, name) for name in subdirectories + files if not name.startswith(".")]
+        return tuple(sorted((path, os.lstat(path).st_size, os.lstat(path).st_mtime_ns) for path in paths))
 
     def _load(self) -> None:
-        """Serve the versions each policy selects that load; one that fails is logged and left out."""
+        """Serve the versions each policy selects that load; one that fails is logged and skipped."""
         entries, sessions = {}, {}
         for entry in read_repository(self._root).values():
+            skipped = dict(entry.skipped)
             for version in entry.versions:
                 key = (entry.name, version)
                 try:
@@ -55,8 +60,9 @@ class EmbeddedRuntime:
                     )
                 except Exception as error:  # noqa: BLE001 - a broken version must not stop the others
                     log.error("%s version %d failed to load: %s", entry.name, version, error)
+                    skipped[str(version)] = f"failed to load: {error}"
             loaded = tuple(v for v in entry.versions if (entry.name, v) in sessions)
-            entries[entry.name] = dataclasses.replace(entry, versions=loaded)
+            entries[entry.name] = dataclasses.replace(entry, versions=loaded, skipped=skipped)
             log.info("serving %s versions %s", entry.name, list(loaded))
         self._sessions, self._entries = sessions, entries  # swapped whole: a call sees the old set or the new
 

@@ -2,7 +2,9 @@
 
 Signatures and model cards come from the same model repository on disk that Triton serves; which
 versions are ready comes from Triton itself (`refresh`, polled by the gateway), so a model that Triton
-unloads, or a Triton that goes away, turns the affected services NOT_SERVING until it is back.
+unloads, or a Triton that goes away, turns the affected services NOT_SERVING until it is back. A version
+is used only if it is both READY in Triton and valid on disk (latentserve.repository): one that fails
+its checksum is not called even if Triton loaded it.
 """
 import asyncio
 import dataclasses
@@ -14,7 +16,7 @@ import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, ServingError, Unavailable
-from latentserve.repository import Entry, read_repository
+from latentserve.repository import Entry, is_version_name, read_repository
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ class TritonRuntime:
             index = await self._client.get_model_repository_index(client_timeout=2)
             ready = {}
             for model in index.models:
-                if model.state == "READY" and model.version.isdigit():
+                if model.state == "READY" and is_version_name(model.version):
                     ready.setdefault(model.name, set()).add(int(model.version))
             if not self._reachable:
                 log.info("Triton at %s: ready versions %s", self.url, ready)

@@ -44,6 +44,8 @@ def test_export_writes_a_servable_version_with_parity(tmp_path, checkpoint, smal
     assert 0 < card["metrics"]["retrieval_code_map"] <= 1
     assert card["parity"]["real"]["onnx.code"] <= exporter.FLOAT_TOLERANCE
     assert card["source_commit"]
+    assert card["files"] == repository.checksums(version_dir) and set(card["files"]) == {"model.onnx", "model.pt", "model.py"}
+    assert repository.read_card(version_dir) == card
 
 
 def test_native_config_uses_the_onnxruntime_backend(tmp_path, checkpoint, small_mnist):
