@@ -15,6 +15,7 @@ from serving.capability import Capability
 from serving.errors import InvalidArgument
 
 TRUNCATION_RANGE = (0.05, 4.0)  # below: mostly redraws; above: the same as no truncation
+INDEX_LIMIT = 2**63  # sample indices are int64
 GENERATED = Counter("latentserve_generated_images_total", "images generated", ["model"])
 
 
@@ -79,7 +80,13 @@ class Generation(Capability):
             inputs[LABEL] = labels[:, None]
         outputs = await self.inference.run(generator.entry, generator.version, inputs, timeout)
         GENERATED.labels(generator.entry.model).inc(len(latents))
-        return Generated(generator, outputs[IMAGE], latents, labels)
+        return Generated(generator, np.clip(outputs[IMAGE], 0, 1), latents, labels)  # a tanh or sigmoid can round past the ends
+
+
+def check_indices(start: int, count: int, field: str) -> None:
+    """`start`, the first of `count` sample indices: 0 or more, with the last below 2**63."""
+    if not 0 <= start <= INDEX_LIMIT - count:
+        raise InvalidArgument(f"{start}; want 0 to {INDEX_LIMIT - count} (the last index must stay below 2**63)", field)
 
 
 def check_truncation(truncation: float | None, field: str) -> float | None:
@@ -128,10 +135,10 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 raise InvalidArgument("leave 0 when `latents` is set", "count")
             latents = generation.latents(generator, convert.float_tensor(request.latents, "latents"), "latents")
             validation.count(len(latents), settings.max_batch_images, "latents", "images")
+            check_indices(sampling.start_index, len(latents), "sampling.start_index")  # the labels' indices
         else:
             count = validation.count(request.count, settings.max_batch_images, "count", "images")
-            if sampling.start_index < 0:
-                raise InvalidArgument("must be 0 or more", "sampling.start_index")
+            check_indices(sampling.start_index, count, "sampling.start_index")
             latents = await asyncio.to_thread(sample_latents, sampling.seed, sampling.start_index, count, generator.latent_dim, truncation)
         labels = generation.labels(generator, list(sampling.labels), sampling.start_index, len(latents), "sampling.labels")
         generated = await generation.run(generator, latents, labels, context.time_remaining())
@@ -165,8 +172,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         generator, png = self._resolve(request.model), convert.wants_png(request.format)
         count = validation.count(request.count, settings.max_stream_images, "count", "images")
         sampling = request.sampling
-        if sampling.start_index < 0:
-            raise InvalidArgument("must be 0 or more", "sampling.start_index")
+        check_indices(sampling.start_index, count, "sampling.start_index")
         if len(sampling.labels) > 1:
             raise InvalidArgument("give at most one label for a stream", "sampling.labels")
         truncation = check_truncation(sampling.truncation if sampling.HasField("truncation") else None, "sampling.truncation")

@@ -94,7 +94,7 @@ class CodeIndex:
         with self._lock:
             row = self._db.execute("SELECT row, code, bits FROM items WHERE id = ?", (item_id,)).fetchone()
         if row is None:
-            raise NotFound(f"no item {item_id!r}", "id")
+            raise NotFound("no such item is stored", "id")
         return row[0], np.frombuffer(row[1], np.float32), np.frombuffer(row[2], np.uint8)
 
     def search_code(self, code: np.ndarray, k: int, exclude_row: int | None = None) -> list[Hit]:
@@ -129,7 +129,8 @@ class CodeIndex:
         with self._lock:
             existing = self._existing(ids)
             if existing:
-                raise AlreadyExists(f"ids already stored: {', '.join(sorted(existing)[:10])}", "items.id")
+                first = next(i for i, item_id in enumerate(ids) if item_id in existing)
+                raise AlreadyExists(f"{len(existing)} already stored, the first items[{first}].id", "items.id")
             with self._transaction():
                 rows = [
                     self._db.execute(
@@ -149,7 +150,8 @@ class CodeIndex:
         with self._lock:
             missing = set(ids) - self._existing(ids)
             if missing:
-                raise NotFound(f"no items {', '.join(sorted(missing)[:10])}", "ids")
+                first = next(i for i, item_id in enumerate(ids) if item_id in missing)
+                raise NotFound(f"{len(missing)} not stored, the first ids[{first}]", "ids")
             with self._transaction():
                 rows = [self._db.execute("DELETE FROM items WHERE id = ? RETURNING row", (i,)).fetchone()[0] for i in ids]
             rows = np.asarray(rows, dtype=np.int64)

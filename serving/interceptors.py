@@ -1,5 +1,5 @@
 """One interceptor for what every call needs: authentication, scopes and quotas (serving/auth.py), errors
-mapped to gRPC statuses, metrics, and the audit log.
+mapped to gRPC statuses, metrics, and the audit log. A request body that does not parse is INVALID_ARGUMENT.
 
 A ServingError becomes its status code with the message naming the field, plus a google.rpc.BadRequest
 detail for INVALID_ARGUMENT and a google.rpc.RetryInfo detail for a quota's RESOURCE_EXHAUSTED; anything
@@ -16,7 +16,7 @@ from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
 from serving.auth import Guard
-from serving.errors import ResourceExhausted, ServingError
+from serving.errors import InvalidArgument, ResourceExhausted, ServingError
 from serving.tokens import Token
 
 log = logging.getLogger(__name__)
@@ -26,10 +26,15 @@ LATENCY = Histogram(
     "latentserve_request_seconds", "gRPC call latency", ["method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+MAX_MESSAGE_CHARS = 1000  # a status travels in trailing metadata (8 KiB): a message quoting a client's string is cut
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
 
 
 def _status(code: grpc.StatusCode, message: str, details: tuple = ()) -> grpc.Status:
-    status = status_pb2.Status(code=code.value[0], message=message)
+    status = status_pb2.Status(code=code.value[0], message=_cut(message))
     for detail in details:
         packed = any_pb2.Any()
         packed.Pack(detail)
@@ -41,13 +46,31 @@ def _details(error: ServingError) -> tuple:
     """The google.rpc details of an error: the field an INVALID_ARGUMENT names, when to retry after a quota."""
     if error.code == grpc.StatusCode.INVALID_ARGUMENT and error.field:
         return (error_details_pb2.BadRequest(
-            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.description)]
+            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=error.field, description=_cut(error.description))]
         ),)
     if isinstance(error, ResourceExhausted) and error.retry_after is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(math.ceil(error.retry_after * 1e9))
         return (error_details_pb2.RetryInfo(retry_delay=delay),)
     return ()
+
+
+def _lenient(deserializer):
+    """A request deserializer that never raises (grpc would answer UNKNOWN and log a traceback): it gives
+    (request, None), or (the empty request, the error) for a body that does not parse."""
+
+    def deserialize(body: bytes):
+        try:
+            return deserializer(body), None
+        except Exception as error:  # noqa: BLE001 - DecodeError, or whatever else the parser raises
+            return deserializer(b""), error
+
+    return deserialize
+
+
+def _refuse_unparsable(request, unparsable: Exception | None) -> None:
+    if unparsable is not None:
+        raise InvalidArgument(f"the request body is not a valid {type(request).DESCRIPTOR.full_name} message", "request")
 
 
 def _failure(method: str, error: Exception) -> grpc.Status:
@@ -75,11 +98,12 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
         if handler is not None and handler.unary_unary is not None:
             inner = handler.unary_unary
 
-            async def call(request, context):
+            async def call(parsed, context):
                 start = time.perf_counter()
-                token = None
+                token, (request, unparsable) = None, parsed
                 try:
                     token = self.guard.authenticate(method, details.invocation_metadata)
+                    _refuse_unparsable(request, unparsable)
                     self.guard.authorize(method, token, request)
                     response = await inner(request, context)
                 except Exception as error:  # noqa: BLE001 - every failure becomes a status, the server goes on
@@ -91,16 +115,17 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
                 await context.abort(status.code, status.details, status.trailing_metadata)
 
             return grpc.unary_unary_rpc_method_handler(
-                call, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+                call, request_deserializer=_lenient(handler.request_deserializer), response_serializer=handler.response_serializer
             )
         if handler is not None and handler.unary_stream is not None and method.startswith("/latentserve."):
             inner = handler.unary_stream
 
-            async def stream(request, context):
+            async def stream(parsed, context):
                 start = time.perf_counter()
-                token = None
+                token, (request, unparsable) = None, parsed
                 try:
                     token = self.guard.authenticate(method, details.invocation_metadata)
+                    _refuse_unparsable(request, unparsable)
                     self.guard.authorize(method, token, request)
                     async for response in inner(request, context):
                         yield response
@@ -113,6 +138,6 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
                 await context.abort(status.code, status.details, status.trailing_metadata)
 
             return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+                stream, request_deserializer=_lenient(handler.request_deserializer), response_serializer=handler.response_serializer
             )
         return handler

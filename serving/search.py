@@ -138,7 +138,7 @@ class Search(Capability):
         rows = {item_id: row for row, item_id in enumerate(ids)}
         missing = sorted(set(labels) - set(rows))
         if missing:
-            raise NotFound(f"no items {', '.join(missing[:10])}", "labels")
+            raise NotFound(f"{len(missing)} of the labelled ids are not stored", "labels")
         classes = sorted(set(labels.values()))  # the given classes, as columns of the score matrix
         labelled = np.asarray([rows[item_id] for item_id in labels])
         columns = np.searchsorted(classes, list(labels.values()))
@@ -182,7 +182,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             code = request.code
             hits = await search.by_code(np.asarray(code.values, np.float32), code.bits, code.num_bits, k, hashed)
         elif kind == "id":
-            hits = await search.by_id(request.id, k, hashed)
+            hits = await search.by_id(validation.item_id(request.id, settings.max_id_bytes, "id"), k, hashed)
         else:
             raise InvalidArgument("set one of `image`, `code` or `id`", "query")
         return search_pb2.SearchResponse(hits=[
@@ -196,6 +196,12 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             raise InvalidArgument("must hold at least one item", "items")
         validation.count(len(items), settings.max_batch_images, "items", "items")
         ids = validation.unique_ids([item.id for item in items], settings.max_id_bytes, "items[{}].id")
+        sizes = [search_pb2.Hit(metadata=item.metadata).ByteSize() for item in items]  # as a Search hit will carry it
+        for i, size in enumerate(sizes):
+            if size > settings.max_metadata_bytes_per_item:
+                raise ResourceExhausted(f"{size} bytes; the limit is {settings.max_metadata_bytes_per_item}", f"items[{i}].metadata")
+        if sum(sizes) > settings.max_metadata_bytes_per_request:
+            raise ResourceExhausted(f"{sum(sizes)} bytes of metadata; the limit is {settings.max_metadata_bytes_per_request}", "items")
         images = await decode_image_list([item.image for item in items], [f"items[{i}].image" for i in range(len(items))], "items", settings)
         labels = [item.label if item.HasField("label") else None for item in items]
         metadata = [dict(item.metadata) for item in items]
@@ -207,8 +213,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         if not ids:
             raise InvalidArgument("must hold at least one id", "ids")
         validation.count(len(ids), self.settings.max_batch_images, "ids", "ids")
-        if len(set(ids)) != len(ids):
-            raise InvalidArgument("holds an id twice", "ids")
+        validation.unique_ids(ids, self.settings.max_id_bytes, "ids[{}]")
         await self.search.delete(ids)
         return search_pb2.DeleteItemsResponse(deleted=len(ids))
 
@@ -218,8 +223,12 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         if not labels:
             raise InvalidArgument("give at least one labelled item", "labels")
         for item_id, label in labels.items():
+            validation.item_id(item_id, settings.max_id_bytes, "labels")
             if label < 0:
-                raise InvalidArgument(f"label {label} of {item_id!r}; want 0 or more", "labels")
+                raise InvalidArgument(f"label {label}; want 0 or more", "labels")
+        classes = len(set(labels.values()))
+        if classes > settings.max_propagation_classes:
+            raise ResourceExhausted(f"{classes} classes; the limit is {settings.max_propagation_classes}", "labels")
         neighbours = validation.optional_count(
             request.neighbours, settings.default_graph_neighbours, settings.max_graph_neighbours, "neighbours", "neighbours"
         )

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 BYTES_PER_IMAGE = 4096  # a float32 28x28 image (3,136 bytes) with its latent (up to ~230 floats) and label
 MESSAGE_OVERHEAD_BYTES = 4096
 PREDICTION_BYTES = 32  # a PredictedLabel without its id: tags, lengths, a 10-byte varint for label -1, a float
+HIT_BYTES = 32  # a search Hit without its id and metadata: tags, lengths, a float, a 10-byte varint label
 
 
 def _loopback(host: str) -> bool:
@@ -50,9 +51,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="width x height of one encoded image")
     max_request_pixels: int = Field(4096 * 4096, ge=1, description="width x height of all the encoded images of one request")
     max_id_bytes: int = Field(256, ge=1, description="length of one item id")
+    max_metadata_bytes_per_item: int = Field(4096, ge=0, description="one item's metadata as a message carries it (keys, values, a few bytes per entry)")
+    max_metadata_bytes_per_request: int = Field(256 * 1024, ge=0, description="the metadata of all the items of one AddItems")
     max_k: int = Field(1000, ge=1, description="hits in one Search")
     default_k: int = Field(10, ge=1)
     max_propagation_items: int = Field(100_000, ge=2, description="stored items PropagateLabels will label")
+    max_propagation_classes: int = Field(100, ge=1, description="distinct classes among PropagateLabels' labels")
     propagation_chunk_items: int = Field(10_000, ge=1, description="predictions in one PropagateLabels message")
     max_graph_neighbours: int = Field(100, ge=1, description="k of the kNN graph in PropagateLabels")
     default_graph_neighbours: int = Field(10, ge=1)
@@ -90,11 +94,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _batches_fit_in_a_message(self) -> "Settings":
-        """A full batch of float32 images (a Generate response, a stream chunk) and a full chunk of
-        PropagateLabels predictions with the longest ids must each fit in one message."""
+        """A full batch of float32 images (a Generate response, a stream chunk), a full chunk of
+        PropagateLabels predictions with the longest ids and a Search of max_k hits with the longest ids and
+        the most metadata must each fit in one message."""
         for name, needed in [
             ("max_batch_images", self.max_batch_images * BYTES_PER_IMAGE + MESSAGE_OVERHEAD_BYTES),
             ("propagation_chunk_items", self.propagation_chunk_items * (self.max_id_bytes + PREDICTION_BYTES) + MESSAGE_OVERHEAD_BYTES),
+            ("max_k", self.max_k * (self.max_id_bytes + self.max_metadata_bytes_per_item + HIT_BYTES) + MESSAGE_OVERHEAD_BYTES),
         ]:
             if needed > self.max_message_bytes:
                 raise ValueError(f"{name} {getattr(self, name)} needs max_message_bytes >= {needed}")

@@ -18,13 +18,20 @@ def optional_count(value: int, default: int, limit: int, field: str, unit: str) 
     return count(value or default, limit, field, unit)
 
 
+def item_id(value: str, max_bytes: int, field: str) -> str:
+    """An item id: 1 to `max_bytes` bytes of UTF-8."""
+    if not value or len(value.encode()) > max_bytes:
+        raise InvalidArgument(f"must be 1 to {max_bytes} bytes", field)
+    return value
+
+
 def unique_ids(ids: list[str], max_bytes: int, field: str) -> list[str]:
     """Ids of 1 to `max_bytes` bytes, none twice; `field` has a {} for the index, e.g. "items[{}].id"."""
     first_seen: dict[str, int] = {}
-    for i, item_id in enumerate(ids):
-        if not item_id or len(item_id.encode()) > max_bytes:
-            raise InvalidArgument(f"must be 1 to {max_bytes} bytes", field.format(i))
-        if item_id in first_seen:
-            raise InvalidArgument(f"duplicates {field.format(first_seen[item_id])}", field.format(i))
-        first_seen[item_id] = i
+    for i, value in enumerate(ids):
+        item_id(value, max_bytes, field.format(i))
+        if value in first_seen:
+            raise InvalidArgument(f"duplicates {field.format(first_seen[value])}", field.format(i))
+        first_seen[value] = i
     return ids
+

@@ -304,7 +304,7 @@ def test_a_service_is_not_serving_until_its_models_load(start_gateway, tmp_path)
 
 
 def test_messages_over_the_size_limit_are_refused(start_gateway, tmp_path):
-    gateway = start_gateway(data_dir=tmp_path, gallery="none", max_message_bytes=12288, max_batch_images=2, propagation_chunk_items=10)
+    gateway = start_gateway(data_dir=tmp_path, gallery="none", max_message_bytes=12288, max_batch_images=2, propagation_chunk_items=10, max_k=1)
     with gateway.channel() as channel:
         stub = encoder_pb2_grpc.EncoderStub(channel)
         with pytest.raises(grpc.RpcError) as raised:
