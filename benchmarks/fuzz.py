@@ -3,10 +3,12 @@ their statuses counted, and whether the gateway still answers at the end.
 
 Requests are well-typed but hostile messages (any field set or not; shapes of up to 40 dims with huge or
 negative sizes; unknown enum numbers; ids of random unicode up to 1,000 bytes; counts and indices at the
-integer limits; NaN and infinity) or raw bytes that may not parse at all. The builders here are the one
+integer limits; NaN and infinity) or raw bytes that may not parse at all. Most messages are a valid
+request with one to three fields, at any depth, given such values, so that they reach the deeper checks. The builders here are the one
 source of them: tests/serving/test_fuzz.py drives them from hypothesis (`st.randoms()`), this benchmark
 from `random.Random`. A client sends nothing that may answer INTERNAL or UNKNOWN or show a heap address.
 """
+import copy
 import io
 import math
 import random
@@ -44,9 +46,8 @@ HEAP_ADDRESS = re.compile(r"0x[0-9a-f]{6,}")
 STORED_IDS = [f"fuzz-{i}" for i in range(4)]  # items `add_stored_items` puts in the index, so ids can hit
 MODELS = ["autoencoder", "vae", "acgan", "dcgan", "wgan_gp", "conv_vae", "fixmatch", "lenet", "m2", "cyclegan", "pix2pix"]
 DIRECTIONS = ["edges2digit", "mnist2uci", "uci2mnist"]
-STRINGS = {"id": STORED_IDS, "ids": STORED_IDS, "labels": STORED_IDS, "name": MODELS, "direction": DIRECTIONS}  # by field
-INTEGERS = [0, 1, 2, 9, 10, 28, 255, 256, 257, 1000, 1001, 10**7, 10**7 + 1, -1, 2**31 - 1, -(2**31), 2**32 - 1, 2**62,
-            2**63 - 1, 2**63 - 2, -(2**63), 2**64 - 1]
+STRINGS = {"id": STORED_IDS, "ids": ["new"], "labels": STORED_IDS, "name": MODELS, "direction": DIRECTIONS}  # by field; deletes spare STORED_IDS
+LIMITS = [2, 9, 10, 28, 255, 256, 257, 1000, 1001, 10**7, 10**7 + 1, -1]  # around the API's own limits
 INTEGER_RANGES = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1), FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
     FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1), FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
@@ -55,11 +56,54 @@ FLOATS = [0.0, -0.0, 0.05, 0.5, 1.0, 4.0, 4.01, -1.0, 3e38, -3e38, 1e-45, math.n
 DIMS = [0, 1, 2, 3, 16, 20, 28, 32, 64, 128, 256, 257, -1, 2**31, 2**32 + 1, 2**62, 2**63 - 1, -(2**63)]
 DTYPES = {common_pb2.DATA_TYPE_UINT8: "<u1", common_pb2.DATA_TYPE_FLOAT32: "<f4"}
 MAX_TENSOR_BYTES = 1 << 20  # filled tensors stay below this; larger shapes get short data
+UINT8, FLOAT32 = common_pb2.DATA_TYPE_UINT8, common_pb2.DATA_TYPE_FLOAT32
+IMAGE = common_pb2.Image(tensor=common_pb2.Tensor(shape=[28, 28], dtype=UINT8, data=bytes(784)))
+IMAGES = common_pb2.Images(tensor=common_pb2.Tensor(shape=[2, 28, 28], dtype=UINT8, data=bytes(2 * 784)))
+LATENTS = common_pb2.Tensor(shape=[2, 64], dtype=FLOAT32, data=bytes(2 * 64 * 4))  # acgan's and dcgan's
+VALID = {  # requests each call answers OK (on the index `add_stored_items` makes), to mutate
+    "/latentserve.v1.Models/ListModels": [models_pb2.ListModelsRequest()],
+    "/latentserve.v1.Models/GetModel": [models_pb2.GetModelRequest(name="acgan")],
+    "/latentserve.v1.Encoder/Encode": [encoder_pb2.EncodeRequest(images=IMAGES)],
+    "/latentserve.v1.Search/Search": [search_pb2.SearchRequest(id=STORED_IDS[0], k=3), search_pb2.SearchRequest(image=IMAGE, space=search_pb2.SPACE_HASH)],
+    "/latentserve.v1.Search/AddItems": [search_pb2.AddItemsRequest(items=[search_pb2.Item(id="new", image=IMAGE, label=1, metadata={"a": "b"})])],
+    "/latentserve.v1.Search/DeleteItems": [search_pb2.DeleteItemsRequest(ids=["new"])],  # once AddItems added it
+    "/latentserve.v1.Search/GetIndexStats": [search_pb2.GetIndexStatsRequest()],
+    "/latentserve.v1.Search/PropagateLabels": [search_pb2.PropagateLabelsRequest(labels={STORED_IDS[0]: 0, STORED_IDS[1]: 1}, neighbours=2)],
+    "/latentserve.v1.Generator/Generate": [
+        generator_pb2.GenerateRequest(count=2, sampling=generator_pb2.Sampling(seed=1, start_index=5, truncation=1.0, labels=[3])),
+        generator_pb2.GenerateRequest(model=common_pb2.ModelRef(name="dcgan"), latents=LATENTS, format=common_pb2.IMAGE_FORMAT_PNG),
+    ],
+    "/latentserve.v1.Generator/Interpolate": [
+        generator_pb2.InterpolateRequest(seeds=generator_pb2.SeedPair(start=1, end=2), steps=3, label=4),
+        generator_pb2.InterpolateRequest(model=common_pb2.ModelRef(name="dcgan"), latents=LATENTS, steps=3, method=generator_pb2.INTERPOLATION_SPHERICAL),
+    ],
+    "/latentserve.v1.Generator/GenerateStream": [generator_pb2.GenerateStreamRequest(count=4, chunk_size=2, sampling=generator_pb2.Sampling(labels=[1]))],
+    "/latentserve.v1.Classifier/Classify": [classifier_pb2.ClassifyRequest(images=IMAGES)],
+    "/latentserve.v1.Translator/Translate": [translator_pb2.TranslateRequest(direction="edges2digit", images=IMAGES)],
+    "/latentserve.v1.Translator/ListDirections": [translator_pb2.ListDirectionsRequest()],
+}
 
 
 def request(rng: random.Random, method: str) -> Message:
-    """A random, well-typed request for `method`."""
-    return message(rng, METHODS[method].input_type)
+    """A random, well-typed request for `method`: mostly a valid one with a few fields changed."""
+    if rng.random() < 0.3:
+        return message(rng, METHODS[method].input_type)
+    changed = copy.deepcopy(rng.choice(VALID[method]))
+    for _ in range(rng.randint(1, 3)):
+        fields = list(_fields(changed))
+        if fields:
+            owner, field = rng.choice(fields)
+            owner.ClearField(field.name)
+            _set(rng, owner, field)
+    return changed
+
+
+def _fields(built: Message):
+    """(message, field) for every field of `built` and of the messages set in it, at any depth."""
+    for field in built.DESCRIPTOR.fields:
+        yield built, field
+        if field.message_type is not None and not field.is_repeated and built.HasField(field.name):
+            yield from _fields(getattr(built, field.name))
 
 
 def body(rng: random.Random, method: str) -> bytes:
@@ -82,19 +126,22 @@ def message(rng: random.Random, descriptor: Descriptor) -> Message:
     built = GetMessageClass(descriptor)()
     for field in descriptor.fields:
         if rng.random() < 0.5:  # unset: the default, which lets more requests reach deeper checks
-            continue
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            key, value = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
-            for _ in range(_repeats(rng)):
-                getattr(built, field.name)[_value(rng, key, field.name)] = _value(rng, value, field.name)
-        elif field.is_repeated:
-            values = [_value(rng, field, field.name) for _ in range(_repeats(rng))]
-            getattr(built, field.name).extend(values)
-        elif field.message_type is not None:
-            getattr(built, field.name).CopyFrom(message(rng, field.message_type))
-        else:
-            setattr(built, field.name, _value(rng, field, field.name))
+            _set(rng, built, field)
     return built
+
+
+def _set(rng: random.Random, built: Message, field: FieldDescriptor) -> None:
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        key, value = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+        for _ in range(_repeats(rng, 8)):
+            getattr(built, field.name)[_value(rng, key, field.name)] = _value(rng, value, field.name)
+    elif field.is_repeated:
+        many = 8 if field.message_type or field.type == FieldDescriptor.TYPE_BYTES else 257  # over max_batch_images
+        getattr(built, field.name).extend(_value(rng, field, field.name) for _ in range(_repeats(rng, many)))
+    elif field.message_type is not None:
+        getattr(built, field.name).CopyFrom(message(rng, field.message_type))
+    else:
+        setattr(built, field.name, _value(rng, field, field.name))
 
 
 def tensor(rng: random.Random) -> common_pb2.Tensor:
@@ -103,6 +150,7 @@ def tensor(rng: random.Random) -> common_pb2.Tensor:
     shape = rng.choice([
         [rng.randint(0, 3), 28, 28], [rng.randint(0, 3), 1, 28, 28], [28, 28], [1, 28, 28], [rng.randint(1, 3), rng.choice([16, 20, 64, 128])],
         [rng.choice(DIMS) for _ in range(rng.choice([0, 1, 2, 3, 4, 33, rng.randint(0, 40)]))],
+        [2**32, 2**32], [0, 2**62], [1] * 33,  # a product that wraps to 0 in int64, an empty one numpy refuses, 33 dims
     ])
     dtype = rng.choice([*DTYPES, common_pb2.DATA_TYPE_UNSPECIFIED, rng.choice([3, 99, -1, 2**31 - 1])])
     size = math.prod(shape) if all(n >= 0 for n in shape) else -1
@@ -119,8 +167,8 @@ def tensor(rng: random.Random) -> common_pb2.Tensor:
     return common_pb2.Tensor(shape=shape, dtype=dtype, data=data)
 
 
-def _repeats(rng: random.Random) -> int:
-    return rng.choice([0, 1, 1, 2, 3, rng.randint(0, 8), rng.choice([256, 257])])
+def _repeats(rng: random.Random, most: int) -> int:
+    return rng.choice([0, 1, 1, 2, 3, rng.randint(0, most), most])
 
 
 def _value(rng: random.Random, field: FieldDescriptor, name: str):
@@ -136,7 +184,8 @@ def _value(rng: random.Random, field: FieldDescriptor, name: str):
         return rng.choice([*FLOATS, rng.uniform(-5, 5)])
     if kind in INTEGER_RANGES:
         low, high = INTEGER_RANGES[kind]
-        value = rng.choice([rng.randint(0, 3), rng.randint(0, 3), rng.choice(INTEGERS), rng.randint(-2, 300), rng.randint(low, high)])
+        ends = [low, low + 1, high, high - 1, 2**31 - 1, -(2**31), 2**62]
+        value = rng.choice([rng.randint(0, 3), rng.choice(LIMITS), rng.choice(ends), rng.randint(low, high)])
         return min(max(value, low), high)
     if kind == FieldDescriptor.TYPE_STRING:
         if name in STRINGS and rng.random() < 0.7:

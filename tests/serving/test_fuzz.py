@@ -2,6 +2,7 @@
 (the builders of benchmarks/fuzz.py, driven by hypothesis) get a status a client may get, never INTERNAL or
 UNKNOWN, with no heap address in the message and no ERROR in the log, and the gateway keeps answering."""
 import logging
+import random
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -9,7 +10,10 @@ from hypothesis import given, settings, strategies as st
 from benchmarks import fuzz
 from tests.conftest import Records, RunningGateway
 
-FUZZ = settings(max_examples=100, deadline=None, derandomize=True)  # the same examples every run
+# Hypothesis draws the seed of each request's random.Random (its own randoms() lean towards zeros, which
+# rarely get past the first check); derandomized: the same requests every run. About 25 s in all here.
+FUZZ = settings(max_examples=200, deadline=None, derandomize=True)
+SEEDS = st.integers(0, 2**64 - 1)
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +44,13 @@ def answer_well(channel, errors_logged, method: str, body: bytes) -> None:
 
 @pytest.mark.parametrize("method", sorted(fuzz.METHODS))
 @FUZZ
-@given(rng=st.randoms(use_true_random=False))
-def test_hostile_messages_get_a_client_status(channel, errors_logged, method, rng):
-    answer_well(channel, errors_logged, method, fuzz.request(rng, method).SerializeToString())
+@given(seed=SEEDS)
+def test_hostile_messages_get_a_client_status(channel, errors_logged, method, seed):
+    answer_well(channel, errors_logged, method, fuzz.request(random.Random(seed), method).SerializeToString())
 
 
 @pytest.mark.parametrize("method", sorted(fuzz.METHODS))
 @FUZZ
-@given(rng=st.randoms(use_true_random=False))
-def test_bodies_that_may_not_parse_get_a_client_status(channel, errors_logged, method, rng):
-    answer_well(channel, errors_logged, method, fuzz.body(rng, method))
+@given(seed=SEEDS)
+def test_bodies_that_may_not_parse_get_a_client_status(channel, errors_logged, method, seed):
+    answer_well(channel, errors_logged, method, fuzz.body(random.Random(seed), method))
