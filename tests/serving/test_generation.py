@@ -277,3 +277,45 @@ def test_spherical_interpolation_keeps_the_norm_of_gaussian_latents():
     typical = np.sqrt(256)
     assert abs(np.linalg.norm(middle_spherical) - typical) < 0.1 * typical
     assert np.linalg.norm(middle_linear) < 0.8 * typical  # the straight path cuts through the low-norm middle
+
+
+# Issue 31: inputs a fuzzer found (benchmarks/fuzz.py) that ended in INTERNAL, and a contract slip.
+def test_sample_indices_whose_last_passes_2_to_the_63_are_invalid_argument(stub):
+    last = 2**63 - 1
+    calls = [
+        lambda: stub.Generate(generator_pb2.GenerateRequest(model=model(CONDITIONAL), count=2, sampling=generator_pb2.Sampling(start_index=last))),
+        lambda: list(stub.GenerateStream(generator_pb2.GenerateStreamRequest(model=model(CONDITIONAL), count=2, sampling=generator_pb2.Sampling(start_index=last)))),
+        lambda: stub.Generate(generator_pb2.GenerateRequest(
+            model=model(CONDITIONAL), latents=float_tensor(np.zeros((2, 64))), sampling=generator_pb2.Sampling(start_index=last))),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as raised:
+            call()
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and raised.value.details().startswith("sampling.start_index:")
+    sample = stub.Generate(generator_pb2.GenerateRequest(model=model(CONDITIONAL), count=1, sampling=generator_pb2.Sampling(start_index=last)))
+    assert list(sample.labels) == [last % 10]  # index 2**63 - 1 itself still serves
+
+
+@pytest.mark.parametrize("shape, field", [
+    ([2**32, 2**32], "latents.data"),  # the product wraps to 0 in int64, as the empty data does
+    ([0, 2**62], "latents.shape"),  # empty, yet numpy refuses to shape it
+    ([1] * 33, "latents.shape"),  # more dims than numpy has
+    ([-2, -32], "latents.shape"),  # negative sizes whose product is right
+])
+def test_latent_shapes_numpy_cannot_make_are_invalid_argument(stub, shape, field):
+    data = b"" if 0 in shape or max(shape) > 2**31 else bytes(4 * abs(int(np.prod(shape))))
+    request = generator_pb2.GenerateRequest(model=model(UNCONDITIONAL), latents=common_pb2.Tensor(shape=shape, dtype=common_pb2.DATA_TYPE_FLOAT32, data=data))
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Generate(request)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and raised.value.details().startswith(field + ":"), raised.value.details()
+
+
+@pytest.mark.parametrize("name", ["acgan", "dcgan", "wgan_gp", "conv_vae"])
+def test_generated_images_lie_in_0_1_and_classify_takes_them(gateway, stub, name):
+    from latentserve.v1 import classifier_pb2, classifier_pb2_grpc
+
+    images = images_of(stub.Generate(generator_pb2.GenerateRequest(model=model(name), count=256, sampling=generator_pb2.Sampling(seed=0))))
+    assert images.min() >= 0 and images.max() <= 1
+    with gateway.channel() as channel:
+        request = classifier_pb2.ClassifyRequest(images=common_pb2.Images(tensor=float_tensor(images)))
+        assert len(classifier_pb2_grpc.ClassifierStub(channel).Classify(request).labels) == 256
