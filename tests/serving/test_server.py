@@ -1,6 +1,7 @@
 """The gateway end to end over real gRPC on loopback, with the committed models."""
 import io
 import json
+import logging
 import time
 
 import grpc
@@ -13,8 +14,11 @@ from PIL import Image
 
 from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, models_pb2, models_pb2_grpc, search_pb2, search_pb2_grpc
 from latentserve import repository
+from benchmarks.fuzz import huge_png_header
+from serving import convert
+from serving.errors import ResourceExhausted
 from serving.settings import Settings
-from tests.conftest import MODEL_REPOSITORY, RunningGateway, assert_refused, wait_for
+from tests.conftest import MODEL_REPOSITORY, Records, RunningGateway, assert_refused, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -369,3 +373,103 @@ def test_settings_refuse_limits_whose_messages_would_not_fit():
     with pytest.raises(ValueError, match="propagation_chunk_items .* needs max_message_bytes"):
         Settings(propagation_chunk_items=100_000)  # 100k ids of up to 256 bytes: over 16 MiB
     assert Settings(max_batch_images=256).max_message_bytes == 16 * 1024 * 1024
+
+
+# Issue 31: inputs a fuzzer found (benchmarks/fuzz.py) that got the wrong status, a traceback or a reply
+# that did not fit, one test per kind.
+def refused(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as raised:
+        reply = call()
+        if isinstance(reply, grpc.Call):
+            list(reply)
+    return raised.value
+
+
+def test_a_body_that_does_not_parse_is_invalid_argument_without_a_traceback(channel):
+    records, root = Records(), logging.getLogger()
+    root.addHandler(records)
+    try:
+        for method in ("/latentserve.v1.Encoder/Encode", "/latentserve.v1.Search/PropagateLabels"):
+            call = channel.unary_stream(method) if method.endswith("PropagateLabels") else channel.unary_unary(method)
+            assert_refused(refused(lambda: call(b"\xff")), INVALID, "request")  # a field tag with no field number
+    finally:
+        root.removeHandler(records)
+    assert not [line for line in records.lines if "Traceback" in line or "DecodeError" in line]
+
+
+def test_an_image_declaring_more_pixels_than_allowed_is_resource_exhausted_before_decoding(channel):
+    for side in (5000, 70_000):  # over max_image_pixels; and over Pillow's own limit, which it enforces on open
+        image = common_pb2.Image(encoded=huge_png_header(side, side) + GOOD.encoded[33:])
+        error = refused(lambda: encoder_pb2_grpc.EncoderStub(channel).Encode(encoder_pb2.EncodeRequest(images=batch(image))))
+        assert error.code() == EXHAUSTED and error.details().startswith("images"), error.details()  # the image's or the request's limit
+        with pytest.raises(ResourceExhausted, match="image.encoded"):
+            convert.decode_image(image, "image", Settings().max_image_pixels)
+
+
+def test_messages_show_no_heap_address(channel):
+    error = refused(lambda: encoder_pb2_grpc.EncoderStub(channel).Encode(encoder_pb2.EncodeRequest(images=batch(common_pb2.Image(encoded=b"not an image")))))
+    assert error.code() == INVALID and "0x" not in error.details() and "object at" not in error.details()
+
+
+def test_empty_ids_are_invalid_argument_on_every_call_taking_ids(channel):
+    stub = search_pb2_grpc.SearchStub(channel)
+    assert_refused(refused(lambda: stub.Search(search_pb2.SearchRequest(id=""))), INVALID, "id")
+    assert_refused(refused(lambda: stub.DeleteItems(search_pb2.DeleteItemsRequest(ids=["mnist-test-00003", ""]))), INVALID, "ids[1]")
+    assert_refused(refused(lambda: stub.PropagateLabels(search_pb2.PropagateLabelsRequest(labels={"": 1}))), INVALID, "labels")
+    assert_refused(refused(lambda: stub.Search(search_pb2.SearchRequest(id="x" * 257))), INVALID, "id")
+    assert stub.Search(search_pb2.SearchRequest(id="mnist-test-00003", k=1)).hits  # nothing was deleted
+
+
+def test_errors_never_echo_a_clients_id_and_always_fit(channel):
+    stub, long_id = search_pb2_grpc.SearchStub(channel), "z" * 250
+    item = search_pb2.Item(id="mnist-test-00004", image=GOOD)
+    for call, code, field in [
+        (lambda: stub.Search(search_pb2.SearchRequest(id=long_id)), MISSING, "id"),
+        (lambda: stub.DeleteItems(search_pb2.DeleteItemsRequest(ids=["mnist-test-00004", long_id])), MISSING, "ids"),
+        (lambda: stub.PropagateLabels(search_pb2.PropagateLabelsRequest(labels={long_id: 1})), MISSING, "labels"),
+        (lambda: stub.PropagateLabels(search_pb2.PropagateLabelsRequest(labels={long_id: -1})), INVALID, "labels"),
+        (lambda: stub.AddItems(search_pb2.AddItemsRequest(items=[search_pb2.Item(id="fresh", image=GOOD), item])), EXISTS, "items.id"),
+    ]:
+        error = refused(call)
+        assert_refused(error, code, field)
+        assert "zzz" not in error.details() and "mnist-test" not in error.details(), error.details()
+    error = refused(lambda: models_pb2_grpc.ModelsStub(channel).GetModel(models_pb2.GetModelRequest(name="n" * 100_000)))
+    assert error.code() == MISSING and len(error.details()) <= 1000  # cut to fit the status, not a metadata-size error
+
+
+def test_metadata_over_its_limits_is_resource_exhausted_and_max_k_hits_fit_a_message(channel):
+    stub = search_pb2_grpc.SearchStub(channel)
+    before = stub.GetIndexStats(search_pb2.GetIndexStatsRequest()).items
+    large = search_pb2.Item(id="large", image=GOOD, metadata={"notes": "n" * 5000})
+    assert_refused(refused(lambda: stub.AddItems(search_pb2.AddItemsRequest(items=[large]))), EXHAUSTED, "items[0].metadata")
+    many = [search_pb2.Item(id=f"meta-{i}", image=GOOD, metadata={"notes": "n" * 4000}) for i in range(70)]  # 70 x 4 KB > 256 KiB
+    assert_refused(refused(lambda: stub.AddItems(search_pb2.AddItemsRequest(items=many))), EXHAUSTED, "items")
+    assert stub.GetIndexStats(search_pb2.GetIndexStatsRequest()).items == before
+    with pytest.raises(ValueError, match="max_k .* needs max_message_bytes"):
+        Settings(max_k=10_000)  # 10,000 hits of 4 KiB metadata: over 16 MiB
+
+
+def test_labels_of_too_many_classes_are_resource_exhausted(channel):
+    labels = {f"mnist-test-{i:05d}": i for i in range(101)}
+    assert_refused(refused(lambda: search_pb2_grpc.SearchStub(channel).PropagateLabels(search_pb2.PropagateLabelsRequest(labels=labels))),
+                   EXHAUSTED, "labels")
+
+
+def test_a_cancelled_stream_logs_no_error(channel):
+    from latentserve.v1 import generator_pb2, generator_pb2_grpc
+
+    records, root = Records(), logging.getLogger()
+    records.setLevel(logging.WARNING)
+    root.addHandler(records)
+    try:
+        streams = [
+            generator_pb2_grpc.GeneratorStub(channel).GenerateStream(generator_pb2.GenerateStreamRequest(count=1_000_000, chunk_size=16)),
+            search_pb2_grpc.SearchStub(channel).PropagateLabels(search_pb2.PropagateLabelsRequest(labels={"mnist-test-00000": 1})),
+        ]
+        next(streams[0])
+        for stream in streams:
+            stream.cancel()
+        time.sleep(1)
+    finally:
+        root.removeHandler(records)
+    assert records.lines == []
