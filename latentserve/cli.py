@@ -392,6 +392,12 @@ def cmd_bench(args) -> None:
     elif args.what == "overload":
         from benchmarks.overload import main as bench
         bench(args.repository, args.duration)
+    elif args.what == "fuzz":
+        from benchmarks.fuzz import main as bench
+        bench(args.repository, args.requests)
+    elif args.what == "crash":
+        from benchmarks.crash import main as bench
+        bench(args.repository, args.trials)
     else:
         from benchmarks.layout import main as bench
         bench(Path(__file__).resolve().parents[1])
@@ -447,10 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
     triton.set_defaults(func=cmd_triton)
 
     bench = verbs.add_parser("bench", help="measure what docs/benchmarks.md reports")
-    bench.add_argument("what", choices=["retrieval", "serving", "triton", "generation", "classification", "translation", "security", "overload", "layout"],
-                       help="what to measure (security: plaintext vs TLS + token; overload: 4x capacity, then 0.5x; layout: import cycles and lines of Python per folder)")
+    bench.add_argument("what", choices=["retrieval", "serving", "triton", "generation", "classification", "translation", "security", "overload", "fuzz", "crash", "layout"],
+                       help="what to measure (security: plaintext vs TLS + token; overload: 4x capacity, then 0.5x; fuzz: random hostile "
+                            "requests to every call; crash: SIGKILL during writes, then what survived; layout: import cycles and lines of Python per folder)")
     bench.add_argument("--repository", type=Path, default=Path("model_repository"), help="the model repository to measure")
     bench.add_argument("--duration", type=float, default=5.0, help="seconds per serving measurement")
+    bench.add_argument("--requests", type=int, default=100_000, help="requests the fuzz sends")
+    bench.add_argument("--trials", type=int, default=100, help="kills the crash benchmark makes")
     bench.set_defaults(func=cmd_bench)
 
     evaluate = verbs.add_parser("eval", help="measure the shipped models' quality (docs/benchmarks.md)")
