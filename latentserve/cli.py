@@ -1,6 +1,7 @@
 """The `latentserve` command. Each verb imports only what it needs, so serving verbs never load torch."""
 import argparse
 import glob
+import importlib
 import json
 import os
 import sys
@@ -367,40 +368,31 @@ def cmd_eval(args) -> None:
         classification(args.repository, args.checkpoints)
 
 
+# `latentserve bench WHAT`: the module and function that measure it, and the options they take after the
+# model repository. `layout` measures the checkout itself.
+BENCHES = {
+    "retrieval": ("benchmarks.retrieval", "main", ()),
+    "serving": ("benchmarks.gateway", "main", ("duration",)),
+    "classification": ("benchmarks.gateway", "main_classification", ("duration",)),
+    "translation": ("benchmarks.gateway", "main_translation", ("duration",)),
+    "generation": ("benchmarks.generation_stream", "main", ("duration",)),
+    "triton": ("benchmarks.triton", "main", ("duration",)),
+    "security": ("benchmarks.security", "main", ("duration",)),
+    "overload": ("benchmarks.overload", "main", ("duration",)),
+    "fuzz": ("benchmarks.fuzz", "main", ("requests",)),
+    "crash": ("benchmarks.crash", "main", ("trials",)),
+}
+
+
 def cmd_bench(args) -> None:
-    if args.what == "retrieval":
-        from benchmarks.retrieval import main as bench
-        bench(args.repository)
-    elif args.what == "serving":
-        from benchmarks.gateway import main as bench
-        bench(args.repository, args.duration)
-    elif args.what == "generation":
-        from benchmarks.generation_stream import main as bench
-        bench(args.repository, args.duration)
-    elif args.what == "classification":
-        from benchmarks.gateway import main_classification as bench
-        bench(args.repository, args.duration)
-    elif args.what == "translation":
-        from benchmarks.gateway import main_translation as bench
-        bench(args.repository, args.duration)
-    elif args.what == "triton":
-        from benchmarks.triton import main as bench
-        bench(args.repository, args.duration)
-    elif args.what == "security":
-        from benchmarks.security import main as bench
-        bench(args.repository, args.duration)
-    elif args.what == "overload":
-        from benchmarks.overload import main as bench
-        bench(args.repository, args.duration)
-    elif args.what == "fuzz":
-        from benchmarks.fuzz import main as bench
-        bench(args.repository, args.requests)
-    elif args.what == "crash":
-        from benchmarks.crash import main as bench
-        bench(args.repository, args.trials)
-    else:
-        from benchmarks.layout import main as bench
-        bench(Path(__file__).resolve().parents[1])
+    if args.what == "layout":
+        from benchmarks.layout import main
+
+        main(Path(__file__).resolve().parents[1])
+        return
+    module, function, options = BENCHES[args.what]
+    bench = getattr(importlib.import_module(module), function)
+    bench(args.repository, *(getattr(args, option) for option in options))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -453,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     triton.set_defaults(func=cmd_triton)
 
     bench = verbs.add_parser("bench", help="measure what docs/benchmarks.md reports")
-    bench.add_argument("what", choices=["retrieval", "serving", "triton", "generation", "classification", "translation", "security", "overload", "fuzz", "crash", "layout"],
+    bench.add_argument("what", choices=[*BENCHES, "layout"],
                        help="what to measure (security: plaintext vs TLS + token; overload: 4x capacity, then 0.5x; fuzz: random hostile "
                             "requests to every call; crash: SIGKILL during writes, then what survived; layout: import cycles and lines of Python per folder)")
     bench.add_argument("--repository", type=Path, default=Path("model_repository"), help="the model repository to measure")
