@@ -99,11 +99,17 @@ def request(rng: random.Random, method: str) -> Message:
 
 
 def _fields(built: Message):
-    """(message, field) for every field of `built` and of the messages set in it, at any depth."""
+    """(message, field) for every field of `built` and of the messages in it (map entries aside), at any depth."""
     for field in built.DESCRIPTOR.fields:
         yield built, field
-        if field.message_type is not None and not field.is_repeated and built.HasField(field.name):
-            yield from _fields(getattr(built, field.name))
+        if field.message_type is None or field.message_type.GetOptions().map_entry:
+            continue
+        if field.is_repeated:
+            children = getattr(built, field.name)
+        else:
+            children = [getattr(built, field.name)] if built.HasField(field.name) else []
+        for child in children:
+            yield from _fields(child)
 
 
 def body(rng: random.Random, method: str) -> bytes:

@@ -36,9 +36,10 @@ def errors_logged():
 
 
 def answer_well(channel, errors_logged, method: str, body: bytes) -> None:
+    logged = len(errors_logged)
     code, details = fuzz.call(channel, method, body)
     assert fuzz.problems(code, details) == [], body
-    assert errors_logged == [], body
+    assert errors_logged[logged:] == [], body
     assert fuzz.serving(channel)
 
 
