@@ -143,6 +143,10 @@ class Guard:
             "admin": settings.quota_write_requests_per_second,
         }
         self.images_per_second = settings.quota_images_per_second
+        # what a call can charge at most: a count beyond the limits is refused by the call itself, and must not
+        # first put the token's bucket in debt
+        self.max_images = {"/latentserve.v1.Generator/GenerateStream": settings.max_stream_images}
+        self.max_batch_images = settings.max_batch_images
         self.buckets: dict[tuple[str, str, float], TokenBucket] = {}
 
     def authenticate(self, method: str, metadata) -> Token | None:
@@ -168,15 +172,15 @@ class Guard:
             return
         if rule.scope not in token.scopes:
             raise PermissionDenied(f"this call needs a token with scope '{rule.scope}'")
-        self._charge(token, rule, request)
+        self._charge(token, rule, min(max(0, rule.images(request)), self.max_images.get(method, self.max_batch_images)))
 
-    def _charge(self, token: Token, rule: Rule, request) -> None:
+    def _charge(self, token: Token, rule: Rule, images: int) -> None:
         """Take one request and the call's images from the token's buckets, or neither."""
         requests_rate = self.requests_per_second[rule.scope] if token.requests_per_second is None else token.requests_per_second
         images_rate = self.images_per_second if token.images_per_second is None else token.images_per_second
         now = time.monotonic()
         taken = []
-        for kind, rate, amount in [(f"{rule.scope} requests", requests_rate, 1), ("images", images_rate, max(0, rule.images(request)))]:
+        for kind, rate, amount in [(f"{rule.scope} requests", requests_rate, 1), ("images", images_rate, images)]:
             if rate and amount:
                 bucket = self.buckets.setdefault((token.name, kind, rate), TokenBucket(rate, now))
                 delay = bucket.delay(amount, now)

@@ -6,6 +6,7 @@ from latentserve.v1 import models_pb2, models_pb2_grpc
 from serving.capability import Capability
 from serving.convert import API_DTYPES
 from serving.errors import NotFound
+from serving.validation import quoted
 
 
 class Models(Capability):
@@ -41,5 +42,5 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
     async def GetModel(self, request, context):
         models = self.models.infos()
         if request.name not in models:
-            raise NotFound(f"no model named {request.name!r}", "name")
+            raise NotFound(f"no model named {quoted(request.name)}", "name")
         return models[request.name]

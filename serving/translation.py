@@ -14,6 +14,7 @@ from latentserve.v1 import common_pb2, translator_pb2, translator_pb2_grpc
 from serving import convert
 from serving.capability import Capability, decode_images
 from serving.errors import InvalidArgument, NotFound
+from serving.validation import quoted
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class Translation(Capability):
             raise InvalidArgument("name a direction (ListDirections lists them)", "direction")
         directions = self.directions()
         if direction not in directions:
-            raise NotFound(f"no direction {direction!r}; served: {sorted(directions)}", "direction")
+            raise NotFound(f"no direction {quoted(direction)}; served: {sorted(directions)}", "direction")
         if not model:
             offering = [entry.model for entry in directions[direction]]
             if len(offering) > 1:

@@ -35,3 +35,7 @@ def unique_ids(ids: list[str], max_bytes: int, field: str) -> list[str]:
         first_seen[value] = i
     return ids
 
+
+def quoted(text: str, limit: int = 40) -> str:
+    """A client's string for an error message: quoted, and cut to `limit` characters."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."

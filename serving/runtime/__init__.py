@@ -7,8 +7,9 @@ from typing import Protocol
 
 import numpy as np
 
-from serving.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from latentserve.repository import Entry
+from serving.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from serving.validation import quoted
 
 
 class Runtime(Protocol):
@@ -33,7 +34,7 @@ def resolve(
     capability, as translators do), and the loaded version to run (0: the newest)."""
     matches = [e for e in runtime.entries().values() if e.model == model]
     if not matches:
-        raise NotFound(f"no model named {model!r}", f"{field}.name")
+        raise NotFound(f"no model named {quoted(model)}", f"{field}.name")
     entry = next((e for e in matches if e.capability == capability and graph in (None, e.graph)), None)
     if entry is None:
         wanted = capability if graph is None else f"{capability} {graph!r}"
