@@ -51,7 +51,8 @@ class Inference:
         return self.loaded and any(e.model == model and e.capability == capability and e.versions for e in self.entries().values())
 
     async def run(self, entry: Entry, version: int, inputs: dict[str, np.ndarray], timeout: float | None) -> dict[str, np.ndarray]:
-        with self.inflight.admit(entry):
+        images = len(next(iter(inputs.values())))
+        with self.inflight.admit(entry, images, sum(array.nbytes for array in inputs.values())):
             return await self.runtime.infer(entry, version, inputs, timeout)
 
 

@@ -61,7 +61,7 @@ def add_servicer(servicer, server: grpc.aio.Server) -> str:
 class Server:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.inference = Inference(InflightLimit(settings.max_inflight_per_model))
+        self.inference = Inference(InflightLimit(settings.max_inflight_per_model, settings.max_inflight_images, settings.max_inflight_bytes))
         self.capabilities = capabilities(settings, self.inference)
         self.health = health.aio.HealthServicer()
         limits = [

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     max_graph_neighbours: int = Field(100, ge=1, description="k of the kNN graph in PropagateLabels")
     default_graph_neighbours: int = Field(10, ge=1)
     max_inflight_per_model: int = Field(64, ge=1, description="requests running or queued per model; more: RESOURCE_EXHAUSTED")
+    max_inflight_images: int = Field(16_384, ge=1, description="images running or queued over all models; more: RESOURCE_EXHAUSTED")
+    max_inflight_bytes: int = Field(256 * 1024 * 1024, ge=1, description="input bytes running or queued over all models; more: RESOURCE_EXHAUSTED")
     intra_op_threads: int = Field(1, ge=1, description="onnxruntime threads per inference")
     inference_workers: int = Field(2, ge=1, description="inferences running at once (embedded runtime)")
     reflection: bool = Field(True, description="serve gRPC server reflection (grpcurl list)")
@@ -80,6 +82,12 @@ class Settings(BaseSettings):
                 f"listening on {self.host!r}, beyond loopback, needs TLS (tls_cert_file, tls_key_file) and tokens "
                 "(tokens_file); set insecure (`serve --insecure`) to serve anyone who reaches the port, in the clear"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _a_full_batch_can_be_admitted(self) -> "Settings":
+        if self.max_inflight_images < self.max_batch_images:
+            raise ValueError("max_inflight_images below max_batch_images would refuse a full batch forever")
         return self
 
     @model_validator(mode="after")

@@ -51,23 +51,36 @@ def resolve(
 
 
 class InflightLimit:
-    """The bounded queue in front of each model entry, shared by every capability: a request beyond
-    `limit` running or waiting is refused with RESOURCE_EXHAUSTED instead of queueing without bound."""
+    """The bounded queue in front of the models, shared by every capability: a request beyond `limit`
+    running or waiting for its model entry, or one that would take the images or input bytes in flight
+    over all models past `max_images` or `max_bytes`, is refused with RESOURCE_EXHAUSTED instead of
+    queueing without bound."""
 
-    def __init__(self, limit: int):
-        self.limit = limit
+    def __init__(self, limit: int, max_images: int, max_bytes: int):
+        self.limit, self.max_images, self.max_bytes = limit, max_images, max_bytes
         self._counts: Counter[str] = Counter()
+        self.images = self.bytes = 0
 
     def total(self) -> int:
         """Requests running or waiting now, over all entries."""
         return sum(self._counts.values())
 
     @contextlib.contextmanager
-    def admit(self, entry: Entry):
+    def admit(self, entry: Entry, images: int, size: int):
+        """Hold a place for a request of `images` images and `size` bytes of inputs while it runs."""
         if self._counts[entry.name] >= self.limit:
             raise ResourceExhausted(f"{self.limit} requests already queued for {entry.model!r}; retry later")
+        if self.images + images > self.max_images or self.bytes + size > self.max_bytes:
+            raise ResourceExhausted(
+                f"{self.images} images ({self.bytes} bytes) already in flight; the limits are {self.max_images} "
+                f"images and {self.max_bytes} bytes; retry later"
+            )
         self._counts[entry.name] += 1
+        self.images += images
+        self.bytes += size
         try:
             yield
         finally:
             self._counts[entry.name] -= 1
+            self.images -= images
+            self.bytes -= size
