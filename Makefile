@@ -20,7 +20,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The tests without the slow ones (training, export, tritonserver): under 2 minutes on 2 cores.
+# The tests without the slow ones (training, export, tritonserver): about 2 minutes on 2 cores.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not slow'
 
