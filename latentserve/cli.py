@@ -66,7 +66,7 @@ def cmd_serve(args) -> None:
              "metrics_port": args.metrics_port, "gallery": args.gallery, "runtime": args.runtime, "triton_url": args.triton_url,
              "tls_cert_file": args.tls_cert, "tls_key_file": args.tls_key, "tls_client_ca_file": args.tls_client_ca,
              "insecure": args.insecure, "metrics_host": args.metrics_host, "tokens_file": args.tokens_file,
-             "reflection": args.reflection}
+             "reflection": args.reflection, "health_port": args.health_port}
     try:
         settings = Settings(**{key: value for key, value in flags.items() if value is not None})
     except ValidationError as error:  # a refused setting: say which and why, no traceback
@@ -428,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-client-ca", type=Path, help="mutual TLS: only clients with a certificate this CA signed")
     serve.add_argument("--insecure", action="store_true", default=None,
                        help="allow a non-loopback --host without TLS and tokens (anyone who reaches the port can use it)")
-    serve.add_argument("--metrics-host", help="address of /metrics (default: 127.0.0.1)")
+    serve.add_argument("--metrics-host", help="address of /metrics and --health-port (default: 127.0.0.1)")
+    serve.add_argument("--health-port", type=int, help="also answer gRPC health on this plaintext port, from a thread of its own (default: off)")
     serve.add_argument("--tokens-file", type=Path, help="require bearer tokens from this file (`latentserve token`); re-read when it changes")
     serve.add_argument("--no-reflection", dest="reflection", action="store_false", default=None, help="turn gRPC server reflection off")
     serve.set_defaults(func=cmd_serve)

@@ -8,6 +8,7 @@ import asyncio
 import importlib
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -58,12 +59,26 @@ def add_servicer(servicer, server: grpc.aio.Server) -> str:
     return messages.DESCRIPTOR.services_by_name[generated.__name__.removesuffix("Servicer")].full_name
 
 
+def _health_side(settings: Settings) -> tuple[grpc.Server, health.HealthServicer] | None:
+    """With `health_port`: gRPC health alone on a second, plaintext port, served by a thread of its own,
+    so it answers while the event loop is saturated (the main port's health waits its turn there)."""
+    if not settings.health_port:
+        return None
+    servicer = health.HealthServicer()
+    server = grpc.server(ThreadPoolExecutor(1, thread_name_prefix="health"))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    server.add_insecure_port(f"{settings.metrics_host}:{settings.health_port}")
+    server.start()
+    return server, servicer
+
+
 class Server:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.inference = Inference(InflightLimit(settings.max_inflight_per_model, settings.max_inflight_images, settings.max_inflight_bytes))
         self.capabilities = capabilities(settings, self.inference)
         self.health = health.aio.HealthServicer()
+        self.health_side = _health_side(settings)
         limits = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -91,6 +106,8 @@ class Server:
     async def start(self) -> None:
         for service in ("", *self.services):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+            if self.health_side:
+                self.health_side[1].set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc.start()
         if self.settings.metrics_port:
             self.metrics = start_http_server(self.settings.metrics_port, addr=self.settings.metrics_host)
@@ -131,6 +148,8 @@ class Server:
         for service, up in serving.items():
             status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
             await self.health.set(service, status)
+            if self.health_side:
+                self.health_side[1].set(service, status)
 
     async def _watch(self) -> None:
         while True:
@@ -144,9 +163,13 @@ class Server:
         """Health NOT_SERVING, then no new calls; the calls in flight get `grace` seconds (None: cancelled
         now); then the index and the runtime close."""
         await self.health.enter_graceful_shutdown()
+        if self.health_side:
+            self.health_side[1].enter_graceful_shutdown()
         await self.grpc.stop(grace)
         if self.metrics:
             self.metrics[0].shutdown()
+        if self.health_side:
+            self.health_side[0].stop(None)
         for task in (self.loaded, self.watch):
             if task and not task.done():
                 task.cancel()

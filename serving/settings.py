@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     tls_client_ca_file: Path | None = Field(None, description="mutual TLS: only clients with a certificate this CA signed connect")
     metrics_host: str = Field("127.0.0.1", description="where /metrics listens")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0: off")
+    health_port: int = Field(0, ge=0, le=65535, description="gRPC health alone, plaintext, on metrics_host, answered by its own thread under any load; 0: off")
     model_repository: Path = Path("model_repository")
     data_dir: Path = Field(Path("data"), description="where the search index lives")
     runtime: Literal["embedded", "triton"] = Field("embedded", description="in-process onnxruntime, or Triton")
@@ -82,6 +83,12 @@ class Settings(BaseSettings):
                 f"listening on {self.host!r}, beyond loopback, needs TLS (tls_cert_file, tls_key_file) and tokens "
                 "(tokens_file); set insecure (`serve --insecure`) to serve anyone who reaches the port, in the clear"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _health_port_is_its_own(self) -> "Settings":
+        if self.health_port and self.health_port in (self.port, self.metrics_port):
+            raise ValueError(f"health_port {self.health_port} is taken by port or metrics_port")
         return self
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
+from serving.triton_server import free_ports
 from tests.conftest import assert_refused
 
 SIDE = 4096
@@ -67,3 +68,22 @@ def test_health_answers_while_large_images_decode(gateway):
     worker.join()
     assert took[0] > 0.5, "the decode was too quick to show anything"
     assert len(answered) >= 2 and set(answered) == {health_pb2.HealthCheckResponse.SERVING}
+
+
+def test_the_health_port_answers_while_the_event_loop_is_busy(start_gateway, tmp_path):
+    health_port, = free_ports(1)
+    running = start_gateway(data_dir=tmp_path, gallery="none", health_port=health_port)
+    request = health_pb2.HealthCheckRequest()
+    with running.channel() as main, grpc.insecure_channel(f"127.0.0.1:{health_port}") as side:
+        main_health, side_health = health_pb2_grpc.HealthStub(main), health_pb2_grpc.HealthStub(side)
+        for stub in (main_health, side_health):
+            assert stub.Check(request, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        running.loop.call_soon_threadsafe(time.sleep, 2)  # the gateway's event loop does nothing else for 2 s
+        time.sleep(0.2)
+        assert side_health.Check(request, timeout=0.5).status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as raised:
+            main_health.Check(request, timeout=0.5)
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    running.stop()
+    with grpc.insecure_channel(f"127.0.0.1:{health_port}") as side, pytest.raises(grpc.RpcError):
+        health_pb2_grpc.HealthStub(side).Check(request, timeout=1)  # stopped with the gateway
