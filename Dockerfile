@@ -23,8 +23,8 @@ RUN --mount=type=bind,from=gateway-build,source=/wheels,target=/wheels \
 WORKDIR /app
 COPY model_repository model_repository
 # Beyond loopback the gateway serves only TLS with tokens: the certificate, its key and the tokens file are
-# secrets mounted at /run/secrets (compose.yaml; docs/deploy.md makes them). HEALTHCHECK_TLS_CA is the CA
-# the health check trusts (not a gateway setting).
+# secrets mounted at /run/secrets (compose.yaml; docs/deploy.md makes them). Health also answers alone on
+# a plaintext port of its own, from a thread of its own, so probes get an answer under any load.
 ENV PYTHONUNBUFFERED=1 \
     LATENTSERVE_HOST=0.0.0.0 \
     LATENTSERVE_MODEL_REPOSITORY=/app/model_repository \
@@ -33,13 +33,13 @@ ENV PYTHONUNBUFFERED=1 \
     LATENTSERVE_TLS_KEY_FILE=/run/secrets/gateway.key \
     LATENTSERVE_TOKENS_FILE=/run/secrets/tokens.json \
     LATENTSERVE_METRICS_HOST=0.0.0.0 \
-    HEALTHCHECK_TLS_CA=/run/secrets/ca.crt
+    LATENTSERVE_HEALTH_PORT=50052
 VOLUME /data
 USER latentserve
-EXPOSE 50051 9464
+EXPOSE 50051 9464 50052
 # Healthy once the models are loaded: gRPC health of the whole server (""), as grpc_health_probe asks it.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, grpc; from grpc_health.v1 import health_pb2 as pb, health_pb2_grpc as rpc; target = 'localhost:' + os.environ.get('LATENTSERVE_PORT', '50051'); ca = os.environ.get('HEALTHCHECK_TLS_CA'); channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(open(ca, 'rb').read())) if ca else grpc.insecure_channel(target); raise SystemExit(rpc.HealthStub(channel).Check(pb.HealthCheckRequest(), timeout=3).status != pb.HealthCheckResponse.SERVING)"]
+    CMD ["python", "-c", "import os, grpc; from grpc_health.v1 import health_pb2 as pb, health_pb2_grpc as rpc; channel = grpc.insecure_channel('127.0.0.1:' + os.environ['LATENTSERVE_HEALTH_PORT']); raise SystemExit(rpc.HealthStub(channel).Check(pb.HealthCheckRequest(), timeout=3).status != pb.HealthCheckResponse.SERVING)"]
 CMD ["latentserve", "serve"]
 
 FROM ${TRITON_IMAGE} AS triton

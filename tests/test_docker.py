@@ -13,7 +13,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from benchmarks.certificates import CertificateAuthority
 from latentserve.repository import CONFIG_FILE, NATIVE_CONFIG_FILE, ONNX_FILE, available_versions, read_config
 from serving.settings import Settings
 from tests.conftest import MODEL_REPOSITORY, ROOT
@@ -111,9 +110,9 @@ def test_settings_the_images_set_exist_and_match_their_paths_and_ports():
     assert [Path(workdir, dest) for sources, dest in copies_from_context("gateway")] == [settings.model_repository]
     assert arguments("gateway", "VOLUME") == [str(settings.data_dir)]
     assert f"gateway-data:{settings.data_dir}" in COMPOSE
-    ports = [str(settings.port), str(settings.metrics_port)]
+    ports = [str(settings.port), str(settings.metrics_port), str(settings.health_port)]
     assert arguments("gateway", "EXPOSE")[0].split() == ports
-    assert re.findall(r'"\d+:(\d+)"', COMPOSE) == ports[:1]  # /metrics stays on the compose network
+    assert re.findall(r'"\d+:(\d+)"', COMPOSE) == ports[:1]  # /metrics and the health port stay on the compose network
     assert settings.tls and settings.tokens_file, "beyond loopback: TLS and tokens"
     for secret in (settings.tls_cert_file, settings.tls_key_file, settings.tokens_file):
         assert secret.parent == Path("/run/secrets") and f"target: {secret.name}" in COMPOSE, secret
@@ -152,30 +151,21 @@ def test_gateway_stage_installs_prebuilt_wheels_without_build_tools():
     assert "pip install" in commands and "--no-index" in commands
 
 
-@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
 @pytest.mark.parametrize("status, exit_code", [
     (health_pb2.HealthCheckResponse.SERVING, 0),
     (health_pb2.HealthCheckResponse.NOT_SERVING, 1),
 ])
-def test_gateway_healthcheck_asks_grpc_health(status, exit_code, tls, tmp_path):
+def test_gateway_healthcheck_asks_grpc_health_on_the_health_port(status, exit_code):
     probe = exec_form(arguments("gateway", "HEALTHCHECK")[0])
     assert probe[0] == "python"
     servicer = health.HealthServicer()
     servicer.set("", status)
     server = grpc.server(futures.ThreadPoolExecutor(1))
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    environment = {key: value for key, value in os.environ.items() if key != "HEALTHCHECK_TLS_CA"}
-    if tls:
-        authority = CertificateAuthority(tmp_path, "ca")
-        issued = authority.issue("gateway", server=True)
-        credentials = grpc.ssl_server_credentials([(issued.key_file.read_bytes(), issued.cert_file.read_bytes())])
-        port = server.add_secure_port("127.0.0.1:0", credentials)
-        environment["HEALTHCHECK_TLS_CA"] = str(authority.cert_file)
-    else:
-        port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        result = subprocess.run([sys.executable, *probe[1:]], env={**environment, "LATENTSERVE_PORT": str(port)}, timeout=30)
+        result = subprocess.run([sys.executable, *probe[1:]], env={**os.environ, "LATENTSERVE_HEALTH_PORT": str(port)}, timeout=30)
     finally:
         server.stop(None)
     assert result.returncode == exit_code
