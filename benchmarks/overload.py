@@ -85,6 +85,7 @@ async def phase(target: str, health_target: str, pid: int, request, rate: float,
     other = len(outcomes) - len(ok) - len(refused)
     return {
         "sent": len(outcomes), "refused_share": len(refused) / len(outcomes), "other_errors": other,
+        "accepted_per_second": len(ok) / duration,
         "refused_p99_ms": float(np.percentile(refused, 99)) if len(refused) else float("nan"),
         "accepted_p50_ms": float(np.percentile(ok, 50)), "accepted_p99_ms": float(np.percentile(ok, 99)),
         "health_p99_ms": float(np.percentile(health_latencies[target], 99) * 1000),
@@ -112,12 +113,12 @@ def main(repository_root: Path, duration: float) -> None:
         served = asyncio.run(capacity())
         print(f"Encode at batch {BATCH}: capacity {served:.0f} requests/s (8 clients, {duration:.0f} s); "
               f"gateway RSS idle {idle:.0f} MiB\n")
-        print("| phase | offered requests/s | sent | refused | other errors | refused p99 ms | accepted p50 ms | "
+        print("| phase | offered requests/s | sent | refused | other errors | accepted requests/s | refused p99 ms | accepted p50 ms | "
               "accepted p99 ms | health p99 ms, main port | health p99 ms, health port | health max ms, health port | RSS max MiB |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for name, rate in (("4x capacity", 4 * served), ("0.5x capacity, after", 0.5 * served)):
             r = asyncio.run(phase(target, health_target, pid, request, rate, duration))
-            print(f"| {name} | {rate:.0f} | {r['sent']} | {r['refused_share']:.0%} | {r['other_errors']} | "
+            print(f"| {name} | {rate:.0f} | {r['sent']} | {r['refused_share']:.1%} | {r['other_errors']} | {r['accepted_per_second']:.0f} | "
                   f"{r['refused_p99_ms']:.1f} | {r['accepted_p50_ms']:.1f} | {r['accepted_p99_ms']:.1f} | "
                   f"{r['health_p99_ms']:.1f} | {r['health_port_p99_ms']:.1f} | {r['health_port_max_ms']:.1f} | "
                   f"{r['rss_mib']:.0f} |", flush=True)

@@ -83,7 +83,8 @@ class Server:
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ]
-        self.grpc = grpc.aio.server(interceptors=[ErrorsAndMetrics(Guard(settings))], options=limits)
+        self.interceptor = ErrorsAndMetrics(Guard(settings), settings.max_concurrent_calls)
+        self.grpc = grpc.aio.server(interceptors=[self.interceptor], options=limits)
         self.services = {add_servicer(capability.servicer(), self.grpc): capability for capability in self.capabilities}
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         if settings.reflection:
@@ -122,7 +123,7 @@ class Server:
                 settings.triton_tls_ca_file, settings.triton_tls_cert_file, settings.triton_tls_key_file,
             )
         return await asyncio.to_thread(
-            EmbeddedRuntime, settings.model_repository, settings.intra_op_threads, settings.inference_workers
+            EmbeddedRuntime, settings.model_repository, settings.intra_op_threads, settings.inference_workers, settings.inference_niceness
         )
 
     async def _load(self) -> None:

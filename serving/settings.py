@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     max_inflight_per_model: int = Field(64, ge=1, description="requests running or queued per model; more: RESOURCE_EXHAUSTED")
     max_inflight_images: int = Field(16_384, ge=1, description="images running or queued over all models; more: RESOURCE_EXHAUSTED")
     max_inflight_bytes: int = Field(256 * 1024 * 1024, ge=1, description="input bytes running or queued over all models; more: RESOURCE_EXHAUSTED")
+    max_concurrent_calls: int = Field(
+        64, ge=1, description="latentserve.v1 calls running at once, streams included; more are refused (RESOURCE_EXHAUSTED) before their request is read"
+    )
+    inference_niceness: int = Field(
+        10, ge=0, le=19, description="nice value of the embedded runtime's inference threads: under overload the event loop, which answers and refuses calls, runs first"
+    )
     intra_op_threads: int = Field(1, ge=1, description="onnxruntime threads per inference")
     inference_workers: int = Field(2, ge=1, description="inferences running at once (embedded runtime)")
     reflection: bool = Field(True, description="serve gRPC server reflection (grpcurl list)")

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,9 +24,12 @@ log = logging.getLogger(__name__)
 
 
 class EmbeddedRuntime:
-    def __init__(self, repository_root: Path, intra_op_threads: int = 1, workers: int = 2):
+    def __init__(self, repository_root: Path, intra_op_threads: int = 1, workers: int = 2, niceness: int = 0):
         self._root = repository_root
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="onnxruntime")
+        # Linux sets a nice value per thread: inference yields the cores to the event loop under overload
+        self._executor = ThreadPoolExecutor(
+            workers, thread_name_prefix="onnxruntime", initializer=lambda: os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        )
         self._options = onnxruntime.SessionOptions()
         self._options.intra_op_num_threads = intra_op_threads
         self._options.inter_op_num_threads = 1
