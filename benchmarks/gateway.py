@@ -55,7 +55,7 @@ def summary(latencies: list[float], elapsed: float, batch: int, cpu_seconds: flo
     }
 
 
-def _process_cpu_seconds(pid: int) -> float:
+def process_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
@@ -127,9 +127,9 @@ async def through_gateway(
     request.images.tensor.CopyFrom(common_pb2.Tensor(shape=images.shape, dtype=common_pb2.DATA_TYPE_UINT8, data=images.tobytes()))
     async with grpc.aio.insecure_channel(target) as channel:
         call = getattr(stub_class(channel), method)
-        cpu = _process_cpu_seconds(pid)
+        cpu = process_cpu_seconds(pid)
         latencies, elapsed = await drive(lambda: call(request), concurrency, duration)
-        cpu = _process_cpu_seconds(pid) - cpu
+        cpu = process_cpu_seconds(pid) - cpu
     return summary(latencies, elapsed, len(images), cpu)
 
 

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 
 from benchmarks.certificates import CertificateAuthority
-from benchmarks.gateway import BATCHES, CONCURRENCY, _process_cpu_seconds, drive, gateway_process, summary
+from benchmarks.gateway import BATCHES, CONCURRENCY, process_cpu_seconds, drive, gateway_process, summary
 from latentserve.datasets import load_mnist
 from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 from serving import tokens
@@ -27,9 +27,9 @@ async def encode(target: str, pid: int, images: np.ndarray, concurrency: int, du
     channel = grpc.aio.secure_channel(target, credentials) if credentials else grpc.aio.insecure_channel(target)
     async with channel:
         call = encoder_pb2_grpc.EncoderStub(channel).Encode
-        cpu = _process_cpu_seconds(pid)
+        cpu = process_cpu_seconds(pid)
         latencies, elapsed = await drive(lambda: call(request, metadata=metadata), concurrency, duration)
-        cpu = _process_cpu_seconds(pid) - cpu
+        cpu = process_cpu_seconds(pid) - cpu
     return summary(latencies, elapsed, len(images), cpu)
 
 

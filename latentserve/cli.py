@@ -381,6 +381,7 @@ BENCHES = {
     "overload": ("benchmarks.overload", "main", ("duration",)),
     "fuzz": ("benchmarks.fuzz", "main", ("requests",)),
     "crash": ("benchmarks.crash", "main", ("trials",)),
+    "stopping": ("benchmarks.stopping", "main", ()),
 }
 
 
@@ -448,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = verbs.add_parser("bench", help="measure what docs/benchmarks.md reports")
     bench.add_argument("what", choices=[*BENCHES, "layout"],
                        help="what to measure (security: plaintext vs TLS + token; overload: 4x capacity, then 0.5x; fuzz: random hostile "
-                            "requests to every call; crash: SIGKILL during writes, then what survived; layout: import cycles and lines of Python per folder)")
+                            "requests to every call; crash: SIGKILL during writes, then what survived; stopping: cancellation to idle, SIGTERM drain; layout: import cycles and lines of Python per folder)")
     bench.add_argument("--repository", type=Path, default=Path("model_repository"), help="the model repository to measure")
     bench.add_argument("--duration", type=float, default=5.0, help="seconds per serving measurement")
     bench.add_argument("--requests", type=int, default=100_000, help="requests the fuzz sends")
