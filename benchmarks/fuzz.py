@@ -47,7 +47,11 @@ HEAP_ADDRESS = re.compile(r"0x[0-9a-f]{6,}")
 STORED_IDS = [f"fuzz-{i}" for i in range(4)]  # items `add_stored_items` puts in the index, so ids can hit
 MODELS = ["autoencoder", "vae", "acgan", "dcgan", "wgan_gp", "conv_vae", "fixmatch", "lenet", "m2", "cyclegan", "pix2pix"]
 DIRECTIONS = ["edges2digit", "mnist2uci", "uci2mnist"]
-STRINGS = {"id": STORED_IDS, "ids": ["new"], "labels": STORED_IDS, "name": MODELS, "direction": DIRECTIONS}  # by field; deletes spare STORED_IDS
+FILTERS = ["label == 1", 'label in [0, 1] and metadata["a"] == "b"', 'not (metadata["a"] in ["b", "c"]) or label != 2', "label ==", "(((", 'metadata["a" == 1']
+STRINGS = {  # by field; deletes spare STORED_IDS
+    "id": STORED_IDS, "ids": ["new"], "labels": STORED_IDS, "name": MODELS, "direction": DIRECTIONS,
+    "collection": ["", "default", "fuzzed"], "filter": FILTERS, "page_token": ["", "cm93OjI=", "cm93Oi0x", "cm93OjE4NDQ2NzQ0MDczNzA5NTUxNjE2"],
+}
 LIMITS = [2, 9, 10, 28, 255, 256, 257, 1000, 1001, 10**7, 10**7 + 1, -1]  # around the API's own limits
 INTEGER_RANGES = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1), FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
@@ -68,6 +72,14 @@ VALID = {  # requests each call answers OK (on the index `add_stored_items` make
     "/latentserve.v1.Search/AddItems": [search_pb2.AddItemsRequest(items=[search_pb2.Item(id="new", image=IMAGE, label=1, metadata={"a": "b"})])],
     "/latentserve.v1.Search/DeleteItems": [search_pb2.DeleteItemsRequest(ids=["new"])],  # once AddItems added it
     "/latentserve.v1.Search/GetIndexStats": [search_pb2.GetIndexStatsRequest()],
+    "/latentserve.v1.Search/SearchBatch": [search_pb2.SearchBatchRequest(
+        queries=[search_pb2.Query(id=STORED_IDS[0]), search_pb2.Query(image=IMAGE)], k=3, filter=FILTERS[0])],
+    "/latentserve.v1.Search/UpsertItems": [search_pb2.UpsertItemsRequest(items=[search_pb2.Item(id=STORED_IDS[2], image=IMAGE, metadata={"a": "c"})])],
+    "/latentserve.v1.Search/GetItems": [search_pb2.GetItemsRequest(ids=STORED_IDS[:2], with_images=True)],
+    "/latentserve.v1.Search/ListItems": [search_pb2.ListItemsRequest(page_size=2, filter=FILTERS[1])],
+    "/latentserve.v1.Search/CreateCollection": [search_pb2.CreateCollectionRequest(name="fuzzed", keep_images=True)],
+    "/latentserve.v1.Search/ListCollections": [search_pb2.ListCollectionsRequest()],
+    "/latentserve.v1.Search/DropCollection": [search_pb2.DropCollectionRequest(name="fuzzed")],
     "/latentserve.v1.Search/PropagateLabels": [search_pb2.PropagateLabelsRequest(labels={STORED_IDS[0]: 0, STORED_IDS[1]: 1}, neighbours=2)],
     "/latentserve.v1.Generator/Generate": [
         generator_pb2.GenerateRequest(count=2, sampling=generator_pb2.Sampling(seed=1, start_index=5, truncation=1.0, labels=[3])),

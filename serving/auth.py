@@ -54,10 +54,17 @@ RULES: dict[str, Rule] = {
     "/latentserve.v1.Models/GetModel": Rule("read"),
     "/latentserve.v1.Encoder/Encode": Rule("read", images=lambda request: _batch(request.images)),
     "/latentserve.v1.Search/Search": Rule("read", images=lambda request: int(request.HasField("image"))),
+    "/latentserve.v1.Search/SearchBatch": Rule("read", images=lambda request: sum(query.HasField("image") for query in request.queries)),
+    "/latentserve.v1.Search/GetItems": Rule("read"),
+    "/latentserve.v1.Search/ListItems": Rule("read"),
     "/latentserve.v1.Search/GetIndexStats": Rule("read"),
+    "/latentserve.v1.Search/ListCollections": Rule("read"),
     "/latentserve.v1.Search/PropagateLabels": Rule("read"),
     "/latentserve.v1.Search/AddItems": Rule("write", images=lambda request: len(request.items), items=lambda request: len(request.items)),
+    "/latentserve.v1.Search/UpsertItems": Rule("write", images=lambda request: len(request.items), items=lambda request: len(request.items)),
     "/latentserve.v1.Search/DeleteItems": Rule("write", items=lambda request: len(request.ids)),
+    "/latentserve.v1.Search/CreateCollection": Rule("admin"),
+    "/latentserve.v1.Search/DropCollection": Rule("admin"),
     "/latentserve.v1.Generator/Generate": Rule(
         "read", images=lambda request: request.count or (request.latents.shape[0] if request.latents.shape else 0)
     ),

@@ -1,6 +1,7 @@
-"""The search capability: the code index, fed by the encoder version it is bound to, and label
-propagation over the stored codes."""
+"""The search capability: named collections of items (serving/collections.py), each fed by the encoder
+version it is bound to, searched with filters and in batches, and label propagation over the stored codes."""
 import asyncio
+import base64
 import logging
 import threading
 import time
@@ -14,13 +15,16 @@ from serving import validation
 from serving.capability import Capability, Inference, decode_image_list
 from serving.encoding import Encoding
 from serving.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from serving.index import Binding, CodeIndex, Hit, NewItem
+from serving.collections import DEFAULT, Collections, collection_name
+from serving.filters import parse as parse_filter, to_sql
+from serving.index import Binding, CodeIndex, Hit, NewItem, StoredItem, Where
 from serving.label_propagation import Method, Stopped, knn_graph, propagate
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
 GALLERY_MARK = "gallery:mnist-test"
 GALLERY_BATCH = 1000
+RESPONSE_MARGIN_BYTES = 64 * 1024  # what a page of items leaves free of max_message_bytes
 PROPAGATION_METHODS = {
     search_pb2.PROPAGATION_UNSPECIFIED: "spreading",
     search_pb2.PROPAGATION_SPREADING: "spreading",
@@ -32,20 +36,25 @@ class Search(Capability):
     def __init__(self, settings: Settings, inference: Inference, encoding: Encoding):
         super().__init__(settings, inference)
         self.encoding = encoding
-        self._index: CodeIndex | None = None
+        self._collections: Collections | None = None
 
     def servicer(self):
         return SearchServicer(self)
 
     @property
-    def index(self) -> CodeIndex:
-        if self._index is None:
+    def collections(self) -> Collections:
+        if self._collections is None:
             raise Unavailable("the search index is still loading")
-        return self._index
+        return self._collections
+
+    @property
+    def index(self) -> CodeIndex:
+        """The default collection."""
+        return self.collections.get(DEFAULT)
 
     async def open(self) -> None:
-        """Open (or create, bound to the newest version of the index model) the index, seeding the gallery
-        once; waits for the index model to have a version ready."""
+        """Open the collections (the default one created, bound to the newest version of the index model,
+        if new), seeding the gallery once; waits for the index model to have a version ready."""
         settings = self.settings
         if not any(e.model == settings.index_model and e.capability == ENCODE for e in self.inference.entries().values()):
             raise NotFound(f"no encoder {settings.index_model!r} in {settings.model_repository}", "index_model")
@@ -53,84 +62,95 @@ class Search(Capability):
             log.info("waiting for %s to be ready", settings.index_model)
             await asyncio.sleep(settings.health_poll_seconds)
         binding = Binding(settings.index_model, *self.encoding.signature(settings.index_model, 0))
-        index = await asyncio.to_thread(CodeIndex, settings.data_dir / "index", binding)
+        collections = Collections(settings.data_dir)
+        await asyncio.to_thread(collections.open, binding)
+        index = collections.get(DEFAULT)
         if settings.gallery == "mnist-test" and not index.is_marked(GALLERY_MARK):
             await self._seed_mnist_test(index)
-        self._index = index
-        log.info("ready: %d items in the index", len(index))
+        self._collections = collections
+        log.info("ready: %d items in the default collection, %d collections", len(index), len(collections.names()))
 
     async def close(self) -> None:
-        if self._index is not None:
-            await asyncio.to_thread(self._index.close)
+        if self._collections is not None:
+            await asyncio.to_thread(self._collections.close)
 
     async def _seed_mnist_test(self, index: CodeIndex) -> None:
         """One transaction with the mark, so an interrupted start seeds again from scratch."""
         test = (await asyncio.to_thread(load_mnist)).test
-        batches = [await self._encode(index, test.images[i : i + GALLERY_BATCH, None]) for i in range(0, len(test.labels), GALLERY_BATCH)]
+        batches = [await self.encode(index, test.images[i : i + GALLERY_BATCH, None]) for i in range(0, len(test.labels), GALLERY_BATCH)]
         values = np.concatenate([codes.values for codes in batches])
         bits = np.concatenate([codes.bits for codes in batches])
         items = [NewItem(f"mnist-test-{i:05d}", values[i], bits[i], int(label)) for i, label in enumerate(test.labels)]
         await asyncio.to_thread(index.add, items, GALLERY_MARK)
         log.info("seeded the index with %d MNIST test images", len(items))
 
-    async def _encode(self, index: CodeIndex, images: np.ndarray, timeout: float | None = None):
+    async def encode(self, index: CodeIndex, images: np.ndarray, timeout: float | None = None):
+        """Codes of `images` by the encoder version `index` is bound to."""
         binding = index.binding
         try:
             return await self.encoding.encode(binding.model, binding.version, images, timeout)
         except NotFound:
             raise FailedPrecondition(
-                f"the index holds codes of {binding.model} version {binding.version}, which is not loaded"
+                f"the collection holds codes of {binding.model} version {binding.version}, which is not loaded"
             ) from None
 
-    async def encode(self, images: np.ndarray, timeout: float | None = None):
-        return await self._encode(self.index, images, timeout)
-
     def ready(self) -> bool:
-        """Whether the index is open and the encoder version it is bound to is loaded."""
-        if self._index is None:
+        """Whether the collections are open and the encoder version the default one is bound to is loaded."""
+        if self._collections is None:
             return False
-        binding = self._index.binding
+        binding = self.index.binding
         return any(e.model == binding.model and e.capability == ENCODE and binding.version in e.versions for e in self.inference.entries().values())
 
-    async def add(self, ids: list[str], images: np.ndarray, labels: list[int | None], metadata: list[dict], timeout=None) -> None:
-        codes = await self.encode(images, timeout)
-        items = [NewItem(*fields) for fields in zip(ids, codes.values, codes.bits, labels, metadata)]
-        await asyncio.to_thread(self.index.add, items)
+    async def create_collection(self, name: str, model: str, version: int, keep_images: bool) -> CodeIndex:
+        if not any(e.model == model and e.capability == ENCODE for e in self.inference.entries().values()):
+            raise NotFound(f"no encoder {validation.quoted(model)}", "model.name")
+        binding = Binding(model, *self.encoding.signature(model, version))
+        return await asyncio.to_thread(self.collections.create, name, binding, keep_images)
 
-    async def delete(self, ids: list[str]) -> None:
-        await asyncio.to_thread(self.index.delete, ids)
+    async def drop_collection(self, name: str) -> None:
+        await asyncio.to_thread(self.collections.drop, name)
 
-    async def by_image(self, image: np.ndarray, k: int, hashed: bool, timeout: float | None = None) -> list[Hit]:
-        codes = await self.encode(image[None], timeout)
-        return await self._search(codes.values[0], codes.bits[0], k, hashed, None)
+    async def add(self, index: CodeIndex, items: list, images: np.ndarray, replace: bool, timeout=None) -> int:
+        """Encode and store `items` (Item messages, already checked) whose images are `images`; how many
+        replaced stored ones (with `replace`, else a stored id is AlreadyExists)."""
+        codes = await self.encode(index, images, timeout)
+        new = [
+            NewItem(item.id, values, bits, item.label if item.HasField("label") else None, dict(item.metadata),
+                    item.image.SerializeToString() if index.keep_images else None)
+            for item, values, bits in zip(items, codes.values, codes.bits)
+        ]
+        return await asyncio.to_thread(index.add, new, None, replace)
 
-    async def by_code(self, values: np.ndarray, bits: bytes, num_bits: int, k: int, hashed: bool) -> list[Hit]:
-        binding = self.index.binding
-        if hashed:
-            if num_bits != binding.num_bits or len(bits) != -(-num_bits // 8):
-                raise InvalidArgument(f"want {binding.num_bits} bits in {-(-binding.num_bits // 8)} bytes", "code.bits")
-            return await self._search(None, np.frombuffer(bits, np.uint8), k, True, None)
-        if values.shape != (binding.code_dim,):
-            raise InvalidArgument(f"{values.size} values; this index holds {binding.code_dim}", "code.values")
-        if not np.isfinite(values).all():
-            raise InvalidArgument("holds NaN or infinity", "code.values")
-        return await self._search(values, None, k, False, None)
-
-    async def by_id(self, item_id: str, k: int, hashed: bool) -> list[Hit]:
-        row, values, bits = await asyncio.to_thread(self.index.get, item_id)
-        return await self._search(values, bits, k, hashed, row)
-
-    async def _search(self, values, bits, k: int, hashed: bool, exclude_row: int | None) -> list[Hit]:
-        if hashed:
-            return await asyncio.to_thread(self.index.search_bits, bits, k, exclude_row)
-        return await asyncio.to_thread(self.index.search_code, values, k, exclude_row)
+    async def search(self, index: CodeIndex, queries: list[tuple[str, object, str]], k: int, hashed: bool,
+                     where: Where | None, timeout: float | None = None) -> list[list[Hit]]:
+        """The hits of each query: ("image", (1, 28, 28) array, field), ("code", values or packed bits
+        already checked against the index, field) or ("id", a stored id, field); an id is left out of its
+        own hits."""
+        vectors, exclude = [None] * len(queries), [None] * len(queries)
+        pictured = [i for i, (kind, _, _) in enumerate(queries) if kind == "image"]
+        if pictured:
+            codes = await self.encode(index, np.stack([queries[i][1] for i in pictured]), timeout)
+            for j, i in enumerate(pictured):
+                vectors[i] = codes.bits[j] if hashed else codes.values[j]
+        named = [i for i, (kind, _, _) in enumerate(queries) if kind == "id"]
+        if named:
+            stored = {item.id: item for item in await asyncio.to_thread(index.get_items, [queries[i][1] for i in named])}
+            for i in named:
+                item = stored.get(queries[i][1])
+                if item is None:
+                    raise NotFound("no such item is stored", queries[i][2])
+                vectors[i], exclude[i] = (item.bits if hashed else item.code), item.row
+        for i, (kind, value, _) in enumerate(queries):
+            if kind == "code":
+                vectors[i] = value
+        return await asyncio.to_thread(index.search, np.stack(vectors), hashed, k, exclude, where)
 
     async def propagate_labels(
-        self, labels: dict[str, int], neighbours: int, method: Method, max_items: int, timeout: float | None = None
+        self, index: CodeIndex, labels: dict[str, int], neighbours: int, method: Method, max_items: int, timeout: float | None = None
     ) -> list[tuple[str, int, float]]:
         """(id, label, confidence) of every stored item, from the labels of a few (see label_propagation).
         The work stops within a step once the call is cancelled or `timeout` seconds have passed."""
-        ids, codes = await asyncio.to_thread(self.index.codes)
+        ids, codes = await asyncio.to_thread(index.codes)
         if len(ids) > max_items:
             raise ResourceExhausted(f"the index holds {len(ids)} items; propagation is limited to {max_items}")
         if len(ids) < 2:
@@ -165,57 +185,216 @@ class Search(Capability):
         return list(zip(ids, predicted.tolist(), confidence.tolist()))
 
 
+
+def _page_token(row: int) -> str:
+    return base64.urlsafe_b64encode(f"row:{row}".encode()).decode()
+
+
+def _after_row(token: str) -> int:
+    """The row a page token says the previous page ended at; 0 for the first page."""
+    if not token:
+        return 0
+    try:
+        kind, row = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        if kind == "row" and row.isascii() and row.isdigit() and int(row) < 2**63:
+            return int(row)
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        pass
+    raise InvalidArgument("not a page token this server gave", "page_token")
+
+
+def _item_message(item: StoredItem, num_bits: int, with_image: bool) -> search_pb2.Item:
+    message = search_pb2.Item(
+        id=item.id, metadata=item.metadata, code=common_pb2.Code(values=item.code, bits=item.bits.tobytes(), num_bits=num_bits)
+    )
+    if item.label is not None:
+        message.label = item.label
+    if with_image and item.image is not None:
+        message.image.ParseFromString(item.image)
+    return message
+
+
+def _hits_message(hits: list[Hit]) -> search_pb2.SearchResponse:
+    return search_pb2.SearchResponse(hits=[
+        search_pb2.Hit(id=hit.id, distance=hit.distance, label=hit.label, metadata=hit.metadata) for hit in hits
+    ])
+
+
+def _stats(name: str, index: CodeIndex) -> search_pb2.IndexStats:
+    binding = index.binding
+    return search_pb2.IndexStats(
+        collection=name, items=len(index), model=common_pb2.ModelRef(name=binding.model, version=binding.version),
+        code_dim=binding.code_dim, num_bits=binding.num_bits, keep_images=index.keep_images,
+    )
+
+
 class SearchServicer(search_pb2_grpc.SearchServicer):
     def __init__(self, search: Search):
         self.search = search
         self.settings = search.settings
 
-    async def Search(self, request, context):
-        search, settings = self.search, self.settings
+    def _collection(self, name: str) -> CodeIndex:
+        return self.search.collections.get(collection_name(name, "collection"))
+
+    def _where(self, text: str) -> Where | None:
+        settings = self.settings
+        parsed = parse_filter(text, settings.max_filter_bytes, settings.max_filter_values, settings.max_filter_depth)
+        return None if parsed is None else to_sql(parsed)
+
+    def _code(self, index: CodeIndex, code: common_pb2.Code, hashed: bool, field: str) -> np.ndarray:
+        binding = index.binding
+        if hashed:
+            if code.num_bits != binding.num_bits or len(code.bits) != -(-binding.num_bits // 8):
+                raise InvalidArgument(f"want {binding.num_bits} bits in {-(-binding.num_bits // 8)} bytes", f"{field}.bits")
+            return np.frombuffer(code.bits, np.uint8)
+        values = np.asarray(code.values, np.float32)
+        if values.shape != (binding.code_dim,):
+            raise InvalidArgument(f"{values.size} values; this collection holds {binding.code_dim}", f"{field}.values")
+        if not np.isfinite(values).all():
+            raise InvalidArgument("holds NaN or infinity", f"{field}.values")
+        return values
+
+    async def _search(self, request, queries: list, prefixes: list[str], field: str, context) -> list[list[Hit]]:
+        """Hits of each query message (a SearchRequest or Query: an image, a code or an id), the fields
+        they are named by in errors starting with their `prefixes`."""
+        settings = self.settings
+        index = self._collection(request.collection)
         k = validation.optional_count(request.k, settings.default_k, settings.max_k, "k", "hits")
         hashed = request.space == search_pb2.SPACE_HASH
-        kind = request.WhichOneof("query")
-        if kind == "image":
-            (image,) = await decode_image_list([request.image], ["image"], "image", settings)
-            hits = await search.by_image(image, k, hashed, context.time_remaining())
-        elif kind == "code":
-            code = request.code
-            hits = await search.by_code(np.asarray(code.values, np.float32), code.bits, code.num_bits, k, hashed)
-        elif kind == "id":
-            hits = await search.by_id(validation.item_id(request.id, settings.max_id_bytes, "id"), k, hashed)
-        else:
-            raise InvalidArgument("set one of `image`, `code` or `id`", "query")
-        return search_pb2.SearchResponse(hits=[
-            search_pb2.Hit(id=hit.id, distance=hit.distance, label=hit.label, metadata=hit.metadata) for hit in hits
-        ])
+        where = self._where(request.filter)
+        pictured = [i for i, query in enumerate(queries) if query.WhichOneof("query") == "image"]
+        images = await decode_image_list([queries[i].image for i in pictured], [f"{prefixes[i]}image" for i in pictured], field, settings) if pictured else []
+        parsed = dict(zip(pictured, (("image", image, f"{prefixes[i]}image") for i, image in zip(pictured, images))))
+        for i, query in enumerate(queries):
+            kind = query.WhichOneof("query")
+            if kind == "code":
+                parsed[i] = ("code", self._code(index, query.code, hashed, f"{prefixes[i]}code"), f"{prefixes[i]}code")
+            elif kind == "id":
+                parsed[i] = ("id", validation.item_id(query.id, settings.max_id_bytes, f"{prefixes[i]}id"), f"{prefixes[i]}id")
+            elif kind != "image":
+                raise InvalidArgument("set one of `image`, `code` or `id`", f"{prefixes[i]}query" if prefixes[i] else "query")
+        return await self.search.search(index, [parsed[i] for i in range(len(queries))], k, hashed, where, context.time_remaining())
 
-    async def AddItems(self, request, context):
+    async def Search(self, request, context):
+        (hits,) = await self._search(request, [request], [""], "image", context)
+        return _hits_message(hits)
+
+    async def SearchBatch(self, request, context):
+        settings = self.settings
+        queries = request.queries
+        if not queries:
+            raise InvalidArgument("must hold at least one query", "queries")
+        validation.count(len(queries), settings.max_batch_images, "queries", "queries")
+        k = validation.optional_count(request.k, settings.default_k, settings.max_k, "k", "hits")
+        if len(queries) * k > settings.max_k:
+            raise ResourceExhausted(f"{len(queries)} queries of {k} hits; the limit is {settings.max_k} hits a response (max_k)", "k")
+        results = await self._search(request, list(queries), [f"queries[{i}]." for i in range(len(queries))], "queries", context)
+        return search_pb2.SearchBatchResponse(results=[_hits_message(hits) for hits in results])
+
+    async def _store(self, request, replace: bool, context) -> tuple[int, int]:
+        """Checks and stores the request's items; (added, replaced)."""
         search, settings = self.search, self.settings
+        index = self._collection(request.collection)
         items = request.items
         if not items:
             raise InvalidArgument("must hold at least one item", "items")
         validation.count(len(items), settings.max_batch_images, "items", "items")
-        ids = validation.unique_ids([item.id for item in items], settings.max_id_bytes, "items[{}].id")
+        validation.unique_ids([item.id for item in items], settings.max_id_bytes, "items[{}].id")
         sizes = [search_pb2.Hit(metadata=item.metadata).ByteSize() for item in items]  # as a Search hit will carry it
         for i, size in enumerate(sizes):
             if size > settings.max_metadata_bytes_per_item:
                 raise ResourceExhausted(f"{size} bytes; the limit is {settings.max_metadata_bytes_per_item}", f"items[{i}].metadata")
         if sum(sizes) > settings.max_metadata_bytes_per_request:
             raise ResourceExhausted(f"{sum(sizes)} bytes of metadata; the limit is {settings.max_metadata_bytes_per_request}", "items")
+        if index.keep_images:
+            for i, item in enumerate(items):
+                if item.image.ByteSize() > settings.max_kept_image_bytes:
+                    raise ResourceExhausted(f"{item.image.ByteSize()} bytes; a kept image is at most {settings.max_kept_image_bytes}", f"items[{i}].image")
         images = await decode_image_list([item.image for item in items], [f"items[{i}].image" for i in range(len(items))], "items", settings)
-        labels = [item.label if item.HasField("label") else None for item in items]
-        metadata = [dict(item.metadata) for item in items]
-        await search.add(ids, images, labels, metadata, context.time_remaining())
-        return search_pb2.AddItemsResponse(added=len(items))
+        replaced = await search.add(index, list(items), images, replace, context.time_remaining())
+        return len(items) - replaced, replaced
 
-    async def DeleteItems(self, request, context):
+    async def AddItems(self, request, context):
+        added, _ = await self._store(request, False, context)
+        return search_pb2.AddItemsResponse(added=added)
+
+    async def UpsertItems(self, request, context):
+        added, replaced = await self._store(request, True, context)
+        return search_pb2.UpsertItemsResponse(added=added, replaced=replaced)
+
+    async def GetItems(self, request, context):
+        settings = self.settings
+        index = self._collection(request.collection)
         ids = list(request.ids)
         if not ids:
             raise InvalidArgument("must hold at least one id", "ids")
+        validation.count(len(ids), settings.max_batch_images, "ids", "ids")
+        validation.unique_ids(ids, settings.max_id_bytes, "ids[{}]")
+        items = await asyncio.to_thread(index.get_items, ids)
+        found = {item.id for item in items}
+        response = search_pb2.GetItemsResponse(
+            items=[_item_message(item, index.binding.num_bits, request.with_images) for item in items],
+            missing=[item_id for item_id in ids if item_id not in found],
+        )
+        if response.ByteSize() > settings.max_message_bytes - RESPONSE_MARGIN_BYTES:
+            raise ResourceExhausted(f"the {len(items)} items come to {response.ByteSize()} bytes, over max_message_bytes; ask for fewer", "ids")
+        return response
+
+    async def ListItems(self, request, context):
+        settings = self.settings
+        index = self._collection(request.collection)
+        size = validation.optional_count(request.page_size, settings.default_page_items, settings.max_page_items, "page_size", "items")
+        after = _after_row(request.page_token)
+        where = self._where(request.filter)
+        items = await asyncio.to_thread(index.page, after, size + 1, where)  # one more: is there a next page?
+        response, budget = search_pb2.ListItemsResponse(), settings.max_message_bytes - RESPONSE_MARGIN_BYTES
+        for item in items[:size]:
+            message = _item_message(item, index.binding.num_bits, request.with_images)
+            budget -= message.ByteSize() + 8  # the field's tag and length
+            if budget < 0 and response.items:
+                break  # the rest on the next page
+            response.items.append(message)
+            last = item.row
+        if len(response.items) < len(items):
+            response.next_page_token = _page_token(last)
+        return response
+
+    async def DeleteItems(self, request, context):
+        index = self._collection(request.collection)
+        ids = list(request.ids)
+        if bool(ids) == bool(request.filter):
+            raise InvalidArgument("set either `ids` or `filter`", "ids")
+        if request.filter:
+            deleted = await asyncio.to_thread(index.delete_where, self._where(request.filter))
+            return search_pb2.DeleteItemsResponse(deleted=deleted)
         validation.count(len(ids), self.settings.max_batch_images, "ids", "ids")
         validation.unique_ids(ids, self.settings.max_id_bytes, "ids[{}]")
-        await self.search.delete(ids)
+        await asyncio.to_thread(index.delete, ids)
         return search_pb2.DeleteItemsResponse(deleted=len(ids))
+
+    async def GetIndexStats(self, request, context):
+        name = collection_name(request.collection, "collection")
+        return _stats(name, self.search.collections.get(name))
+
+    async def CreateCollection(self, request, context):
+        if not request.name:
+            raise InvalidArgument("name the collection", "name")
+        name = collection_name(request.name, "name")
+        if request.model.version < 0:
+            raise InvalidArgument(f"version {request.model.version}; want 0 (the newest) or more", "model.version")
+        model = request.model.name or self.settings.index_model
+        index = await self.search.create_collection(name, model, request.model.version, request.keep_images)
+        return _stats(name, index)
+
+    async def ListCollections(self, request, context):
+        collections = self.search.collections
+        return search_pb2.ListCollectionsResponse(collections=[_stats(name, collections.get(name)) for name in collections.names()])
+
+    async def DropCollection(self, request, context):
+        if not request.name:
+            raise InvalidArgument("name the collection", "name")
+        await self.search.drop_collection(collection_name(request.name, "name"))
+        return search_pb2.DropCollectionResponse()
 
     async def PropagateLabels(self, request, context):
         settings = self.settings
@@ -234,8 +413,9 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         )
         if request.method not in PROPAGATION_METHODS:
             raise InvalidArgument(f"unknown method {request.method}", "method")
+        index = self._collection(request.collection)
         predictions = await self.search.propagate_labels(
-            labels, neighbours, PROPAGATION_METHODS[request.method], settings.max_propagation_items, context.time_remaining()
+            index, labels, neighbours, PROPAGATION_METHODS[request.method], settings.max_propagation_items, context.time_remaining()
         )
 
         def message(chunk: list[tuple[str, int, float]]) -> search_pb2.PropagateLabelsResponse:
@@ -245,13 +425,3 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
         for start in range(0, len(predictions), settings.propagation_chunk_items):
             yield await asyncio.to_thread(message, predictions[start : start + settings.propagation_chunk_items])
-
-    async def GetIndexStats(self, request, context):
-        index = self.search.index
-        binding = index.binding
-        return search_pb2.IndexStats(
-            items=len(index),
-            model=common_pb2.ModelRef(name=binding.model, version=binding.version),
-            code_dim=binding.code_dim,
-            num_bits=binding.num_bits,
-        )

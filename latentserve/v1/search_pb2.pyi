@@ -27,24 +27,58 @@ PROPAGATION_SPREADING: Propagation
 PROPAGATION_HARMONIC: Propagation
 
 class SearchRequest(_message.Message):
-    __slots__ = ("image", "code", "id", "k", "space")
+    __slots__ = ("image", "code", "id", "k", "space", "collection", "filter")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     SPACE_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.Image
     code: _common_pb2.Code
     id: str
     k: int
     space: Space
-    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., code: _Optional[_Union[_common_pb2.Code, _Mapping]] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., space: _Optional[_Union[Space, str]] = ...) -> None: ...
+    collection: str
+    filter: str
+    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., code: _Optional[_Union[_common_pb2.Code, _Mapping]] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., space: _Optional[_Union[Space, str]] = ..., collection: _Optional[str] = ..., filter: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits",)
     HITS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
+
+class Query(_message.Message):
+    __slots__ = ("image", "code", "id")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    image: _common_pb2.Image
+    code: _common_pb2.Code
+    id: str
+    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., code: _Optional[_Union[_common_pb2.Code, _Mapping]] = ..., id: _Optional[str] = ...) -> None: ...
+
+class SearchBatchRequest(_message.Message):
+    __slots__ = ("queries", "k", "space", "collection", "filter")
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    SPACE_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    queries: _containers.RepeatedCompositeFieldContainer[Query]
+    k: int
+    space: Space
+    collection: str
+    filter: str
+    def __init__(self, queries: _Optional[_Iterable[_Union[Query, _Mapping]]] = ..., k: _Optional[int] = ..., space: _Optional[_Union[Space, str]] = ..., collection: _Optional[str] = ..., filter: _Optional[str] = ...) -> None: ...
+
+class SearchBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SearchResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResponse, _Mapping]]] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "distance", "label", "metadata")
@@ -66,7 +100,7 @@ class Hit(_message.Message):
     def __init__(self, id: _Optional[str] = ..., distance: _Optional[float] = ..., label: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("id", "image", "label", "metadata")
+    __slots__ = ("id", "image", "label", "metadata", "code")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -78,17 +112,21 @@ class Item(_message.Message):
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
     id: str
     image: _common_pb2.Image
     label: int
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., label: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    code: _common_pb2.Code
+    def __init__(self, id: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., label: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., code: _Optional[_Union[_common_pb2.Code, _Mapping]] = ...) -> None: ...
 
 class AddItemsRequest(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "collection")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[Item]
-    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
+    collection: str
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class AddItemsResponse(_message.Message):
     __slots__ = ("added",)
@@ -96,11 +134,71 @@ class AddItemsResponse(_message.Message):
     added: int
     def __init__(self, added: _Optional[int] = ...) -> None: ...
 
-class DeleteItemsRequest(_message.Message):
-    __slots__ = ("ids",)
+class UpsertItemsRequest(_message.Message):
+    __slots__ = ("items", "collection")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    collection: str
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., collection: _Optional[str] = ...) -> None: ...
+
+class UpsertItemsResponse(_message.Message):
+    __slots__ = ("added", "replaced")
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    added: int
+    replaced: int
+    def __init__(self, added: _Optional[int] = ..., replaced: _Optional[int] = ...) -> None: ...
+
+class GetItemsRequest(_message.Message):
+    __slots__ = ("ids", "collection", "with_images")
     IDS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    WITH_IMAGES_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    collection: str
+    with_images: bool
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., collection: _Optional[str] = ..., with_images: _Optional[bool] = ...) -> None: ...
+
+class GetItemsResponse(_message.Message):
+    __slots__ = ("items", "missing")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListItemsRequest(_message.Message):
+    __slots__ = ("collection", "page_size", "page_token", "filter", "with_images")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    WITH_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    page_size: int
+    page_token: str
+    filter: str
+    with_images: bool
+    def __init__(self, collection: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., filter: _Optional[str] = ..., with_images: _Optional[bool] = ...) -> None: ...
+
+class ListItemsResponse(_message.Message):
+    __slots__ = ("items", "next_page_token")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    next_page_token: str
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteItemsRequest(_message.Message):
+    __slots__ = ("ids", "collection", "filter")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    collection: str
+    filter: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., collection: _Optional[str] = ..., filter: _Optional[str] = ...) -> None: ...
 
 class DeleteItemsResponse(_message.Message):
     __slots__ = ("deleted",)
@@ -109,23 +207,59 @@ class DeleteItemsResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class GetIndexStatsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
 class IndexStats(_message.Message):
-    __slots__ = ("items", "model", "code_dim", "num_bits")
+    __slots__ = ("items", "model", "code_dim", "num_bits", "collection", "keep_images")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CODE_DIM_FIELD_NUMBER: _ClassVar[int]
     NUM_BITS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    KEEP_IMAGES_FIELD_NUMBER: _ClassVar[int]
     items: int
     model: _common_pb2.ModelRef
     code_dim: int
     num_bits: int
-    def __init__(self, items: _Optional[int] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., code_dim: _Optional[int] = ..., num_bits: _Optional[int] = ...) -> None: ...
+    collection: str
+    keep_images: bool
+    def __init__(self, items: _Optional[int] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., code_dim: _Optional[int] = ..., num_bits: _Optional[int] = ..., collection: _Optional[str] = ..., keep_images: _Optional[bool] = ...) -> None: ...
+
+class CreateCollectionRequest(_message.Message):
+    __slots__ = ("name", "model", "keep_images")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    KEEP_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model: _common_pb2.ModelRef
+    keep_images: bool
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., keep_images: _Optional[bool] = ...) -> None: ...
+
+class ListCollectionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListCollectionsResponse(_message.Message):
+    __slots__ = ("collections",)
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    collections: _containers.RepeatedCompositeFieldContainer[IndexStats]
+    def __init__(self, collections: _Optional[_Iterable[_Union[IndexStats, _Mapping]]] = ...) -> None: ...
+
+class DropCollectionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DropCollectionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class PropagateLabelsRequest(_message.Message):
-    __slots__ = ("labels", "neighbours", "method")
+    __slots__ = ("labels", "neighbours", "method", "collection")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -136,10 +270,12 @@ class PropagateLabelsRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     labels: _containers.ScalarMap[str, int]
     neighbours: int
     method: Propagation
-    def __init__(self, labels: _Optional[_Mapping[str, int]] = ..., neighbours: _Optional[int] = ..., method: _Optional[_Union[Propagation, str]] = ...) -> None: ...
+    collection: str
+    def __init__(self, labels: _Optional[_Mapping[str, int]] = ..., neighbours: _Optional[int] = ..., method: _Optional[_Union[Propagation, str]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class PredictedLabel(_message.Message):
     __slots__ = ("id", "label", "confidence")

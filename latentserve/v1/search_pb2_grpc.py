@@ -26,8 +26,11 @@ if _version_not_supported:
 
 
 class SearchStub:
-    """Similarity search over the codes of one encoder version (IndexStats.model): exact L2 over real-valued
-    codes, or Hamming over binary codes.
+    """Similarity search in named collections of items, each holding the codes of one encoder version
+    (IndexStats.model): L2 over real-valued codes, or Hamming over binary codes. Every call takes a
+    `collection`; empty means "default", the collection the server seeds with its gallery.
+    A filter selects items by label and metadata (docs/api.md, Filters), e.g.
+    `label in [1, 2] and metadata["source"] == "upload"`.
     """
 
     def __init__(self, channel):
@@ -41,10 +44,30 @@ class SearchStub:
                 request_serializer=latentserve_dot_v1_dot_search__pb2.SearchRequest.SerializeToString,
                 response_deserializer=latentserve_dot_v1_dot_search__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchBatch = channel.unary_unary(
+                '/latentserve.v1.Search/SearchBatch',
+                request_serializer=latentserve_dot_v1_dot_search__pb2.SearchBatchRequest.SerializeToString,
+                response_deserializer=latentserve_dot_v1_dot_search__pb2.SearchBatchResponse.FromString,
+                _registered_method=True)
         self.AddItems = channel.unary_unary(
                 '/latentserve.v1.Search/AddItems',
                 request_serializer=latentserve_dot_v1_dot_search__pb2.AddItemsRequest.SerializeToString,
                 response_deserializer=latentserve_dot_v1_dot_search__pb2.AddItemsResponse.FromString,
+                _registered_method=True)
+        self.UpsertItems = channel.unary_unary(
+                '/latentserve.v1.Search/UpsertItems',
+                request_serializer=latentserve_dot_v1_dot_search__pb2.UpsertItemsRequest.SerializeToString,
+                response_deserializer=latentserve_dot_v1_dot_search__pb2.UpsertItemsResponse.FromString,
+                _registered_method=True)
+        self.GetItems = channel.unary_unary(
+                '/latentserve.v1.Search/GetItems',
+                request_serializer=latentserve_dot_v1_dot_search__pb2.GetItemsRequest.SerializeToString,
+                response_deserializer=latentserve_dot_v1_dot_search__pb2.GetItemsResponse.FromString,
+                _registered_method=True)
+        self.ListItems = channel.unary_unary(
+                '/latentserve.v1.Search/ListItems',
+                request_serializer=latentserve_dot_v1_dot_search__pb2.ListItemsRequest.SerializeToString,
+                response_deserializer=latentserve_dot_v1_dot_search__pb2.ListItemsResponse.FromString,
                 _registered_method=True)
         self.DeleteItems = channel.unary_unary(
                 '/latentserve.v1.Search/DeleteItems',
@@ -56,6 +79,21 @@ class SearchStub:
                 request_serializer=latentserve_dot_v1_dot_search__pb2.GetIndexStatsRequest.SerializeToString,
                 response_deserializer=latentserve_dot_v1_dot_search__pb2.IndexStats.FromString,
                 _registered_method=True)
+        self.CreateCollection = channel.unary_unary(
+                '/latentserve.v1.Search/CreateCollection',
+                request_serializer=latentserve_dot_v1_dot_search__pb2.CreateCollectionRequest.SerializeToString,
+                response_deserializer=latentserve_dot_v1_dot_search__pb2.IndexStats.FromString,
+                _registered_method=True)
+        self.ListCollections = channel.unary_unary(
+                '/latentserve.v1.Search/ListCollections',
+                request_serializer=latentserve_dot_v1_dot_search__pb2.ListCollectionsRequest.SerializeToString,
+                response_deserializer=latentserve_dot_v1_dot_search__pb2.ListCollectionsResponse.FromString,
+                _registered_method=True)
+        self.DropCollection = channel.unary_unary(
+                '/latentserve.v1.Search/DropCollection',
+                request_serializer=latentserve_dot_v1_dot_search__pb2.DropCollectionRequest.SerializeToString,
+                response_deserializer=latentserve_dot_v1_dot_search__pb2.DropCollectionResponse.FromString,
+                _registered_method=True)
         self.PropagateLabels = channel.unary_stream(
                 '/latentserve.v1.Search/PropagateLabels',
                 request_serializer=latentserve_dot_v1_dot_search__pb2.PropagateLabelsRequest.SerializeToString,
@@ -64,8 +102,11 @@ class SearchStub:
 
 
 class SearchServicer:
-    """Similarity search over the codes of one encoder version (IndexStats.model): exact L2 over real-valued
-    codes, or Hamming over binary codes.
+    """Similarity search in named collections of items, each holding the codes of one encoder version
+    (IndexStats.model): L2 over real-valued codes, or Hamming over binary codes. Every call takes a
+    `collection`; empty means "default", the collection the server seeds with its gallery.
+    A filter selects items by label and metadata (docs/api.md, Filters), e.g.
+    `label in [1, 2] and metadata["source"] == "upload"`.
     """
 
     def Search(self, request, context):
@@ -74,8 +115,35 @@ class SearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchBatch(self, request, context):
+        """Many queries in one call, the hits of each in the order of the queries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AddItems(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertItems(self, request, context):
+        """Adds the new ids, replaces the stored ones (all or nothing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetItems(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListItems(self, request, context):
+        """Every item once, in the order they were stored, a page at a time.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -87,7 +155,27 @@ class SearchServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetIndexStats(self, request, context):
+        """A collection's description.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCollection(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCollections(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropCollection(self, request, context):
+        """The collection and its items, gone for good ("default" cannot be dropped).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -107,10 +195,30 @@ def add_SearchServicer_to_server(servicer, server):
                     request_deserializer=latentserve_dot_v1_dot_search__pb2.SearchRequest.FromString,
                     response_serializer=latentserve_dot_v1_dot_search__pb2.SearchResponse.SerializeToString,
             ),
+            'SearchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchBatch,
+                    request_deserializer=latentserve_dot_v1_dot_search__pb2.SearchBatchRequest.FromString,
+                    response_serializer=latentserve_dot_v1_dot_search__pb2.SearchBatchResponse.SerializeToString,
+            ),
             'AddItems': grpc.unary_unary_rpc_method_handler(
                     servicer.AddItems,
                     request_deserializer=latentserve_dot_v1_dot_search__pb2.AddItemsRequest.FromString,
                     response_serializer=latentserve_dot_v1_dot_search__pb2.AddItemsResponse.SerializeToString,
+            ),
+            'UpsertItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertItems,
+                    request_deserializer=latentserve_dot_v1_dot_search__pb2.UpsertItemsRequest.FromString,
+                    response_serializer=latentserve_dot_v1_dot_search__pb2.UpsertItemsResponse.SerializeToString,
+            ),
+            'GetItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetItems,
+                    request_deserializer=latentserve_dot_v1_dot_search__pb2.GetItemsRequest.FromString,
+                    response_serializer=latentserve_dot_v1_dot_search__pb2.GetItemsResponse.SerializeToString,
+            ),
+            'ListItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListItems,
+                    request_deserializer=latentserve_dot_v1_dot_search__pb2.ListItemsRequest.FromString,
+                    response_serializer=latentserve_dot_v1_dot_search__pb2.ListItemsResponse.SerializeToString,
             ),
             'DeleteItems': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteItems,
@@ -121,6 +229,21 @@ def add_SearchServicer_to_server(servicer, server):
                     servicer.GetIndexStats,
                     request_deserializer=latentserve_dot_v1_dot_search__pb2.GetIndexStatsRequest.FromString,
                     response_serializer=latentserve_dot_v1_dot_search__pb2.IndexStats.SerializeToString,
+            ),
+            'CreateCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCollection,
+                    request_deserializer=latentserve_dot_v1_dot_search__pb2.CreateCollectionRequest.FromString,
+                    response_serializer=latentserve_dot_v1_dot_search__pb2.IndexStats.SerializeToString,
+            ),
+            'ListCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollections,
+                    request_deserializer=latentserve_dot_v1_dot_search__pb2.ListCollectionsRequest.FromString,
+                    response_serializer=latentserve_dot_v1_dot_search__pb2.ListCollectionsResponse.SerializeToString,
+            ),
+            'DropCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropCollection,
+                    request_deserializer=latentserve_dot_v1_dot_search__pb2.DropCollectionRequest.FromString,
+                    response_serializer=latentserve_dot_v1_dot_search__pb2.DropCollectionResponse.SerializeToString,
             ),
             'PropagateLabels': grpc.unary_stream_rpc_method_handler(
                     servicer.PropagateLabels,
@@ -136,8 +259,11 @@ def add_SearchServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Search:
-    """Similarity search over the codes of one encoder version (IndexStats.model): exact L2 over real-valued
-    codes, or Hamming over binary codes.
+    """Similarity search in named collections of items, each holding the codes of one encoder version
+    (IndexStats.model): L2 over real-valued codes, or Hamming over binary codes. Every call takes a
+    `collection`; empty means "default", the collection the server seeds with its gallery.
+    A filter selects items by label and metadata (docs/api.md, Filters), e.g.
+    `label in [1, 2] and metadata["source"] == "upload"`.
     """
 
     @staticmethod
@@ -168,6 +294,33 @@ class Search:
             _registered_method=True)
 
     @staticmethod
+    def SearchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latentserve.v1.Search/SearchBatch',
+            latentserve_dot_v1_dot_search__pb2.SearchBatchRequest.SerializeToString,
+            latentserve_dot_v1_dot_search__pb2.SearchBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def AddItems(request,
             target,
             options=(),
@@ -184,6 +337,87 @@ class Search:
             '/latentserve.v1.Search/AddItems',
             latentserve_dot_v1_dot_search__pb2.AddItemsRequest.SerializeToString,
             latentserve_dot_v1_dot_search__pb2.AddItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latentserve.v1.Search/UpsertItems',
+            latentserve_dot_v1_dot_search__pb2.UpsertItemsRequest.SerializeToString,
+            latentserve_dot_v1_dot_search__pb2.UpsertItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latentserve.v1.Search/GetItems',
+            latentserve_dot_v1_dot_search__pb2.GetItemsRequest.SerializeToString,
+            latentserve_dot_v1_dot_search__pb2.GetItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latentserve.v1.Search/ListItems',
+            latentserve_dot_v1_dot_search__pb2.ListItemsRequest.SerializeToString,
+            latentserve_dot_v1_dot_search__pb2.ListItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -238,6 +472,87 @@ class Search:
             '/latentserve.v1.Search/GetIndexStats',
             latentserve_dot_v1_dot_search__pb2.GetIndexStatsRequest.SerializeToString,
             latentserve_dot_v1_dot_search__pb2.IndexStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latentserve.v1.Search/CreateCollection',
+            latentserve_dot_v1_dot_search__pb2.CreateCollectionRequest.SerializeToString,
+            latentserve_dot_v1_dot_search__pb2.IndexStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latentserve.v1.Search/ListCollections',
+            latentserve_dot_v1_dot_search__pb2.ListCollectionsRequest.SerializeToString,
+            latentserve_dot_v1_dot_search__pb2.ListCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latentserve.v1.Search/DropCollection',
+            latentserve_dot_v1_dot_search__pb2.DropCollectionRequest.SerializeToString,
+            latentserve_dot_v1_dot_search__pb2.DropCollectionResponse.FromString,
             options,
             channel_credentials,
             insecure,

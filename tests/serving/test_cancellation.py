@@ -57,7 +57,7 @@ def test_propagation_past_its_deadline_ends_and_stops_computing(crowded):
 
 def test_a_cancelled_propagation_stops_computing(crowded):
     search = crowded.server.capability(Search)
-    task = asyncio.run_coroutine_threadsafe(search.propagate_labels({"item-0": 0, "item-1": 1}, 10, "harmonic", ITEMS), crowded.loop)
+    task = asyncio.run_coroutine_threadsafe(search.propagate_labels(search.index, {"item-0": 0, "item-1": 1}, 10, "harmonic", ITEMS), crowded.loop)
     time.sleep(0.5)
     assert busy_cpu_seconds(0.5) > 0.3  # it is computing
     task.cancel()

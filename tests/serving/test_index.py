@@ -1,7 +1,9 @@
 """The code index: exact and Hamming search, all-or-nothing writes, persistence, crash safety, one process."""
+import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -21,12 +23,16 @@ def item(i: int, label=None) -> NewItem:
     return NewItem(f"item-{i}", rng.random(BINDING.code_dim, dtype=np.float32), bits, label, {"n": str(i)})
 
 
+def nearest(index: CodeIndex, query: np.ndarray, k: int, hashed: bool = False, exclude_row: int | None = None):
+    return index.search(query[None], hashed, k, [exclude_row])[0]
+
+
 def test_exact_search_matches_brute_force(tmp_path):
     index = CodeIndex(tmp_path, BINDING)
     items = [item(i, i % 3) for i in range(50)]
     index.add(items)
     query = np.full(4, 0.5, np.float32)
-    hits = index.search_code(query, 5)
+    hits = nearest(index, query, 5)
     distances = sorted(((it.code - query) ** 2).sum() for it in items)[:5]
     np.testing.assert_allclose([h.distance for h in hits], distances, rtol=1e-5)
     assert hits[0].metadata["n"] == hits[0].id.split("-")[1]
@@ -37,7 +43,7 @@ def test_hamming_search_counts_differing_bits_and_can_leave_out_the_query(tmp_pa
     items = [item(i) for i in range(30)]
     index.add(items)
     row, _, bits = index.get("item-7")
-    hits = index.search_bits(bits, 3, exclude_row=row)
+    hits = nearest(index, bits, 3, hashed=True, exclude_row=row)
     assert "item-7" not in [h.id for h in hits]
     unpacked = {it.id: np.unpackbits(it.bits)[: BINDING.num_bits] for it in items}
     for hit in hits:
@@ -52,7 +58,7 @@ def test_writes_are_all_or_nothing(tmp_path):
     with pytest.raises(NotFound, match=r"ids\[1\]"):
         index.delete(["item-1", "item-9"])
     assert len(index) == 2
-    assert [h.id for h in index.search_code(item(3).code, 10)] and index.get("item-1")
+    assert [h.id for h in nearest(index, item(3).code, 10)] and index.get("item-1")
     with pytest.raises(NotFound):
         index.get("item-3")
 
@@ -68,7 +74,26 @@ def test_reopening_keeps_everything_with_or_without_a_clean_close(tmp_path):
     del reopened
     again = CodeIndex(tmp_path, BINDING)
     assert len(again) == 20
-    assert again.search_code(item(20).code, 1)[0].id == "item-20"
+    assert nearest(again, item(20).code, 1)[0].id == "item-20"
+
+
+def test_an_index_made_before_collections_opens_and_gains_the_image_column(tmp_path):
+    old = sqlite3.connect(tmp_path / "items.sqlite")
+    old.executescript("""
+        CREATE TABLE items (row INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, label INTEGER,
+                            metadata TEXT NOT NULL, code BLOB NOT NULL, bits BLOB NOT NULL);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """)
+    old.executemany("INSERT INTO meta VALUES (?, ?)", [("binding", json.dumps(BINDING.__dict__)), ("writes", "1")])
+    stored = item(1)
+    old.execute("INSERT INTO items (id, label, metadata, code, bits) VALUES (?, ?, ?, ?, ?)",
+                (stored.id, 1, "{}", stored.code.tobytes(), stored.bits.tobytes()))
+    old.commit()
+    old.close()
+    index = CodeIndex(tmp_path, None)
+    assert index.binding == BINDING and not index.keep_images and len(index) == 1
+    index.add([item(2)])
+    assert [i.id for i in index.get_items(["item-1", "item-2"])] == ["item-1", "item-2"]
 
 
 WRITER = textwrap.dedent("""
@@ -93,7 +118,7 @@ def test_a_killed_writer_loses_nothing_acknowledged_and_leaves_a_readable_index(
     assert stored % 50 == 0 and stored >= 50 * len(acknowledged)  # whole batches only
     for batch in acknowledged:
         index.get(f"{batch}-49")
-    assert len(index.search_code(np.zeros(4, np.float32), stored)) == stored
+    assert len(nearest(index, np.zeros(4, np.float32), stored)) == stored
 
 
 OPENER = textwrap.dedent("""

@@ -1,0 +1,220 @@
+"""Collections, items, filtered and batch search over real gRPC, on the embedded backend."""
+import threading
+
+import grpc
+import numpy as np
+import pytest
+
+from latentserve.v1 import common_pb2, search_pb2, search_pb2_grpc
+from tests.conftest import RunningGateway, assert_refused
+
+ITEMS = 120
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    running = RunningGateway(data_dir=tmp_path_factory.mktemp("data"), gallery="none", max_k=50).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def stub(gateway):
+    with gateway.channel() as channel:
+        yield search_pb2_grpc.SearchStub(channel)
+
+
+def image(pixels: np.ndarray) -> common_pb2.Image:
+    pixels = (pixels * 255).round().astype(np.uint8)
+    return common_pb2.Image(tensor=common_pb2.Tensor(shape=pixels.shape, dtype=common_pb2.DATA_TYPE_UINT8, data=pixels.tobytes()))
+
+
+def item(i: int, mnist, **metadata) -> search_pb2.Item:
+    return search_pb2.Item(
+        id=f"item-{i}", image=image(mnist.test.images[i]), label=int(mnist.test.labels[i]),
+        metadata={"source": "upload" if i % 2 else "crawl", **metadata},
+    )
+
+
+@pytest.fixture(scope="module")
+def catalogue(stub, mnist):
+    """A collection of ITEMS MNIST test images that keeps them, labels and a `source` in their metadata."""
+    stub.CreateCollection(search_pb2.CreateCollectionRequest(name="catalogue", keep_images=True))
+    for start in range(0, ITEMS, 40):
+        stub.AddItems(search_pb2.AddItemsRequest(collection="catalogue", items=[item(i, mnist) for i in range(start, start + 40)]))
+    return "catalogue"
+
+
+def test_collections_are_created_described_listed_and_dropped(stub):
+    created = stub.CreateCollection(search_pb2.CreateCollectionRequest(name="scratch"))
+    assert (created.collection, created.items, created.keep_images) == ("scratch", 0, False)
+    assert created.model.name == "autoencoder" and created.model.version > 0 and created.code_dim > 0
+    names = [c.collection for c in stub.ListCollections(search_pb2.ListCollectionsRequest()).collections]
+    assert "default" in names and "scratch" in names
+    assert stub.GetIndexStats(search_pb2.GetIndexStatsRequest(collection="scratch")).collection == "scratch"
+    stub.DropCollection(search_pb2.DropCollectionRequest(name="scratch"))
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.GetIndexStats(search_pb2.GetIndexStatsRequest(collection="scratch"))
+    assert_refused(raised.value, grpc.StatusCode.NOT_FOUND, "collection")
+
+
+@pytest.mark.parametrize("call, request_, code, field", [
+    ("CreateCollection", search_pb2.CreateCollectionRequest(name="default"), grpc.StatusCode.ALREADY_EXISTS, "name"),
+    ("CreateCollection", search_pb2.CreateCollectionRequest(name="bad name"), grpc.StatusCode.INVALID_ARGUMENT, "name"),
+    ("CreateCollection", search_pb2.CreateCollectionRequest(name="x", model=common_pb2.ModelRef(name="dcgan")), grpc.StatusCode.NOT_FOUND, "model.name"),
+    ("DropCollection", search_pb2.DropCollectionRequest(name="default"), grpc.StatusCode.FAILED_PRECONDITION, "default"),
+    ("DropCollection", search_pb2.DropCollectionRequest(name="nothing-here"), grpc.StatusCode.NOT_FOUND, "collection"),
+    ("Search", search_pb2.SearchRequest(collection="nothing-here", id="item-0"), grpc.StatusCode.NOT_FOUND, "collection"),
+    ("Search", search_pb2.SearchRequest(code=common_pb2.Code(values=[0.0] * 3)), grpc.StatusCode.INVALID_ARGUMENT, "code.values"),
+    ("Search", search_pb2.SearchRequest(id="item-0", k=51), grpc.StatusCode.RESOURCE_EXHAUSTED, "k"),
+    ("SearchBatch", search_pb2.SearchBatchRequest(queries=[search_pb2.Query(id="a")] * 6, k=10), grpc.StatusCode.RESOURCE_EXHAUSTED, "k"),
+    ("SearchBatch", search_pb2.SearchBatchRequest(queries=[search_pb2.Query(), search_pb2.Query(id="a")]), grpc.StatusCode.INVALID_ARGUMENT, "queries[0].query"),
+    ("ListItems", search_pb2.ListItemsRequest(page_token="bm90IGEgdG9rZW4="), grpc.StatusCode.INVALID_ARGUMENT, "page_token"),
+    ("DeleteItems", search_pb2.DeleteItemsRequest(), grpc.StatusCode.INVALID_ARGUMENT, "ids"),
+    ("DeleteItems", search_pb2.DeleteItemsRequest(ids=["a"], filter="label == 1"), grpc.StatusCode.INVALID_ARGUMENT, "ids"),
+])
+def test_bad_requests_get_their_precise_status(stub, call, request_, code, field):
+    with pytest.raises(grpc.RpcError) as raised:
+        getattr(stub, call)(request_)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        assert raised.value.code() == code and field in raised.value.details()
+    else:
+        assert_refused(raised.value, code, field)
+
+
+def test_get_returns_what_was_stored_with_the_image_kept(stub, catalogue, mnist):
+    got = stub.GetItems(search_pb2.GetItemsRequest(collection=catalogue, ids=["item-3", "absent", "item-0"], with_images=True))
+    assert [i.id for i in got.items] == ["item-3", "item-0"] and list(got.missing) == ["absent"]
+    assert got.items[0].label == mnist.test.labels[3] and got.items[0].metadata["source"] == "upload"
+    assert got.items[0].image == item(3, mnist).image
+    assert len(got.items[0].code.values) > 0 and got.items[0].code.num_bits > 0
+    without = stub.GetItems(search_pb2.GetItemsRequest(collection=catalogue, ids=["item-3"]))
+    assert not without.items[0].HasField("image")
+
+
+def test_pages_cover_every_item_once(stub, catalogue):
+    seen, token, pages = [], "", 0
+    while True:
+        page = stub.ListItems(search_pb2.ListItemsRequest(collection=catalogue, page_size=25, page_token=token))
+        seen += [i.id for i in page.items]
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert sorted(seen) == sorted(f"item-{i}" for i in range(ITEMS)) and len(seen) == ITEMS
+    assert pages == 5  # 25, 25, 25, 25 and 20: no empty last page
+
+
+def test_pages_stop_short_of_the_message_limit(start_gateway, tmp_path, mnist):
+    # about 4 KB of metadata an item, 96 KiB messages (64 KiB kept free): a page holds what fits, the token goes on
+    gateway = start_gateway(data_dir=tmp_path, gallery="none", max_message_bytes=96 * 1024, max_k=10, max_batch_images=16, propagation_chunk_items=100)
+    with gateway.channel() as channel:
+        stub = search_pb2_grpc.SearchStub(channel)
+        stub.AddItems(search_pb2.AddItemsRequest(items=[item(i, mnist, note="x" * 3900) for i in range(16)]))
+        sizes, token, seen = [], "", []
+        while True:
+            page = stub.ListItems(search_pb2.ListItemsRequest(page_size=1000, page_token=token))
+            sizes.append(page.ByteSize())
+            seen += [i.id for i in page.items]
+            if not (token := page.next_page_token):
+                break
+    assert sorted(seen) == sorted(f"item-{i}" for i in range(16)) and max(sizes) <= 96 * 1024 and len(sizes) > 1
+
+
+def test_filters_select_inside_the_index(stub, catalogue, mnist):
+    labels = mnist.test.labels[:ITEMS]
+    threes = {f"item-{i}" for i in np.flatnonzero(labels == 3)}
+    hits = stub.Search(search_pb2.SearchRequest(collection=catalogue, id="item-0", k=len(threes), filter="label == 3")).hits
+    assert {h.id for h in hits} == threes - {"item-0"}  # k hits when k items match, however far they are
+    uploads = stub.Search(search_pb2.SearchRequest(
+        collection=catalogue, id="item-1", k=50, filter='metadata["source"] == "upload" and label in [1, 7]')).hits
+    expected = {f"item-{i}" for i in range(1, ITEMS, 2) if labels[i] in (1, 7)} - {"item-1"}
+    assert {h.id for h in uploads} == expected and all(h.metadata["source"] == "upload" for h in uploads)
+    none = stub.Search(search_pb2.SearchRequest(collection=catalogue, id="item-0", filter="label == 42"))
+    assert list(none.hits) == []
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Search(search_pb2.SearchRequest(collection=catalogue, id="item-0", filter="label === 3"))
+    assert_refused(raised.value, grpc.StatusCode.INVALID_ARGUMENT, "filter")
+    listed = stub.ListItems(search_pb2.ListItemsRequest(collection=catalogue, page_size=1000, filter="label == 3"))
+    assert {i.id for i in listed.items} == threes
+
+
+def test_a_batch_search_equals_single_searches(stub, catalogue, mnist):
+    code = stub.GetItems(search_pb2.GetItemsRequest(collection=catalogue, ids=["item-5"])).items[0].code
+    queries = [search_pb2.Query(id="item-2"), search_pb2.Query(image=image(mnist.test.images[200])), search_pb2.Query(code=code)]
+    for space in (search_pb2.SPACE_CODE, search_pb2.SPACE_HASH):
+        batch = stub.SearchBatch(search_pb2.SearchBatchRequest(
+            collection=catalogue, queries=queries, k=5, space=space, filter='metadata["source"] == "crawl"')).results
+        singles = [
+            stub.Search(search_pb2.SearchRequest(collection=catalogue, k=5, space=space, filter='metadata["source"] == "crawl"', **{
+                query.WhichOneof("query"): getattr(query, query.WhichOneof("query"))})).hits
+            for query in queries
+        ]
+        assert [[(h.id, h.distance) for h in result.hits] for result in batch] == [[(h.id, h.distance) for h in hits] for hits in singles]
+
+
+def test_upsert_replaces_by_id_and_delete_by_filter(stub, mnist):
+    stub.CreateCollection(search_pb2.CreateCollectionRequest(name="upserts"))
+    first = stub.UpsertItems(search_pb2.UpsertItemsRequest(collection="upserts", items=[item(i, mnist) for i in range(4)]))
+    assert (first.added, first.replaced) == (4, 0)
+    moved = item(7, mnist)
+    moved.id = "item-0"
+    again = stub.UpsertItems(search_pb2.UpsertItemsRequest(collection="upserts", items=[moved, item(4, mnist)]))
+    assert (again.added, again.replaced) == (1, 1)
+    got = stub.GetItems(search_pb2.GetItemsRequest(collection="upserts", ids=["item-0"])).items[0]
+    assert got.label == mnist.test.labels[7]
+    hit = stub.Search(search_pb2.SearchRequest(collection="upserts", image=image(mnist.test.images[7]), k=1)).hits[0]
+    assert hit.id == "item-0" and hit.distance < 1e-6  # the index holds the new code, not the old one
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.AddItems(search_pb2.AddItemsRequest(collection="upserts", items=[item(1, mnist)]))
+    assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    deleted = stub.DeleteItems(search_pb2.DeleteItemsRequest(collection="upserts", filter='metadata["source"] == "upload"'))
+    assert deleted.deleted == 3  # item-1, item-3 and item-0 (now item 7's, an upload)
+    assert stub.GetIndexStats(search_pb2.GetIndexStatsRequest(collection="upserts")).items == 2
+    stub.DropCollection(search_pb2.DropCollectionRequest(name="upserts"))
+
+
+def test_concurrent_writers_lose_nothing_and_reads_see_acknowledged_writes(stub, mnist):
+    stub.CreateCollection(search_pb2.CreateCollectionRequest(name="busy"))
+    failures = []
+
+    def writer(w: int):
+        try:
+            for start in range(0, 40, 8):
+                batch = [item(w * 40 + i, mnist) for i in range(start, start + 8)]
+                stub.AddItems(search_pb2.AddItemsRequest(collection="busy", items=batch))
+                got = stub.GetItems(search_pb2.GetItemsRequest(collection="busy", ids=[i.id for i in batch]))
+                assert not got.missing  # acknowledged: visible to the next read
+        except Exception as error:  # noqa: BLE001 - reported below
+            failures.append(error)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    assert stub.GetIndexStats(search_pb2.GetIndexStatsRequest(collection="busy")).items == 160
+    stub.DropCollection(search_pb2.DropCollectionRequest(name="busy"))
+
+
+def test_collections_survive_a_restart(tmp_path, mnist):
+    gateway = RunningGateway(data_dir=tmp_path, gallery="none").start()
+    try:
+        with gateway.channel() as channel:
+            stub = search_pb2_grpc.SearchStub(channel)
+            stub.CreateCollection(search_pb2.CreateCollectionRequest(name="kept", keep_images=True))
+            stub.AddItems(search_pb2.AddItemsRequest(collection="kept", items=[item(i, mnist) for i in range(3)]))
+    finally:
+        gateway.stop()
+    (tmp_path / "collections" / "half-made").mkdir()  # a creation that did not finish
+    gateway = RunningGateway(data_dir=tmp_path, gallery="none").start()
+    try:
+        with gateway.channel() as channel:
+            stub = search_pb2_grpc.SearchStub(channel)
+            names = [c.collection for c in stub.ListCollections(search_pb2.ListCollectionsRequest()).collections]
+            assert names == ["default", "kept"]
+            stats = stub.GetIndexStats(search_pb2.GetIndexStatsRequest(collection="kept"))
+            assert (stats.items, stats.keep_images) == (3, True)
+    finally:
+        gateway.stop()
