@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 from serving.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from serving.index import Binding, CodeIndex
+from serving.index import Binding, CodeIndex, IndexOptions
 
 log = logging.getLogger(__name__)
 DEFAULT = "default"
@@ -60,11 +60,11 @@ class Collections:
     def names(self) -> list[str]:
         return sorted(self._open)
 
-    def create(self, name: str, binding: Binding, keep_images: bool) -> CodeIndex:
+    def create(self, name: str, binding: Binding, options: IndexOptions) -> CodeIndex:
         with self._lock:
             if name in self._open:
                 raise AlreadyExists("a collection of this name exists", "name")
-            index = CodeIndex(self._root / name, binding, keep_images)
+            index = CodeIndex(self._root / name, binding, options)
             self._open[name] = index
             return index
 

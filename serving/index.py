@@ -2,9 +2,14 @@
 
 Every AddItems / DeleteItems is one SQLite transaction (WAL journal, synchronous=FULL) committed before
 the call returns, so a restart loses nothing acknowledged and a crash mid-write leaves the previous state.
-The FAISS indexes (exact L2 over real codes, Hamming over packed bits, both keyed by the item's row) are
-written to disk on a clean close, stamped with the store's write count; on open they are read back if the
-stamp matches and rebuilt from SQLite if not (after a crash).
+The FAISS indexes, keyed by the item's row, are written to disk on a clean close, stamped with the
+store's write count; on open they are read back if the stamp matches and rebuilt from SQLite if not (after
+a crash). An exact collection searches flat indexes (L2 over real codes, Hamming over packed bits). An
+IVF collection is exact until it holds TRAIN_PER_LIST x nlist items; the write that reaches that trains
+IndexIVFFlat and IndexBinaryIVF on every stored code, and from then on they answer unfiltered searches.
+A filtered search stays inside the index (an IDSelector over the rows the filter selects in SQLite): on
+IVF it probes `nprobe` lists and, if that finds fewer hits than items match, all of them; FAISS's binary
+IVF takes no selector, so filtered Hamming searches use the flat binary index, kept beside it.
 
 One process at a time: an open index holds an exclusive lock on `.lock` in its directory, which names the
 holder; the OS drops the lock when the holder closes the index or dies, so a lock is never stale.
@@ -23,7 +28,8 @@ from typing import TextIO
 import faiss
 import numpy as np
 
-from serving.errors import AlreadyExists, FailedPrecondition, NotFound
+from serving.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from serving.filters import Filter, to_sql
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -38,9 +44,7 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 LABEL_INDEX = "CREATE INDEX IF NOT EXISTS items_label ON items (label)"  # filters on label
-
-
-Where = tuple[str, list]  # a SQL condition over `items` and its parameters (serving/filters.py makes them)
+TRAIN_PER_LIST = 30  # stored items per IVF list before an IVF collection trains (FAISS warns below 39)
 
 
 class IndexLocked(OSError):
@@ -58,6 +62,16 @@ class Binding:
 
 
 @dataclass(frozen=True)
+class IndexOptions:
+    """How a collection stores and searches, fixed when it is created."""
+
+    keep_images: bool = False
+    kind: str = "exact"  # or "ivf"
+    nlist: int = 0  # IVF lists
+    nprobe: int = 0  # IVF lists searched
+
+
+@dataclass(frozen=True)
 class NewItem:
     id: str
     code: np.ndarray  # float32 (code_dim,)
@@ -69,7 +83,7 @@ class NewItem:
 
 @dataclass(frozen=True)
 class StoredItem:
-    row: int
+    cursor: str  # where a page that ends with this item goes on from
     id: str
     label: int | None
     metadata: dict[str, str]
@@ -87,9 +101,9 @@ class Hit:
 
 
 class CodeIndex:
-    def __init__(self, directory: Path, binding: Binding | None, keep_images: bool = False):
-        """Open the index in `directory`, creating it for `binding` (and `keep_images`) if new; an existing
-        one keeps its own. Without `binding`, one that has none is FailedPrecondition."""
+    def __init__(self, directory: Path, binding: Binding | None, options: IndexOptions = IndexOptions()):
+        """Open the index in `directory`, creating it for `binding` and `options` if new; an existing one
+        keeps its own. Without `binding`, one that has none is FailedPrecondition."""
         directory.mkdir(parents=True, exist_ok=True)
         self._directory = directory
         self._lock_file = _lock_directory(directory)
@@ -108,38 +122,50 @@ class CodeIndex:
             self._lock_file.close()
             raise FailedPrecondition(f"no index in {directory}")
         if stored is None:
-            self._set_meta({"binding": json.dumps(binding.__dict__), "writes": "0", "keep_images": json.dumps(keep_images)})
+            self._set_meta({"binding": json.dumps(binding.__dict__), "writes": "0", "options": json.dumps(options.__dict__)})
             stored = self._meta("binding")
         self.binding = Binding(**json.loads(stored))
-        self.keep_images = json.loads(self._meta("keep_images") or "false")
-        self._codes, self._bits = self._load_faiss()
+        self.options = IndexOptions(**json.loads(self._meta("options") or "{}"))  # none: made before collections
+        self._load_faiss()
 
     # --- reads -------------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return self._codes.ntotal
+        return self._bits.ntotal
 
-    def get(self, item_id: str) -> tuple[int, np.ndarray, np.ndarray]:
-        with self._locked():
-            row = self._db.execute("SELECT row, code, bits FROM items WHERE id = ?", (item_id,)).fetchone()
-        if row is None:
-            raise NotFound("no such item is stored", "id")
-        return row[0], np.frombuffer(row[1], np.float32), np.frombuffer(row[2], np.uint8)
+    @property
+    def keep_images(self) -> bool:
+        return self.options.keep_images
 
-    def search(self, queries: np.ndarray, hashed: bool, k: int, exclude_rows: list[int | None], where: Where | None = None) -> list[list[Hit]]:
+    @property
+    def approximate(self) -> bool:
+        """Whether a trained IVF index answers unfiltered searches."""
+        return self._bits_ivf is not None
+
+    def search(self, queries: np.ndarray, hashed: bool, k: int, exclude_ids: list[str | None], where: Filter | None = None) -> list[list[Hit]]:
         """The k nearest items to each query (float32 codes, or packed bits when `hashed`), leaving out
-        each query's `exclude_rows` entry; with `where`, only among the items it selects, inside the
-        index, so k hits come back whenever k items match."""
+        each query's `exclude_ids` entry; with `where`, only among the items it selects, so k hits come
+        back whenever k items match."""
+        wanted = k + any(item_id is not None for item_id in exclude_ids)
         with self._locked():
-            params = None
+            selector, matching = None, len(self)
             if where is not None:
                 rows = self._rows(where)
                 if not len(rows):
                     return [[] for _ in queries]
-                params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(rows))
-            index = self._bits if hashed else self._codes
-            wanted = k + any(row is not None for row in exclude_rows)
-            distances, rows = index.search(queries, wanted, params=params)
-            return [self._hits(d, r, exclude, k) for d, r, exclude in zip(distances, rows, exclude_rows)]
+                selector, matching = faiss.IDSelectorBatch(rows), len(rows)
+            if hashed:
+                if selector is None and self._bits_ivf is not None:
+                    distances, rows = self._bits_ivf.search(queries, wanted)
+                else:
+                    distances, rows = self._bits.search(queries, wanted, params=faiss.SearchParameters(sel=selector) if selector else None)
+            elif self.approximate:
+                distances, rows = self._codes.search(queries, wanted, params=faiss.SearchParametersIVF(sel=selector, nprobe=self.options.nprobe))
+                if selector is not None and ((rows >= 0).sum(1) < min(wanted, matching)).any():
+                    # the probed lists held too few matches: probe them all (exact over the matches)
+                    distances, rows = self._codes.search(queries, wanted, params=faiss.SearchParametersIVF(sel=selector, nprobe=self.options.nlist))
+            else:
+                distances, rows = self._codes.search(queries, wanted, params=faiss.SearchParameters(sel=selector) if selector else None)
+            return [self._hits(d, r, exclude, k) for d, r, exclude in zip(distances, rows, exclude_ids)]
 
     def get_items(self, ids: list[str]) -> list[StoredItem]:
         """The stored items among `ids`, in their order."""
@@ -147,11 +173,14 @@ class CodeIndex:
             found = {item.id: item for item in self._select("id IN ({})".format(",".join("?" * len(ids))), ids)} if ids else {}
         return [found[item_id] for item_id in ids if item_id in found]
 
-    def page(self, after_row: int, size: int, where: Where | None = None) -> list[StoredItem]:
-        """Up to `size` items stored after row `after_row`, in row order (the order they were stored)."""
-        clause, params = where or ("1", [])
+    def page(self, after: str, size: int, where: Filter | None = None) -> list[StoredItem]:
+        """Up to `size` items stored after the item whose cursor is `after` ("" for the first page), in the
+        order they were stored."""
+        if not (after == "" or (after.isascii() and after.isdigit() and int(after) < 2**63)):
+            raise InvalidArgument("not a page token this server gave", "page_token")
+        clause, params = to_sql(where) if where is not None else ("1", [])
         with self._locked():
-            return self._select(f"row > ? AND ({clause}) ORDER BY row LIMIT ?", [after_row, *params, size])
+            return self._select(f"row > ? AND ({clause}) ORDER BY row LIMIT ?", [int(after or 0), *params, size])
 
     def codes(self) -> tuple[list[str], np.ndarray]:
         """Every stored item's id and real-valued code, in the order they were added."""
@@ -172,7 +201,7 @@ class CodeIndex:
         ids = [item.id for item in items]
         codes = np.stack([item.code for item in items]).astype(np.float32)
         bits = np.stack([item.bits for item in items]).astype(np.uint8)
-        if codes.shape[1] != self.binding.code_dim or bits.shape[1] != self._bits.code_size:
+        if codes.shape[1] != self.binding.code_dim or bits.shape[1] != -(-self.binding.num_bits // 8):
             raise FailedPrecondition(f"codes of shape {codes.shape[1:]} do not fit this index ({self.binding})")
         with self._locked():
             existing = self._existing(ids)
@@ -191,9 +220,9 @@ class CodeIndex:
                 if mark:
                     self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (mark,))
             self._remove_rows(replaced)
-            rows = np.asarray(rows, dtype=np.int64)
-            self._codes.add_with_ids(codes, rows)
-            self._bits.add_with_ids(bits, rows)
+            self._index_rows(np.asarray(rows, dtype=np.int64), codes, bits)
+            if self.options.kind == "ivf" and not self.approximate and len(self) >= TRAIN_PER_LIST * self.options.nlist:
+                self._train()
             return len(replaced)
 
     def delete(self, ids: list[str]) -> None:
@@ -207,9 +236,9 @@ class CodeIndex:
                 rows = [self._db.execute("DELETE FROM items WHERE id = ? RETURNING row", (i,)).fetchone()[0] for i in ids]
             self._remove_rows(rows)
 
-    def delete_where(self, where: Where) -> int:
+    def delete_where(self, where: Filter) -> int:
         """Every item `where` selects, in one transaction; how many."""
-        clause, params = where
+        clause, params = to_sql(where)
         with self._locked():
             with self._transaction():
                 rows = [row for (row,) in self._db.execute(f"DELETE FROM items WHERE {clause} RETURNING row", params)]
@@ -222,7 +251,10 @@ class CodeIndex:
             if self._closed:
                 return
             writes = self._meta("writes")
-            for index, name, write in ((self._codes, "codes.faiss", faiss.write_index), (self._bits, "bits.faiss", faiss.write_index_binary)):
+            saved = [(self._codes, "codes.faiss", faiss.write_index), (self._bits, "bits.faiss", faiss.write_index_binary)]
+            if self._bits_ivf is not None:
+                saved.append((self._bits_ivf, "bits_ivf.faiss", faiss.write_index_binary))
+            for index, name, write in saved:
                 temporary = self._directory / (name + ".tmp")
                 write(index, str(temporary))
                 os.replace(temporary, self._directory / name)
@@ -253,19 +285,47 @@ class CodeIndex:
         with self._transaction():
             self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", values.items())
 
+    def _index_rows(self, rows: np.ndarray, codes: np.ndarray, bits: np.ndarray) -> None:
+        self._codes.add_with_ids(codes, rows)
+        self._bits.add_with_ids(bits, rows)
+        if self._bits_ivf is not None:
+            self._bits_ivf.add_with_ids(bits, rows)
+
     def _remove_rows(self, rows: list[int]) -> None:
         rows = np.asarray(rows, dtype=np.int64)
-        self._codes.remove_ids(rows)
-        self._bits.remove_ids(rows)
+        for index in (self._codes, self._bits, self._bits_ivf):
+            if index is not None:
+                index.remove_ids(rows)
 
-    def _rows(self, where: Where) -> np.ndarray:
-        clause, params = where
+    def _rows(self, where: Filter) -> np.ndarray:
+        clause, params = to_sql(where)
         return np.fromiter((row for (row,) in self._db.execute(f"SELECT row FROM items WHERE {clause}", params)), np.int64)
+
+    def _stored(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, codes, bits) of every stored item."""
+        stored = self._db.execute("SELECT row, code, bits FROM items ORDER BY row").fetchall()
+        if not stored:
+            return np.zeros(0, np.int64), np.zeros((0, self.binding.code_dim), np.float32), np.zeros((0, -(-self.binding.num_bits // 8)), np.uint8)
+        return (np.asarray([r[0] for r in stored], dtype=np.int64), np.stack([np.frombuffer(r[1], np.float32) for r in stored]),
+                np.stack([np.frombuffer(r[2], np.uint8) for r in stored]))
+
+    def _train(self) -> None:
+        """Replace the real codes' flat index by an IVF one, and add a binary IVF, both trained on every
+        stored code."""
+        rows, codes, bits = self._stored()
+        nlist, size = self.options.nlist, 8 * -(-self.binding.num_bits // 8)
+        self._codes = faiss.IndexIVFFlat(faiss.IndexFlatL2(self.binding.code_dim), self.binding.code_dim, nlist, faiss.METRIC_L2)
+        self._bits_ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(size), size, nlist)
+        self._bits_ivf.nprobe = self.options.nprobe
+        self._codes.train(codes)
+        self._bits_ivf.train(bits)
+        self._codes.add_with_ids(codes, rows)
+        self._bits_ivf.add_with_ids(bits, rows)
 
     def _select(self, condition: str, params: list) -> list[StoredItem]:
         query = f"SELECT row, id, label, metadata, code, bits, image FROM items WHERE {condition}"
         return [
-            StoredItem(row, item_id, label, json.loads(metadata), np.frombuffer(code, np.float32), np.frombuffer(bits, np.uint8), image)
+            StoredItem(str(row), item_id, label, json.loads(metadata), np.frombuffer(code, np.float32), np.frombuffer(bits, np.uint8), image)
             for row, item_id, label, metadata, code, bits, image in self._db.execute(query, params)
         ]
 
@@ -277,26 +337,29 @@ class CodeIndex:
             found.update(row[0] for row in self._db.execute(query, chunk))
         return found
 
-    def _load_faiss(self):
-        stamp = self._directory / "faiss.stamp"
+    def _load_faiss(self) -> None:
+        stamp, directory = self._directory / "faiss.stamp", self._directory
         if stamp.is_file() and stamp.read_text() == self._meta("writes"):
-            return faiss.read_index(str(self._directory / "codes.faiss")), faiss.read_index_binary(str(self._directory / "bits.faiss"))
-        codes = faiss.IndexIDMap2(faiss.IndexFlatL2(self.binding.code_dim))
-        bits = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(8 * -(-self.binding.num_bits // 8)))
-        stored = self._db.execute("SELECT row, code, bits FROM items ORDER BY row").fetchall()
-        if stored:
-            rows = np.asarray([r[0] for r in stored], dtype=np.int64)
-            codes.add_with_ids(np.stack([np.frombuffer(r[1], np.float32) for r in stored]), rows)
-            bits.add_with_ids(np.stack([np.frombuffer(r[2], np.uint8) for r in stored]), rows)
-        return codes, bits
+            self._codes = faiss.read_index(str(directory / "codes.faiss"))
+            self._bits = faiss.read_index_binary(str(directory / "bits.faiss"))
+            self._bits_ivf = faiss.read_index_binary(str(directory / "bits_ivf.faiss")) if (directory / "bits_ivf.faiss").is_file() else None
+            return
+        self._codes = faiss.IndexIDMap2(faiss.IndexFlatL2(self.binding.code_dim))
+        self._bits = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(8 * -(-self.binding.num_bits // 8)))
+        self._bits_ivf = None
+        (directory / "bits_ivf.faiss").unlink(missing_ok=True)  # a stale one must not be read with the next stamp
+        rows, codes, bits = self._stored()
+        self._index_rows(rows, codes, bits)
+        if self.options.kind == "ivf" and len(rows) >= TRAIN_PER_LIST * self.options.nlist:
+            self._train()
 
-    def _hits(self, distances, rows, exclude_row, k) -> list[Hit]:
-        wanted = [(int(r), float(d)) for r, d in zip(rows, distances) if r >= 0 and r != exclude_row][:k]
+    def _hits(self, distances, rows, exclude_id: str | None, k: int) -> list[Hit]:
+        wanted = [(int(r), float(d)) for r, d in zip(rows, distances) if r >= 0]
         if not wanted:
             return []
         query = f"SELECT row, id, label, metadata FROM items WHERE row IN ({','.join('?' * len(wanted))})"
         found = {r: (i, label, json.loads(m)) for r, i, label, m in self._db.execute(query, [r for r, _ in wanted])}
-        return [Hit(found[r][0], d, found[r][1], found[r][2]) for r, d in wanted if r in found]
+        return [Hit(found[r][0], d, found[r][1], found[r][2]) for r, d in wanted if r in found and found[r][0] != exclude_id][:k]
 
 
 def _lock_directory(directory: Path) -> TextIO:

@@ -16,8 +16,8 @@ from serving.capability import Capability, Inference, decode_image_list
 from serving.encoding import Encoding
 from serving.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from serving.collections import DEFAULT, Collections, collection_name
-from serving.filters import parse as parse_filter, to_sql
-from serving.index import Binding, CodeIndex, Hit, NewItem, StoredItem, Where
+from serving.filters import Filter, parse as parse_filter
+from serving.index import Binding, CodeIndex, Hit, IndexOptions, NewItem, StoredItem
 from serving.label_propagation import Method, Stopped, knn_graph, propagate
 from serving.settings import Settings
 
@@ -101,11 +101,11 @@ class Search(Capability):
         binding = self.index.binding
         return any(e.model == binding.model and e.capability == ENCODE and binding.version in e.versions for e in self.inference.entries().values())
 
-    async def create_collection(self, name: str, model: str, version: int, keep_images: bool) -> CodeIndex:
+    async def create_collection(self, name: str, model: str, version: int, options: IndexOptions) -> CodeIndex:
         if not any(e.model == model and e.capability == ENCODE for e in self.inference.entries().values()):
             raise NotFound(f"no encoder {validation.quoted(model)}", "model.name")
         binding = Binding(model, *self.encoding.signature(model, version))
-        return await asyncio.to_thread(self.collections.create, name, binding, keep_images)
+        return await asyncio.to_thread(self.collections.create, name, binding, options)
 
     async def drop_collection(self, name: str) -> None:
         await asyncio.to_thread(self.collections.drop, name)
@@ -122,7 +122,7 @@ class Search(Capability):
         return await asyncio.to_thread(index.add, new, None, replace)
 
     async def search(self, index: CodeIndex, queries: list[tuple[str, object, str]], k: int, hashed: bool,
-                     where: Where | None, timeout: float | None = None) -> list[list[Hit]]:
+                     where: Filter | None, timeout: float | None = None) -> list[list[Hit]]:
         """The hits of each query: ("image", (1, 28, 28) array, field), ("code", values or packed bits
         already checked against the index, field) or ("id", a stored id, field); an id is left out of its
         own hits."""
@@ -139,7 +139,7 @@ class Search(Capability):
                 item = stored.get(queries[i][1])
                 if item is None:
                     raise NotFound("no such item is stored", queries[i][2])
-                vectors[i], exclude[i] = (item.bits if hashed else item.code), item.row
+                vectors[i], exclude[i] = (item.bits if hashed else item.code), item.id
         for i, (kind, value, _) in enumerate(queries):
             if kind == "code":
                 vectors[i] = value
@@ -186,21 +186,16 @@ class Search(Capability):
 
 
 
-def _page_token(row: int) -> str:
-    return base64.urlsafe_b64encode(f"row:{row}".encode()).decode()
+def _page_token(cursor: str) -> str:
+    return base64.urlsafe_b64encode(cursor.encode()).decode()
 
 
-def _after_row(token: str) -> int:
-    """The row a page token says the previous page ended at; 0 for the first page."""
-    if not token:
-        return 0
+def _cursor(token: str) -> str:
+    """The cursor a page token carries ("" for the first page); the collection checks it."""
     try:
-        kind, row = base64.urlsafe_b64decode(token.encode()).decode().split(":")
-        if kind == "row" and row.isascii() and row.isdigit() and int(row) < 2**63:
-            return int(row)
+        return base64.urlsafe_b64decode(token.encode()).decode()
     except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
-        pass
-    raise InvalidArgument("not a page token this server gave", "page_token")
+        raise InvalidArgument("not a page token this server gave", "page_token") from None
 
 
 def _item_message(item: StoredItem, num_bits: int, with_image: bool) -> search_pb2.Item:
@@ -220,11 +215,16 @@ def _hits_message(hits: list[Hit]) -> search_pb2.SearchResponse:
     ])
 
 
+INDEX_KINDS = {"exact": search_pb2.INDEX_KIND_EXACT, "ivf": search_pb2.INDEX_KIND_IVF}
+
+
 def _stats(name: str, index: CodeIndex) -> search_pb2.IndexStats:
-    binding = index.binding
+    binding, options = index.binding, index.options
     return search_pb2.IndexStats(
         collection=name, items=len(index), model=common_pb2.ModelRef(name=binding.model, version=binding.version),
-        code_dim=binding.code_dim, num_bits=binding.num_bits, keep_images=index.keep_images,
+        code_dim=binding.code_dim, num_bits=binding.num_bits, keep_images=options.keep_images,
+        index=search_pb2.IndexSpec(kind=INDEX_KINDS[options.kind], nlist=options.nlist, nprobe=options.nprobe),
+        approximate=index.approximate,
     )
 
 
@@ -236,10 +236,21 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
     def _collection(self, name: str) -> CodeIndex:
         return self.search.collections.get(collection_name(name, "collection"))
 
-    def _where(self, text: str) -> Where | None:
+    def _where(self, text: str) -> Filter | None:
         settings = self.settings
-        parsed = parse_filter(text, settings.max_filter_bytes, settings.max_filter_values, settings.max_filter_depth)
-        return None if parsed is None else to_sql(parsed)
+        return parse_filter(text, settings.max_filter_bytes, settings.max_filter_values, settings.max_filter_depth)
+
+    def _options(self, request: search_pb2.CreateCollectionRequest) -> IndexOptions:
+        settings, spec = self.settings, request.index
+        if spec.kind in (search_pb2.INDEX_KIND_UNSPECIFIED, search_pb2.INDEX_KIND_EXACT):
+            if spec.nlist or spec.nprobe:
+                raise InvalidArgument("nlist and nprobe are for INDEX_KIND_IVF", "index")
+            return IndexOptions(keep_images=request.keep_images)
+        if spec.kind != search_pb2.INDEX_KIND_IVF:
+            raise InvalidArgument(f"unknown index kind {spec.kind}", "index.kind")
+        nlist = validation.optional_count(spec.nlist, settings.ivf_nlist, settings.max_ivf_nlist, "index.nlist", "lists")
+        nprobe = validation.optional_count(spec.nprobe, min(settings.ivf_nprobe, nlist), nlist, "index.nprobe", "lists")
+        return IndexOptions(keep_images=request.keep_images, kind="ivf", nlist=nlist, nprobe=nprobe)
 
     def _code(self, index: CodeIndex, code: common_pb2.Code, hashed: bool, field: str) -> np.ndarray:
         binding = index.binding
@@ -344,7 +355,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         settings = self.settings
         index = self._collection(request.collection)
         size = validation.optional_count(request.page_size, settings.default_page_items, settings.max_page_items, "page_size", "items")
-        after = _after_row(request.page_token)
+        after = _cursor(request.page_token)
         where = self._where(request.filter)
         items = await asyncio.to_thread(index.page, after, size + 1, where)  # one more: is there a next page?
         response, budget = search_pb2.ListItemsResponse(), settings.max_message_bytes - RESPONSE_MARGIN_BYTES
@@ -354,7 +365,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             if budget < 0 and response.items:
                 break  # the rest on the next page
             response.items.append(message)
-            last = item.row
+            last = item.cursor
         if len(response.items) < len(items):
             response.next_page_token = _page_token(last)
         return response
@@ -383,7 +394,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         if request.model.version < 0:
             raise InvalidArgument(f"version {request.model.version}; want 0 (the newest) or more", "model.version")
         model = request.model.name or self.settings.index_model
-        index = await self.search.create_collection(name, model, request.model.version, request.keep_images)
+        index = await self.search.create_collection(name, model, request.model.version, self._options(request))
         return _stats(name, index)
 
     async def ListCollections(self, request, context):

@@ -14,6 +14,12 @@ class Space(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SPACE_CODE: _ClassVar[Space]
     SPACE_HASH: _ClassVar[Space]
 
+class IndexKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INDEX_KIND_UNSPECIFIED: _ClassVar[IndexKind]
+    INDEX_KIND_EXACT: _ClassVar[IndexKind]
+    INDEX_KIND_IVF: _ClassVar[IndexKind]
+
 class Propagation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PROPAGATION_UNSPECIFIED: _ClassVar[Propagation]
@@ -22,6 +28,9 @@ class Propagation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 SPACE_UNSPECIFIED: Space
 SPACE_CODE: Space
 SPACE_HASH: Space
+INDEX_KIND_UNSPECIFIED: IndexKind
+INDEX_KIND_EXACT: IndexKind
+INDEX_KIND_IVF: IndexKind
 PROPAGATION_UNSPECIFIED: Propagation
 PROPAGATION_SPREADING: Propagation
 PROPAGATION_HARMONIC: Propagation
@@ -213,30 +222,46 @@ class GetIndexStatsRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
 class IndexStats(_message.Message):
-    __slots__ = ("items", "model", "code_dim", "num_bits", "collection", "keep_images")
+    __slots__ = ("items", "model", "code_dim", "num_bits", "collection", "keep_images", "index", "approximate")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CODE_DIM_FIELD_NUMBER: _ClassVar[int]
     NUM_BITS_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     KEEP_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    APPROXIMATE_FIELD_NUMBER: _ClassVar[int]
     items: int
     model: _common_pb2.ModelRef
     code_dim: int
     num_bits: int
     collection: str
     keep_images: bool
-    def __init__(self, items: _Optional[int] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., code_dim: _Optional[int] = ..., num_bits: _Optional[int] = ..., collection: _Optional[str] = ..., keep_images: _Optional[bool] = ...) -> None: ...
+    index: IndexSpec
+    approximate: bool
+    def __init__(self, items: _Optional[int] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., code_dim: _Optional[int] = ..., num_bits: _Optional[int] = ..., collection: _Optional[str] = ..., keep_images: _Optional[bool] = ..., index: _Optional[_Union[IndexSpec, _Mapping]] = ..., approximate: _Optional[bool] = ...) -> None: ...
+
+class IndexSpec(_message.Message):
+    __slots__ = ("kind", "nlist", "nprobe")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NLIST_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    kind: IndexKind
+    nlist: int
+    nprobe: int
+    def __init__(self, kind: _Optional[_Union[IndexKind, str]] = ..., nlist: _Optional[int] = ..., nprobe: _Optional[int] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "model", "keep_images")
+    __slots__ = ("name", "model", "keep_images", "index")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     KEEP_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: _common_pb2.ModelRef
     keep_images: bool
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., keep_images: _Optional[bool] = ...) -> None: ...
+    index: IndexSpec
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., keep_images: _Optional[bool] = ..., index: _Optional[_Union[IndexSpec, _Mapping]] = ...) -> None: ...
 
 class ListCollectionsRequest(_message.Message):
     __slots__ = ()

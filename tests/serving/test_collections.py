@@ -62,6 +62,10 @@ def test_collections_are_created_described_listed_and_dropped(stub):
     ("CreateCollection", search_pb2.CreateCollectionRequest(name="default"), grpc.StatusCode.ALREADY_EXISTS, "name"),
     ("CreateCollection", search_pb2.CreateCollectionRequest(name="bad name"), grpc.StatusCode.INVALID_ARGUMENT, "name"),
     ("CreateCollection", search_pb2.CreateCollectionRequest(name="x", model=common_pb2.ModelRef(name="dcgan")), grpc.StatusCode.NOT_FOUND, "model.name"),
+    ("CreateCollection", search_pb2.CreateCollectionRequest(name="x", index=search_pb2.IndexSpec(nlist=4)), grpc.StatusCode.INVALID_ARGUMENT, "index"),
+    ("CreateCollection", search_pb2.CreateCollectionRequest(name="x", index=search_pb2.IndexSpec(kind=7)), grpc.StatusCode.INVALID_ARGUMENT, "index.kind"),
+    ("CreateCollection", search_pb2.CreateCollectionRequest(
+        name="x", index=search_pb2.IndexSpec(kind=search_pb2.INDEX_KIND_IVF, nlist=4, nprobe=5)), grpc.StatusCode.RESOURCE_EXHAUSTED, "index.nprobe"),
     ("DropCollection", search_pb2.DropCollectionRequest(name="default"), grpc.StatusCode.FAILED_PRECONDITION, "default"),
     ("DropCollection", search_pb2.DropCollectionRequest(name="nothing-here"), grpc.StatusCode.NOT_FOUND, "collection"),
     ("Search", search_pb2.SearchRequest(collection="nothing-here", id="item-0"), grpc.StatusCode.NOT_FOUND, "collection"),
@@ -80,6 +84,22 @@ def test_bad_requests_get_their_precise_status(stub, call, request_, code, field
         assert raised.value.code() == code and field in raised.value.details()
     else:
         assert_refused(raised.value, code, field)
+
+
+def test_an_ivf_collection_trains_once_it_holds_30_items_a_list(stub, mnist):
+    spec = search_pb2.IndexSpec(kind=search_pb2.INDEX_KIND_IVF, nlist=2, nprobe=1)
+    created = stub.CreateCollection(search_pb2.CreateCollectionRequest(name="ivf", index=spec))
+    assert created.index == spec and not created.approximate
+    stub.AddItems(search_pb2.AddItemsRequest(collection="ivf", items=[item(i, mnist) for i in range(59)]))
+    assert not stub.GetIndexStats(search_pb2.GetIndexStatsRequest(collection="ivf")).approximate
+    stub.AddItems(search_pb2.AddItemsRequest(collection="ivf", items=[item(59, mnist)]))
+    assert stub.GetIndexStats(search_pb2.GetIndexStatsRequest(collection="ivf")).approximate
+    hits = stub.Search(search_pb2.SearchRequest(collection="ivf", image=image(mnist.test.images[7]), k=1)).hits
+    assert hits[0].id == "item-7" and hits[0].distance < 1e-6
+    defaults = stub.CreateCollection(search_pb2.CreateCollectionRequest(name="ivf-defaults", index=search_pb2.IndexSpec(kind=search_pb2.INDEX_KIND_IVF)))
+    assert (defaults.index.nlist, defaults.index.nprobe) == (1024, 8)
+    for name in ("ivf", "ivf-defaults"):
+        stub.DropCollection(search_pb2.DropCollectionRequest(name=name))
 
 
 def test_get_returns_what_was_stored_with_the_image_kept(stub, catalogue, mnist):

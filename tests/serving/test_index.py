@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from serving.errors import AlreadyExists, NotFound
-from serving.index import Binding, CodeIndex, IndexLocked, NewItem
+from serving.filters import parse
+from serving.index import TRAIN_PER_LIST, Binding, CodeIndex, IndexLocked, IndexOptions, NewItem
 
 BINDING = Binding("autoencoder", 1, code_dim=4, num_bits=12)
 
@@ -23,8 +24,8 @@ def item(i: int, label=None) -> NewItem:
     return NewItem(f"item-{i}", rng.random(BINDING.code_dim, dtype=np.float32), bits, label, {"n": str(i)})
 
 
-def nearest(index: CodeIndex, query: np.ndarray, k: int, hashed: bool = False, exclude_row: int | None = None):
-    return index.search(query[None], hashed, k, [exclude_row])[0]
+def nearest(index: CodeIndex, query: np.ndarray, k: int, hashed: bool = False, exclude_id: str | None = None, where=None):
+    return index.search(query[None], hashed, k, [exclude_id], where)[0]
 
 
 def test_exact_search_matches_brute_force(tmp_path):
@@ -42,8 +43,8 @@ def test_hamming_search_counts_differing_bits_and_can_leave_out_the_query(tmp_pa
     index = CodeIndex(tmp_path, BINDING)
     items = [item(i) for i in range(30)]
     index.add(items)
-    row, _, bits = index.get("item-7")
-    hits = nearest(index, bits, 3, hashed=True, exclude_row=row)
+    bits = index.get_items(["item-7"])[0].bits
+    hits = nearest(index, bits, 3, hashed=True, exclude_id="item-7")
     assert "item-7" not in [h.id for h in hits]
     unpacked = {it.id: np.unpackbits(it.bits)[: BINDING.num_bits] for it in items}
     for hit in hits:
@@ -58,9 +59,53 @@ def test_writes_are_all_or_nothing(tmp_path):
     with pytest.raises(NotFound, match=r"ids\[1\]"):
         index.delete(["item-1", "item-9"])
     assert len(index) == 2
-    assert [h.id for h in nearest(index, item(3).code, 10)] and index.get("item-1")
-    with pytest.raises(NotFound):
-        index.get("item-3")
+    assert sorted(h.id for h in nearest(index, item(3).code, 10)) == ["item-1", "item-2"]
+    assert [i.id for i in index.get_items(["item-1", "item-3"])] == ["item-1"]
+
+
+IVF = IndexOptions(kind="ivf", nlist=8, nprobe=2)
+
+
+def clustered(count: int, seed: int = 0) -> list[NewItem]:
+    """Items in 8 tight clusters of 16-d codes, labelled by cluster: what IVF is for."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((8, 16)).astype(np.float32) * 5
+    binding = Binding("autoencoder", 1, 16, 16)
+    codes = centres[np.arange(count) % 8] + rng.standard_normal((count, 16)).astype(np.float32) * 0.3
+    return binding, [NewItem(f"c-{i}", codes[i], np.packbits(codes[i] > 0), i % 8) for i in range(count)]
+
+
+def test_an_ivf_collection_is_exact_until_trained_then_close_to_exact(tmp_path):
+    binding, items = clustered(TRAIN_PER_LIST * 8 + 80)
+    index = CodeIndex(tmp_path / "ivf", binding, IVF)
+    exact = CodeIndex(tmp_path / "exact", binding)
+    exact.add(items)
+    index.add(items[: TRAIN_PER_LIST * 8 - 1])
+    assert not index.approximate
+    index.add(items[TRAIN_PER_LIST * 8 - 1 :])  # reaches 30 x nlist: trains
+    assert index.approximate and len(index) == len(items)
+    queries = np.stack([it.code for it in items[:40]])
+    for hashed, vectors in ((False, queries), (True, np.stack([it.bits for it in items[:40]]))):
+        approximate = index.search(vectors, hashed, 10, [None] * 40)
+        truth = exact.search(vectors, hashed, 10, [None] * 40)
+        recall = np.mean([len({h.id for h in a} & {h.id for h in t}) / 10 for a, t in zip(approximate, truth)])
+        assert recall >= (0.9 if not hashed else 0.5)  # Hamming ties make the binary top 10 ambiguous
+    index.close()
+    reopened = CodeIndex(tmp_path / "ivf", None)
+    assert reopened.approximate and reopened.options == IVF
+
+
+def test_filtered_ivf_search_returns_k_hits_when_k_items_match(tmp_path):
+    binding, items = clustered(TRAIN_PER_LIST * 8)
+    index = CodeIndex(tmp_path, binding, IVF)
+    index.add(items)
+    assert index.approximate
+    far = items[1].code  # a query in cluster 1: cluster 5's items lie in lists nprobe=2 does not reach
+    hits = index.search(far[None], False, 12, [None], parse("label == 5", 100, 10, 5))[0]
+    assert len(hits) == 12 and all(h.label == 5 for h in hits)
+    deleted = index.delete_where(parse("label == 5", 100, 10, 5))
+    assert deleted == TRAIN_PER_LIST and index.search(far[None], False, 12, [None], parse("label == 5", 100, 10, 5)) == [[]]
+    assert len(index) == TRAIN_PER_LIST * 7
 
 
 def test_reopening_keeps_everything_with_or_without_a_clean_close(tmp_path):
@@ -117,7 +162,7 @@ def test_a_killed_writer_loses_nothing_acknowledged_and_leaves_a_readable_index(
     stored = len(index)
     assert stored % 50 == 0 and stored >= 50 * len(acknowledged)  # whole batches only
     for batch in acknowledged:
-        index.get(f"{batch}-49")
+        assert index.get_items([f"{batch}-49"])
     assert len(nearest(index, np.zeros(4, np.float32), stored)) == stored
 
 
