@@ -80,6 +80,7 @@ VALID = {  # requests each call answers OK (on the index `add_stored_items` make
     "/latentserve.v1.Search/CreateCollection": [search_pb2.CreateCollectionRequest(name="fuzzed", keep_images=True)],
     "/latentserve.v1.Search/ListCollections": [search_pb2.ListCollectionsRequest()],
     "/latentserve.v1.Search/DropCollection": [search_pb2.DropCollectionRequest(name="fuzzed")],
+    "/latentserve.v1.Search/ReindexCollection": [search_pb2.ReindexCollectionRequest(collection="fuzzed")],
     "/latentserve.v1.Search/PropagateLabels": [search_pb2.PropagateLabelsRequest(labels={STORED_IDS[0]: 0, STORED_IDS[1]: 1}, neighbours=2)],
     "/latentserve.v1.Generator/Generate": [
         generator_pb2.GenerateRequest(count=2, sampling=generator_pb2.Sampling(seed=1, start_index=5, truncation=1.0, labels=[3])),

@@ -5,6 +5,7 @@ import importlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -288,7 +289,9 @@ def cmd_translate(args) -> None:
 def cmd_search(args) -> None:
     from latentserve.v1 import common_pb2, search_pb2, search_pb2_grpc
 
-    request = search_pb2.SearchRequest(k=args.k, space=search_pb2.SPACE_HASH if args.hash else search_pb2.SPACE_CODE)
+    request = search_pb2.SearchRequest(
+        k=args.k, space=search_pb2.SPACE_HASH if args.hash else search_pb2.SPACE_CODE, collection=args.collection, filter=args.filter
+    )
     if args.image:
         request.image.CopyFrom(common_pb2.Image(encoded=args.image.read_bytes()))
     else:
@@ -309,12 +312,47 @@ def cmd_index(args) -> None:
             search_pb2.Item(id=path.stem, image=common_pb2.Image(encoded=path.read_bytes()), label=args.label, metadata=dict(args.meta))
             for path in _image_files(args.images)
         ]
-        response = stub.AddItems(search_pb2.AddItemsRequest(items=items))
+        response = stub.AddItems(search_pb2.AddItemsRequest(items=items, collection=args.collection))
     elif args.action == "delete":
-        response = stub.DeleteItems(search_pb2.DeleteItemsRequest(ids=args.ids))
+        response = stub.DeleteItems(search_pb2.DeleteItemsRequest(ids=args.ids, collection=args.collection))
+    elif args.action == "create":
+        spec = search_pb2.IndexSpec(kind=search_pb2.INDEX_KIND_IVF, nlist=args.nlist, nprobe=args.nprobe) if args.ivf else None
+        response = stub.CreateCollection(search_pb2.CreateCollectionRequest(
+            name=args.name, model=common_pb2.ModelRef(name=args.model, version=args.version), keep_images=args.keep_images, index=spec))
+    elif args.action == "collections":
+        _show(args, [
+            {"collection": c.collection, "items": c.items, "model": c.model.name, "version": c.model.version,
+             "index": search_pb2.IndexKind.Name(c.index.kind).removeprefix("INDEX_KIND_").lower(), "keep_images": c.keep_images}
+            for c in stub.ListCollections(search_pb2.ListCollectionsRequest()).collections
+        ])
+        return
+    elif args.action == "drop":
+        response = stub.DropCollection(search_pb2.DropCollectionRequest(name=args.name))
+    elif args.action == "reindex":
+        model = common_pb2.ModelRef(name=args.model, version=args.version)
+        response = stub.ReindexCollection(search_pb2.ReindexCollectionRequest(collection=args.collection, model=model))
+        if args.wait:
+            response = _follow_reindex(stub, args.collection, response)
     else:
-        response = stub.GetIndexStats(search_pb2.GetIndexStatsRequest())
+        response = stub.GetIndexStats(search_pb2.GetIndexStatsRequest(collection=args.collection))
     _show_message(args, response)
+
+
+def _follow_reindex(stub, collection: str, stats):
+    """Progress of a reindex until it ends; the collection's stats then (exits 1 if it failed)."""
+    from tqdm import tqdm
+
+    from latentserve.v1 import search_pb2
+
+    with tqdm(total=stats.reindex.total, unit="item", desc=f"reindex {collection or 'default'}", file=sys.stderr) as bar:
+        while stats.HasField("reindex") and not stats.reindex.error:
+            bar.total = max(bar.total, stats.reindex.done)
+            bar.update(stats.reindex.done - bar.n)
+            time.sleep(0.5)
+            stats = stub.GetIndexStats(search_pb2.GetIndexStatsRequest(collection=collection))
+    if stats.reindex.error:
+        raise SystemExit(f"error: reindex failed: {stats.reindex.error}")
+    return stats
 
 
 def cmd_generate(args) -> None:
@@ -511,9 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--id", help="a stored item's id")
     search.add_argument("-k", type=int, default=10, help="how many hits")
     search.add_argument("--hash", action="store_true", help="Hamming distance over binary codes")
+    search.add_argument("--collection", default="", help="default: the default collection")
+    search.add_argument("--filter", default="", help='e.g. \'label in [1, 2] and metadata["source"] == "upload"\' (docs/api.md, Filters)')
     search.set_defaults(func=cmd_search)
 
-    index = verbs.add_parser("index", help="change or inspect the search index")
+    index = verbs.add_parser("index", help="change or inspect the search collections")
     actions = index.add_subparsers(dest="action", required=True, help="what to do with the index")
     add = client(actions, "add", "add images; each file's stem is its id")
     add.add_argument("images", nargs="+", help=images_help)
@@ -521,7 +561,24 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--meta", type=_key_value, action="append", default=[], metavar="KEY=VALUE", help="every added item's metadata")
     delete = client(actions, "delete", "delete items by id")
     delete.add_argument("ids", nargs="+", help="stored items' ids")
-    client(actions, "stats", "item count and the encoder the index is bound to")
+    stats = client(actions, "stats", "item count and the encoder the collection is bound to")
+    reindex = client(actions, "reindex", "build a collection that keeps its images again with another encoder version, searches served meanwhile")
+    reindex.add_argument("--model", default="", help="the encoder; default: the collection's own")
+    reindex.add_argument("--version", type=int, default=0, help="0: the newest loaded")
+    reindex.add_argument("--no-wait", dest="wait", action="store_false", help="start it and return (progress: `index stats`)")
+    for action in (add, delete, stats, reindex):
+        action.add_argument("--collection", default="", help="default: the default collection")
+    create = client(actions, "create", "a new collection")
+    create.add_argument("name", help="letters, digits, _ and -")
+    create.add_argument("--model", default="", help="its encoder; default: the server's index_model")
+    create.add_argument("--version", type=int, default=0, help="the encoder's version; 0: the newest loaded")
+    create.add_argument("--keep-images", action="store_true", help="store each item's image, so `index reindex` can rebuild it")
+    create.add_argument("--ivf", action="store_true", help="an approximate IVF index (docs/api.md, Search); default: exact")
+    create.add_argument("--nlist", type=int, default=0, help="IVF lists; 0: the server's ivf_nlist")
+    create.add_argument("--nprobe", type=int, default=0, help="IVF lists searched; 0: the server's ivf_nprobe")
+    client(actions, "collections", "every collection: items, encoder, index")
+    drop = client(actions, "drop", "delete a collection and its items")
+    drop.add_argument("name", help="the collection")
     index.set_defaults(func=cmd_index)
 
     generate = client(verbs, "generate", "a batch generation job: images from a seed into a directory, resumable")

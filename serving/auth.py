@@ -65,6 +65,7 @@ RULES: dict[str, Rule] = {
     "/latentserve.v1.Search/DeleteItems": Rule("write", items=lambda request: len(request.ids)),
     "/latentserve.v1.Search/CreateCollection": Rule("admin"),
     "/latentserve.v1.Search/DropCollection": Rule("admin"),
+    "/latentserve.v1.Search/ReindexCollection": Rule("admin"),
     "/latentserve.v1.Generator/Generate": Rule(
         "read", images=lambda request: request.count or (request.latents.shape[0] if request.latents.shape else 0)
     ),

@@ -1,11 +1,14 @@
-"""The named collections of a data directory, each a CodeIndex of its own: "default" (the gallery's) in
-`index/`, where the index lived before collections, and the others in `collections/<name>/`.
+"""The named collections of a data directory, each a CodeIndex of its own directory.
 
-Creating one writes its binding in the first transaction of its store: a directory without one is a
-creation that did not finish, removed on the next start. Dropping one renames its directory out of the
-way before deleting it, so a crash mid-drop never leaves half a collection behind.
+`collections/aliases.json` maps each name to its directory under `collections/`; "default" is `index/`
+(where the index lived before collections) until a reindex moves it. The file is replaced atomically, so
+it is the commit point of every change: a directory it does not name (a creation, drop or rebuild that a
+crash cut short) is removed at the next start, and a reindex switches a name to its new directory in one
+step, with no moment at which the name is missing or half built.
 """
+import json
 import logging
+import os
 import re
 import shutil
 import threading
@@ -18,7 +21,6 @@ from serving.index import Binding, CodeIndex, IndexOptions
 log = logging.getLogger(__name__)
 DEFAULT = "default"
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-DROPPED = ".dropped-"  # prefix of a directory being deleted
 
 
 def collection_name(name: str, field: str) -> str:
@@ -33,23 +35,25 @@ def collection_name(name: str, field: str) -> str:
 class Collections:
     def __init__(self, data_dir: Path):
         self._root = data_dir / "collections"
-        self._default_dir = data_dir / "index"
+        self._legacy_default = data_dir / "index"
+        self._aliases: dict[str, str] = {}  # name -> directory under _root
         self._open: dict[str, CodeIndex] = {}
-        self._lock = threading.Lock()  # create and drop against each other
+        self._lock = threading.Lock()  # changes to the names against each other
 
     def open(self, default_binding: Binding) -> None:
-        """Open the default collection (created for `default_binding` if new) and every other one."""
-        self._open[DEFAULT] = CodeIndex(self._default_dir, default_binding)
+        """Open the default collection (created for `default_binding` if new) and every other one; remove
+        the directories no name points to."""
         self._root.mkdir(parents=True, exist_ok=True)
-        for directory in sorted(self._root.iterdir()):
-            if directory.name.startswith(DROPPED):
+        aliases_file = self._root / "aliases.json"
+        self._aliases = json.loads(aliases_file.read_text()) if aliases_file.is_file() else {}
+        self._open[DEFAULT] = CodeIndex(self._directory(DEFAULT), default_binding)
+        for name in self._aliases:
+            if name != DEFAULT:
+                self._open[name] = CodeIndex(self._directory(name), None)
+        for directory in self._root.iterdir():
+            if directory.is_dir() and directory.name not in self._aliases.values():
+                log.warning("removing %s: no collection points to it (cut short by a stop)", directory)
                 shutil.rmtree(directory)
-            elif directory.is_dir():
-                try:
-                    self._open[directory.name] = CodeIndex(directory, None)
-                except FailedPrecondition:
-                    log.warning("removing collection %s: its creation did not finish", directory.name)
-                    shutil.rmtree(directory)
 
     def get(self, name: str) -> CodeIndex:
         try:
@@ -64,21 +68,54 @@ class Collections:
         with self._lock:
             if name in self._open:
                 raise AlreadyExists("a collection of this name exists", "name")
-            index = CodeIndex(self._root / name, binding, options)
+            directory, index = self.build(name, binding, options)
+            self._save_aliases({**self._aliases, name: directory})
             self._open[name] = index
             return index
+
+    def build(self, name: str, binding: Binding, options: IndexOptions) -> tuple[str, CodeIndex]:
+        """A new, empty index in a directory of its own, not yet named: (directory, index)."""
+        directory = f"{name}-{uuid.uuid4().hex[:12]}"
+        return directory, CodeIndex(self._root / directory, binding, options)
+
+    def switch(self, name: str, directory: str, index: CodeIndex) -> None:
+        """Point `name` at `index` (made by `build`, in `directory`), and delete what it pointed to."""
+        with self._lock:
+            old, old_directory = self.get(name), self._directory(name)
+            self._save_aliases({**self._aliases, name: directory})
+            self._open[name] = index  # calls from now on; calls holding the old one get NOT_FOUND once it closes
+            old.close()
+            shutil.rmtree(old_directory)
 
     def drop(self, name: str) -> None:
         if name == DEFAULT:
             raise FailedPrecondition("the default collection cannot be dropped; delete its items instead")
         with self._lock:
-            index = self.get(name)
-            del self._open[name]  # new calls get NOT_FOUND; calls holding it get NOT_FOUND once it is closed
+            index, directory = self.get(name), self._directory(name)
+            self._save_aliases({alias: target for alias, target in self._aliases.items() if alias != name})
+            del self._open[name]
             index.close()
-            gone = self._root / f"{DROPPED}{name}-{uuid.uuid4().hex}"
-            (self._root / name).rename(gone)
-            shutil.rmtree(gone)
+            shutil.rmtree(directory)
 
     def close(self) -> None:
         for index in self._open.values():
             index.close()
+
+    def _directory(self, name: str) -> Path:
+        if name == DEFAULT and DEFAULT not in self._aliases:
+            return self._legacy_default
+        return self._root / self._aliases[name]
+
+    def _save_aliases(self, aliases: dict[str, str]) -> None:
+        temporary = self._root / "aliases.json.tmp"
+        with open(temporary, "w") as file:
+            json.dump(aliases, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, self._root / "aliases.json")
+        directory = os.open(self._root, os.O_RDONLY)  # the rename itself durable
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        self._aliases = aliases

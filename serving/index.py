@@ -47,6 +47,10 @@ LABEL_INDEX = "CREATE INDEX IF NOT EXISTS items_label ON items (label)"  # filte
 TRAIN_PER_LIST = 30  # stored items per IVF list before an IVF collection trains (FAISS warns below 39)
 
 
+class Closed(NotFound):
+    """The index was closed under a call: its collection dropped, or switched to a rebuilt one."""
+
+
 class IndexLocked(OSError):
     """Another process has the index open: one gateway per data directory."""
 
@@ -105,7 +109,7 @@ class CodeIndex:
         """Open the index in `directory`, creating it for `binding` and `options` if new; an existing one
         keeps its own. Without `binding`, one that has none is FailedPrecondition."""
         directory.mkdir(parents=True, exist_ok=True)
-        self._directory = directory
+        self.directory = directory
         self._lock_file = _lock_directory(directory)
         self._lock = threading.RLock()  # one connection: reads must not see a write in progress
         self._closed = False
@@ -182,6 +186,10 @@ class CodeIndex:
         with self._locked():
             return self._select(f"row > ? AND ({clause}) ORDER BY row LIMIT ?", [int(after or 0), *params, size])
 
+    def ids(self) -> set[str]:
+        with self._locked():
+            return {item_id for (item_id,) in self._db.execute("SELECT id FROM items")}
+
     def codes(self) -> tuple[list[str], np.ndarray]:
         """Every stored item's id and real-valued code, in the order they were added."""
         with self._locked():
@@ -255,10 +263,10 @@ class CodeIndex:
             if self._bits_ivf is not None:
                 saved.append((self._bits_ivf, "bits_ivf.faiss", faiss.write_index_binary))
             for index, name, write in saved:
-                temporary = self._directory / (name + ".tmp")
+                temporary = self.directory / (name + ".tmp")
                 write(index, str(temporary))
-                os.replace(temporary, self._directory / name)
-            stamp = self._directory / "faiss.stamp"
+                os.replace(temporary, self.directory / name)
+            stamp = self.directory / "faiss.stamp"
             stamp.with_suffix(".tmp").write_text(writes)
             os.replace(stamp.with_suffix(".tmp"), stamp)
             self._db.close()
@@ -268,10 +276,10 @@ class CodeIndex:
     # --- internals ---------------------------------------------------------------------------------
     @contextmanager
     def _locked(self):
-        """The index to itself; NotFound once closed (a collection dropped while a call still held it)."""
+        """The index to itself; Closed once closed (its collection dropped or rebuilt while a call held it)."""
         with self._lock:
             if self._closed:
-                raise NotFound("the collection was dropped", "collection")
+                raise Closed("the collection was dropped", "collection")
             yield
 
     def _transaction(self):
@@ -338,7 +346,7 @@ class CodeIndex:
         return found
 
     def _load_faiss(self) -> None:
-        stamp, directory = self._directory / "faiss.stamp", self._directory
+        stamp, directory = self.directory / "faiss.stamp", self.directory
         if stamp.is_file() and stamp.read_text() == self._meta("writes"):
             self._codes = faiss.read_index(str(directory / "codes.faiss"))
             self._bits = faiss.read_index_binary(str(directory / "bits.faiss"))

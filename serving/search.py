@@ -3,6 +3,7 @@ version it is bound to, searched with filters and in batches, and label propagat
 import asyncio
 import base64
 import logging
+import shutil
 import threading
 import time
 
@@ -17,13 +18,14 @@ from serving.encoding import Encoding
 from serving.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from serving.collections import DEFAULT, Collections, collection_name
 from serving.filters import Filter, parse as parse_filter
-from serving.index import Binding, CodeIndex, Hit, IndexOptions, NewItem, StoredItem
+from serving.index import Binding, Closed, CodeIndex, Hit, IndexOptions, NewItem, StoredItem
 from serving.label_propagation import Method, Stopped, knn_graph, propagate
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
 GALLERY_MARK = "gallery:mnist-test"
 GALLERY_BATCH = 1000
+REINDEX_BATCH = 256  # items encoded at a time by a reindex
 RESPONSE_MARGIN_BYTES = 64 * 1024  # what a page of items leaves free of max_message_bytes
 PROPAGATION_METHODS = {
     search_pb2.PROPAGATION_UNSPECIFIED: "spreading",
@@ -37,6 +39,9 @@ class Search(Capability):
         super().__init__(settings, inference)
         self.encoding = encoding
         self._collections: Collections | None = None
+        self.reindexing: dict[str, search_pb2.Reindex] = {}  # by collection: running, or the last failure
+        self._tasks: dict[str, asyncio.Task] = {}  # running reindexes
+        self._gates: dict[str, asyncio.Lock] = {}  # by collection: a reindex holds it while it switches
 
     def servicer(self):
         return SearchServicer(self)
@@ -71,6 +76,9 @@ class Search(Capability):
         log.info("ready: %d items in the default collection, %d collections", len(index), len(collections.names()))
 
     async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         if self._collections is not None:
             await asyncio.to_thread(self._collections.close)
 
@@ -110,19 +118,97 @@ class Search(Capability):
     async def drop_collection(self, name: str) -> None:
         await asyncio.to_thread(self.collections.drop, name)
 
-    async def add(self, index: CodeIndex, items: list, images: np.ndarray, replace: bool, timeout=None) -> int:
-        """Encode and store `items` (Item messages, already checked) whose images are `images`; how many
-        replaced stored ones (with `replace`, else a stored id is AlreadyExists)."""
-        codes = await self.encode(index, images, timeout)
-        new = [
+    async def on_current(self, name: str, work):
+        """`await work(index)` on collection `name`; once more on the new index if a reindex switched it
+        under the call, so no call fails for it."""
+        while True:
+            index = self.collections.get(name)
+            try:
+                return await work(index)
+            except Closed:
+                if self.collections.get(name) is index:
+                    raise
+
+    def _gate(self, name: str) -> asyncio.Lock:
+        return self._gates.setdefault(name, asyncio.Lock())
+
+    async def add(self, name: str, items: list, images: np.ndarray, replace: bool, timeout=None) -> int:
+        """Encode and store `items` (Item messages, already checked) whose images are `images` in
+        collection `name`; how many replaced stored ones (with `replace`, else a stored id is
+        AlreadyExists)."""
+        while True:
+            index = self.collections.get(name)
+            codes = await self.encode(index, images, timeout)
+            async with self._gate(name):
+                if self.collections.get(name) is index:  # else a reindex switched it meanwhile: encode again
+                    return await asyncio.to_thread(index.add, self._new_items(index, items, codes), None, replace)
+
+    @staticmethod
+    def _new_items(index: CodeIndex, items: list, codes) -> list[NewItem]:
+        return [
             NewItem(item.id, values, bits, item.label if item.HasField("label") else None, dict(item.metadata),
                     item.image.SerializeToString() if index.keep_images else None)
             for item, values, bits in zip(items, codes.values, codes.bits)
         ]
-        return await asyncio.to_thread(index.add, new, None, replace)
+
+    async def delete(self, name: str, ids: list[str], where: Filter | None) -> int:
+        """Delete `ids` (all or nothing) or, with `where`, what it selects; how many."""
+        async with self._gate(name):
+            index = self.collections.get(name)
+            if where is not None:
+                return await asyncio.to_thread(index.delete_where, where)
+            await asyncio.to_thread(index.delete, ids)
+            return len(ids)
+
+    async def reindex(self, name: str, model: str, version: int) -> None:
+        """Start building collection `name` again from its kept images with encoder (`model`, `version`)."""
+        old = self.collections.get(name)
+        if not old.keep_images:
+            raise FailedPrecondition("the collection does not keep its images, so it cannot be built again", "collection")
+        if name in self._tasks:
+            raise FailedPrecondition("a reindex of this collection is running", "collection")
+        if not any(e.model == model and e.capability == ENCODE for e in self.inference.entries().values()):
+            raise NotFound(f"no encoder {validation.quoted(model)}", "model.name")
+        binding = Binding(model, *self.encoding.signature(model, version))
+        directory, new = await asyncio.to_thread(self.collections.build, name, binding, old.options)
+        self.reindexing[name] = search_pb2.Reindex(model=common_pb2.ModelRef(name=model, version=binding.version), total=len(old))
+        self._tasks[name] = asyncio.create_task(self._rebuild(name, old, directory, new))
+
+    async def _rebuild(self, name: str, old: CodeIndex, directory: str, new: CodeIndex) -> None:
+        progress = self.reindexing[name]
+        try:
+            cursor = await self._carry_over(old, new, "", progress)
+            async with self._gate(name):  # writes wait from here to the switch; searches go on
+                await self._carry_over(old, new, cursor, progress)  # what was added or replaced meanwhile
+                gone = await asyncio.to_thread(lambda: sorted(new.ids() - old.ids()))
+                if gone:
+                    await asyncio.to_thread(new.delete, gone)
+                await asyncio.to_thread(self.collections.switch, name, directory, new)
+            del self.reindexing[name]
+            log.info("reindexed %s with %s version %d: %d items", name, new.binding.model, new.binding.version, len(new))
+        except Exception as error:  # noqa: BLE001 - the collection stays on its old codes; the error is shown in its stats
+            log.error("reindexing %s failed", name, exc_info=error)
+            progress.error = str(error)[:1000]
+            new.close()
+            await asyncio.to_thread(shutil.rmtree, new.directory)
+        finally:
+            del self._tasks[name]
+
+    async def _carry_over(self, old: CodeIndex, new: CodeIndex, cursor: str, progress: search_pb2.Reindex) -> str:
+        """Encode into `new` the items of `old` stored after `cursor`; the cursor of the last one."""
+        while items := await asyncio.to_thread(old.page, cursor, REINDEX_BATCH):
+            messages = [common_pb2.Image.FromString(item.image) for item in items]
+            images = await decode_image_list(messages, [f"items[{i}].image" for i in range(len(items))], "items", self.settings)
+            codes = await self.encode(new, images)
+            stored = [NewItem(item.id, values, bits, item.label, item.metadata, item.image) for item, values, bits in zip(items, codes.values, codes.bits)]
+            await asyncio.to_thread(new.add, stored, None, True)
+            cursor = items[-1].cursor
+            progress.done += len(items)
+        return cursor
 
     async def search(self, index: CodeIndex, queries: list[tuple[str, object, str]], k: int, hashed: bool,
                      where: Filter | None, timeout: float | None = None) -> list[list[Hit]]:
+        """(Run through `on_current`: a code query is checked against the index it runs on.)"""
         """The hits of each query: ("image", (1, 28, 28) array, field), ("code", values or packed bits
         already checked against the index, field) or ("id", a stored id, field); an id is left out of its
         own hits."""
@@ -218,9 +304,10 @@ def _hits_message(hits: list[Hit]) -> search_pb2.SearchResponse:
 INDEX_KINDS = {"exact": search_pb2.INDEX_KIND_EXACT, "ivf": search_pb2.INDEX_KIND_IVF}
 
 
-def _stats(name: str, index: CodeIndex) -> search_pb2.IndexStats:
+def _stats(name: str, index: CodeIndex, reindex: search_pb2.Reindex | None) -> search_pb2.IndexStats:
     binding, options = index.binding, index.options
     return search_pb2.IndexStats(
+        reindex=reindex,
         collection=name, items=len(index), model=common_pb2.ModelRef(name=binding.model, version=binding.version),
         code_dim=binding.code_dim, num_bits=binding.num_bits, keep_images=options.keep_images,
         index=search_pb2.IndexSpec(kind=INDEX_KINDS[options.kind], nlist=options.nlist, nprobe=options.nprobe),
@@ -233,8 +320,8 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         self.search = search
         self.settings = search.settings
 
-    def _collection(self, name: str) -> CodeIndex:
-        return self.search.collections.get(collection_name(name, "collection"))
+    def _stats(self, name: str) -> search_pb2.IndexStats:
+        return _stats(name, self.search.collections.get(name), self.search.reindexing.get(name))
 
     def _where(self, text: str) -> Filter | None:
         settings = self.settings
@@ -268,23 +355,29 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
     async def _search(self, request, queries: list, prefixes: list[str], field: str, context) -> list[list[Hit]]:
         """Hits of each query message (a SearchRequest or Query: an image, a code or an id), the fields
         they are named by in errors starting with their `prefixes`."""
-        settings = self.settings
-        index = self._collection(request.collection)
+        search, settings = self.search, self.settings
+        name = collection_name(request.collection, "collection")
+        search.collections.get(name)  # NOT_FOUND before anything else
         k = validation.optional_count(request.k, settings.default_k, settings.max_k, "k", "hits")
         hashed = request.space == search_pb2.SPACE_HASH
         where = self._where(request.filter)
-        pictured = [i for i, query in enumerate(queries) if query.WhichOneof("query") == "image"]
-        images = await decode_image_list([queries[i].image for i in pictured], [f"{prefixes[i]}image" for i in pictured], field, settings) if pictured else []
-        parsed = dict(zip(pictured, (("image", image, f"{prefixes[i]}image") for i, image in zip(pictured, images))))
-        for i, query in enumerate(queries):
-            kind = query.WhichOneof("query")
-            if kind == "code":
-                parsed[i] = ("code", self._code(index, query.code, hashed, f"{prefixes[i]}code"), f"{prefixes[i]}code")
-            elif kind == "id":
-                parsed[i] = ("id", validation.item_id(query.id, settings.max_id_bytes, f"{prefixes[i]}id"), f"{prefixes[i]}id")
-            elif kind != "image":
+        kinds = [query.WhichOneof("query") for query in queries]
+        for i, kind in enumerate(kinds):
+            if kind is None:
                 raise InvalidArgument("set one of `image`, `code` or `id`", f"{prefixes[i]}query" if prefixes[i] else "query")
-        return await self.search.search(index, [parsed[i] for i in range(len(queries))], k, hashed, where, context.time_remaining())
+        pictured = [i for i, kind in enumerate(kinds) if kind == "image"]
+        images = await decode_image_list([queries[i].image for i in pictured], [f"{prefixes[i]}image" for i in pictured], field, settings) if pictured else []
+        decoded = dict(zip(pictured, images))
+
+        def parsed(index: CodeIndex) -> list[tuple[str, object, str]]:
+            """The queries for `index` (a code query is checked against its sizes)."""
+            return [
+                (kind, decoded[i] if kind == "image" else self._code(index, query.code, hashed, f"{prefixes[i]}code") if kind == "code"
+                 else validation.item_id(query.id, settings.max_id_bytes, f"{prefixes[i]}id"), f"{prefixes[i]}{kind}")
+                for i, (kind, query) in enumerate(zip(kinds, queries))
+            ]
+
+        return await search.on_current(name, lambda index: search.search(index, parsed(index), k, hashed, where, context.time_remaining()))
 
     async def Search(self, request, context):
         (hits,) = await self._search(request, [request], [""], "image", context)
@@ -305,7 +398,8 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
     async def _store(self, request, replace: bool, context) -> tuple[int, int]:
         """Checks and stores the request's items; (added, replaced)."""
         search, settings = self.search, self.settings
-        index = self._collection(request.collection)
+        name = collection_name(request.collection, "collection")
+        index = search.collections.get(name)
         items = request.items
         if not items:
             raise InvalidArgument("must hold at least one item", "items")
@@ -322,7 +416,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
                 if item.image.ByteSize() > settings.max_kept_image_bytes:
                     raise ResourceExhausted(f"{item.image.ByteSize()} bytes; a kept image is at most {settings.max_kept_image_bytes}", f"items[{i}].image")
         images = await decode_image_list([item.image for item in items], [f"items[{i}].image" for i in range(len(items))], "items", settings)
-        replaced = await search.add(index, list(items), images, replace, context.time_remaining())
+        replaced = await search.add(name, list(items), images, replace, context.time_remaining())
         return len(items) - replaced, replaced
 
     async def AddItems(self, request, context):
@@ -335,13 +429,18 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
     async def GetItems(self, request, context):
         settings = self.settings
-        index = self._collection(request.collection)
+        name = collection_name(request.collection, "collection")
+        self.search.collections.get(name)  # NOT_FOUND before anything else
         ids = list(request.ids)
         if not ids:
             raise InvalidArgument("must hold at least one id", "ids")
         validation.count(len(ids), settings.max_batch_images, "ids", "ids")
         validation.unique_ids(ids, settings.max_id_bytes, "ids[{}]")
-        items = await asyncio.to_thread(index.get_items, ids)
+
+        async def get(current: CodeIndex):
+            return current, await asyncio.to_thread(current.get_items, ids)
+
+        index, items = await self.search.on_current(name, get)
         found = {item.id for item in items}
         response = search_pb2.GetItemsResponse(
             items=[_item_message(item, index.binding.num_bits, request.with_images) for item in items],
@@ -353,11 +452,16 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
     async def ListItems(self, request, context):
         settings = self.settings
-        index = self._collection(request.collection)
+        name = collection_name(request.collection, "collection")
+        self.search.collections.get(name)  # NOT_FOUND before anything else
         size = validation.optional_count(request.page_size, settings.default_page_items, settings.max_page_items, "page_size", "items")
         after = _cursor(request.page_token)
         where = self._where(request.filter)
-        items = await asyncio.to_thread(index.page, after, size + 1, where)  # one more: is there a next page?
+
+        async def page(current: CodeIndex):  # one more than asked: is there a next page?
+            return current, await asyncio.to_thread(current.page, after, size + 1, where)
+
+        index, items = await self.search.on_current(name, page)
         response, budget = search_pb2.ListItemsResponse(), settings.max_message_bytes - RESPONSE_MARGIN_BYTES
         for item in items[:size]:
             message = _item_message(item, index.binding.num_bits, request.with_images)
@@ -371,21 +475,19 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         return response
 
     async def DeleteItems(self, request, context):
-        index = self._collection(request.collection)
+        name = collection_name(request.collection, "collection")
+        self.search.collections.get(name)  # NOT_FOUND before anything else
         ids = list(request.ids)
         if bool(ids) == bool(request.filter):
             raise InvalidArgument("set either `ids` or `filter`", "ids")
-        if request.filter:
-            deleted = await asyncio.to_thread(index.delete_where, self._where(request.filter))
-            return search_pb2.DeleteItemsResponse(deleted=deleted)
-        validation.count(len(ids), self.settings.max_batch_images, "ids", "ids")
-        validation.unique_ids(ids, self.settings.max_id_bytes, "ids[{}]")
-        await asyncio.to_thread(index.delete, ids)
-        return search_pb2.DeleteItemsResponse(deleted=len(ids))
+        if ids:
+            validation.count(len(ids), self.settings.max_batch_images, "ids", "ids")
+            validation.unique_ids(ids, self.settings.max_id_bytes, "ids[{}]")
+        deleted = await self.search.delete(name, ids, self._where(request.filter))
+        return search_pb2.DeleteItemsResponse(deleted=deleted)
 
     async def GetIndexStats(self, request, context):
-        name = collection_name(request.collection, "collection")
-        return _stats(name, self.search.collections.get(name))
+        return self._stats(collection_name(request.collection, "collection"))
 
     async def CreateCollection(self, request, context):
         if not request.name:
@@ -394,12 +496,19 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         if request.model.version < 0:
             raise InvalidArgument(f"version {request.model.version}; want 0 (the newest) or more", "model.version")
         model = request.model.name or self.settings.index_model
-        index = await self.search.create_collection(name, model, request.model.version, self._options(request))
-        return _stats(name, index)
+        await self.search.create_collection(name, model, request.model.version, self._options(request))
+        return self._stats(name)
 
     async def ListCollections(self, request, context):
-        collections = self.search.collections
-        return search_pb2.ListCollectionsResponse(collections=[_stats(name, collections.get(name)) for name in collections.names()])
+        return search_pb2.ListCollectionsResponse(collections=[self._stats(name) for name in self.search.collections.names()])
+
+    async def ReindexCollection(self, request, context):
+        name = collection_name(request.collection, "collection")
+        if request.model.version < 0:
+            raise InvalidArgument(f"version {request.model.version}; want 0 (the newest) or more", "model.version")
+        model = request.model.name or self.search.collections.get(name).binding.model
+        await self.search.reindex(name, model, request.model.version)
+        return self._stats(name)
 
     async def DropCollection(self, request, context):
         if not request.name:
@@ -424,10 +533,9 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         )
         if request.method not in PROPAGATION_METHODS:
             raise InvalidArgument(f"unknown method {request.method}", "method")
-        index = self._collection(request.collection)
-        predictions = await self.search.propagate_labels(
+        predictions = await self.search.on_current(collection_name(request.collection, "collection"), lambda index: self.search.propagate_labels(
             index, labels, neighbours, PROPAGATION_METHODS[request.method], settings.max_propagation_items, context.time_remaining()
-        )
+        ))
 
         def message(chunk: list[tuple[str, int, float]]) -> search_pb2.PropagateLabelsResponse:
             return search_pb2.PropagateLabelsResponse(predictions=[

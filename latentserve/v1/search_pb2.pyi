@@ -222,7 +222,7 @@ class GetIndexStatsRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
 class IndexStats(_message.Message):
-    __slots__ = ("items", "model", "code_dim", "num_bits", "collection", "keep_images", "index", "approximate")
+    __slots__ = ("items", "model", "code_dim", "num_bits", "collection", "keep_images", "index", "approximate", "reindex")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CODE_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -231,6 +231,7 @@ class IndexStats(_message.Message):
     KEEP_IMAGES_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     APPROXIMATE_FIELD_NUMBER: _ClassVar[int]
+    REINDEX_FIELD_NUMBER: _ClassVar[int]
     items: int
     model: _common_pb2.ModelRef
     code_dim: int
@@ -239,7 +240,28 @@ class IndexStats(_message.Message):
     keep_images: bool
     index: IndexSpec
     approximate: bool
-    def __init__(self, items: _Optional[int] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., code_dim: _Optional[int] = ..., num_bits: _Optional[int] = ..., collection: _Optional[str] = ..., keep_images: _Optional[bool] = ..., index: _Optional[_Union[IndexSpec, _Mapping]] = ..., approximate: _Optional[bool] = ...) -> None: ...
+    reindex: Reindex
+    def __init__(self, items: _Optional[int] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., code_dim: _Optional[int] = ..., num_bits: _Optional[int] = ..., collection: _Optional[str] = ..., keep_images: _Optional[bool] = ..., index: _Optional[_Union[IndexSpec, _Mapping]] = ..., approximate: _Optional[bool] = ..., reindex: _Optional[_Union[Reindex, _Mapping]] = ...) -> None: ...
+
+class Reindex(_message.Message):
+    __slots__ = ("model", "done", "total", "error")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.ModelRef
+    done: int
+    total: int
+    error: str
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ReindexCollectionRequest(_message.Message):
+    __slots__ = ("collection", "model")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    model: _common_pb2.ModelRef
+    def __init__(self, collection: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ...) -> None: ...
 
 class IndexSpec(_message.Message):
     __slots__ = ("kind", "nlist", "nprobe")

@@ -94,6 +94,11 @@ class SearchStub:
                 request_serializer=latentserve_dot_v1_dot_search__pb2.DropCollectionRequest.SerializeToString,
                 response_deserializer=latentserve_dot_v1_dot_search__pb2.DropCollectionResponse.FromString,
                 _registered_method=True)
+        self.ReindexCollection = channel.unary_unary(
+                '/latentserve.v1.Search/ReindexCollection',
+                request_serializer=latentserve_dot_v1_dot_search__pb2.ReindexCollectionRequest.SerializeToString,
+                response_deserializer=latentserve_dot_v1_dot_search__pb2.IndexStats.FromString,
+                _registered_method=True)
         self.PropagateLabels = channel.unary_stream(
                 '/latentserve.v1.Search/PropagateLabels',
                 request_serializer=latentserve_dot_v1_dot_search__pb2.PropagateLabelsRequest.SerializeToString,
@@ -180,6 +185,16 @@ class SearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReindexCollection(self, request, context):
+        """Builds a collection that keeps its images again, with another encoder version, in the background:
+        searches go on against the old codes until the new ones are complete, then switch in one step.
+        Writes go to the old codes meanwhile and are carried over; at the switch they wait a moment.
+        Progress: GetIndexStats(collection).reindex.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PropagateLabels(self, request, context):
         """Labels for every stored item from a few labelled ones, spread over the kNN graph of the stored codes.
         """
@@ -244,6 +259,11 @@ def add_SearchServicer_to_server(servicer, server):
                     servicer.DropCollection,
                     request_deserializer=latentserve_dot_v1_dot_search__pb2.DropCollectionRequest.FromString,
                     response_serializer=latentserve_dot_v1_dot_search__pb2.DropCollectionResponse.SerializeToString,
+            ),
+            'ReindexCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReindexCollection,
+                    request_deserializer=latentserve_dot_v1_dot_search__pb2.ReindexCollectionRequest.FromString,
+                    response_serializer=latentserve_dot_v1_dot_search__pb2.IndexStats.SerializeToString,
             ),
             'PropagateLabels': grpc.unary_stream_rpc_method_handler(
                     servicer.PropagateLabels,
@@ -553,6 +573,33 @@ class Search:
             '/latentserve.v1.Search/DropCollection',
             latentserve_dot_v1_dot_search__pb2.DropCollectionRequest.SerializeToString,
             latentserve_dot_v1_dot_search__pb2.DropCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReindexCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latentserve.v1.Search/ReindexCollection',
+            latentserve_dot_v1_dot_search__pb2.ReindexCollectionRequest.SerializeToString,
+            latentserve_dot_v1_dot_search__pb2.IndexStats.FromString,
             options,
             channel_credentials,
             insecure,

@@ -107,8 +107,17 @@ def test_every_client_verb_prints_a_table_or_with_json_one_object_per_line(gatew
     assert human("search", "--id", "digit-1", "-k", "5")[0].split() == ["id", "distance", "label", "metadata"]
     hits = {hit["id"]: hit for hit in records("search", "--image", str(paths[0]), "-k", "5")}
     assert hits["digit-0"]["label"] == 3 and hits["digit-0"]["metadata"] == {"who": "cli"} and len(hits) == 3
+    assert [hit["id"] for hit in records("search", "--id", "digit-1", "--filter", "label == 3")] == ["digit-0"]
     assert human("index", "delete", "digit-0") == ["deleted: 1"]
     assert records("index", "delete", "digit-1", "digit-2") == [{"deleted": 2}]
+
+    assert records("index", "create", "kept", "--keep-images", "--version", "1")[0]["model"]["version"] == "1"
+    human("index", "add", *map(str, paths), "--collection", "kept")
+    assert {"collection": "kept", "items": 3, "model": "autoencoder", "version": 1, "index": "exact", "keep_images": True} in records("index", "collections")
+    rebuilt = records("index", "reindex", "--collection", "kept")[0]  # waits for the end
+    assert int(rebuilt["model"]["version"]) > 1 and rebuilt["items"] == "3" and "reindex" not in rebuilt
+    assert human("index", "drop", "kept") == []
+    assert [c["collection"] for c in records("index", "collections")] == ["default"]
 
     assert human("generate", "--model", "acgan", "--count", "3", "--out", str(tmp_path / "job"))[0].split()[:2] == ["out", "model"]
     (job,) = records("generate", "--model", "acgan", "--count", "3", "--out", str(tmp_path / "job"), "--resume")

@@ -1,5 +1,6 @@
 """Collections, items, filtered and batch search over real gRPC, on the embedded backend."""
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -238,3 +239,43 @@ def test_collections_survive_a_restart(tmp_path, mnist):
             assert (stats.items, stats.keep_images) == (3, True)
     finally:
         gateway.stop()
+
+
+def test_reindex_switches_encoder_versions_while_searches_and_writes_go_on(stub, mnist):
+    stub.CreateCollection(search_pb2.CreateCollectionRequest(name="moving", keep_images=True, model=common_pb2.ModelRef(name="autoencoder", version=1)))
+    for start in range(0, 600, 100):
+        stub.AddItems(search_pb2.AddItemsRequest(collection="moving", items=[item(i, mnist) for i in range(start, start + 100)]))
+    failures, searched, stop = [], [], threading.Event()
+
+    def search():
+        while not stop.is_set():
+            try:
+                hits = stub.Search(search_pb2.SearchRequest(collection="moving", image=image(mnist.test.images[5]), k=1)).hits
+                assert hits[0].id == "item-5" and hits[0].distance < 1e-6  # old or new codes, never a mix
+                searched.append(1)
+            except Exception as error:  # noqa: BLE001 - reported below
+                failures.append(error)
+
+    searcher = threading.Thread(target=search)
+    searcher.start()
+    started = stub.ReindexCollection(search_pb2.ReindexCollectionRequest(collection="moving"))
+    assert started.reindex.model.version > 1 and started.reindex.total == 600 and started.model.version == 1
+    for i in range(600, 640, 8):  # writes while it runs
+        stub.AddItems(search_pb2.AddItemsRequest(collection="moving", items=[item(j, mnist) for j in range(i, i + 8)]))
+    stub.DeleteItems(search_pb2.DeleteItemsRequest(collection="moving", ids=["item-0", "item-600"]))
+    deadline = time.monotonic() + 60
+    while (stats := stub.GetIndexStats(search_pb2.GetIndexStatsRequest(collection="moving"))).HasField("reindex"):
+        assert not stats.reindex.error and time.monotonic() < deadline
+        time.sleep(0.1)
+    stop.set()
+    searcher.join()
+    assert not failures and searched
+    assert stats.model.version == started.reindex.model.version and stats.items == 638
+    got = stub.GetItems(search_pb2.GetItemsRequest(collection="moving", ids=["item-639", "item-0", "item-600"]))
+    assert [i.id for i in got.items] == ["item-639"] and sorted(got.missing) == ["item-0", "item-600"]
+    hit = stub.Search(search_pb2.SearchRequest(collection="moving", image=image(mnist.test.images[639]), k=1)).hits[0]
+    assert hit.id == "item-639" and hit.distance < 1e-6  # encoded by the new version, like the query
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.ReindexCollection(search_pb2.ReindexCollectionRequest())  # the default collection keeps no images
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    stub.DropCollection(search_pb2.DropCollectionRequest(name="moving"))
