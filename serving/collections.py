@@ -87,6 +87,11 @@ class Collections:
             old.close()
             shutil.rmtree(old_directory)
 
+    def discard(self, directory: str, index: CodeIndex) -> None:
+        """Delete an index made by `build` that will not be switched to."""
+        index.close()
+        shutil.rmtree(self._root / directory)
+
     def drop(self, name: str) -> None:
         if name == DEFAULT:
             raise FailedPrecondition("the default collection cannot be dropped; delete its items instead")

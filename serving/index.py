@@ -109,7 +109,7 @@ class CodeIndex:
         """Open the index in `directory`, creating it for `binding` and `options` if new; an existing one
         keeps its own. Without `binding`, one that has none is FailedPrecondition."""
         directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory
+        self._directory = directory
         self._lock_file = _lock_directory(directory)
         self._lock = threading.RLock()  # one connection: reads must not see a write in progress
         self._closed = False
@@ -263,10 +263,10 @@ class CodeIndex:
             if self._bits_ivf is not None:
                 saved.append((self._bits_ivf, "bits_ivf.faiss", faiss.write_index_binary))
             for index, name, write in saved:
-                temporary = self.directory / (name + ".tmp")
+                temporary = self._directory / (name + ".tmp")
                 write(index, str(temporary))
-                os.replace(temporary, self.directory / name)
-            stamp = self.directory / "faiss.stamp"
+                os.replace(temporary, self._directory / name)
+            stamp = self._directory / "faiss.stamp"
             stamp.with_suffix(".tmp").write_text(writes)
             os.replace(stamp.with_suffix(".tmp"), stamp)
             self._db.close()
@@ -346,7 +346,7 @@ class CodeIndex:
         return found
 
     def _load_faiss(self) -> None:
-        stamp, directory = self.directory / "faiss.stamp", self.directory
+        stamp, directory = self._directory / "faiss.stamp", self._directory
         if stamp.is_file() and stamp.read_text() == self._meta("writes"):
             self._codes = faiss.read_index(str(directory / "codes.faiss"))
             self._bits = faiss.read_index_binary(str(directory / "bits.faiss"))

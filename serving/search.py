@@ -3,7 +3,6 @@ version it is bound to, searched with filters and in batches, and label propagat
 import asyncio
 import base64
 import logging
-import shutil
 import threading
 import time
 
@@ -39,7 +38,8 @@ class Search(Capability):
         super().__init__(settings, inference)
         self.encoding = encoding
         self._collections: Collections | None = None
-        self.reindexing: dict[str, search_pb2.Reindex] = {}  # by collection: running, or the last failure
+        # by collection: (the index being rebuilt, the progress), running or the last failure
+        self._reindexing: dict[str, tuple[CodeIndex, search_pb2.Reindex]] = {}
         self._tasks: dict[str, asyncio.Task] = {}  # running reindexes
         self._gates: dict[str, asyncio.Lock] = {}  # by collection: a reindex holds it while it switches
 
@@ -129,6 +129,12 @@ class Search(Capability):
                 if self.collections.get(name) is index:
                     raise
 
+    def reindex_progress(self, name: str, index: CodeIndex) -> search_pb2.Reindex | None:
+        """The running reindex of `index`, or the last one that failed; None once it switched, or when
+        the collection is another one by now (dropped and created again)."""
+        rebuilt, progress = self._reindexing.get(name, (None, None))
+        return progress if rebuilt is index else None
+
     def _gate(self, name: str) -> asyncio.Lock:
         return self._gates.setdefault(name, asyncio.Lock())
 
@@ -171,11 +177,11 @@ class Search(Capability):
             raise NotFound(f"no encoder {validation.quoted(model)}", "model.name")
         binding = Binding(model, *self.encoding.signature(model, version))
         directory, new = await asyncio.to_thread(self.collections.build, name, binding, old.options)
-        self.reindexing[name] = search_pb2.Reindex(model=common_pb2.ModelRef(name=model, version=binding.version), total=len(old))
+        self._reindexing[name] = old, search_pb2.Reindex(model=common_pb2.ModelRef(name=model, version=binding.version), total=len(old))
         self._tasks[name] = asyncio.create_task(self._rebuild(name, old, directory, new))
 
     async def _rebuild(self, name: str, old: CodeIndex, directory: str, new: CodeIndex) -> None:
-        progress = self.reindexing[name]
+        _, progress = self._reindexing[name]
         try:
             cursor = await self._carry_over(old, new, "", progress)
             async with self._gate(name):  # writes wait from here to the switch; searches go on
@@ -184,13 +190,12 @@ class Search(Capability):
                 if gone:
                     await asyncio.to_thread(new.delete, gone)
                 await asyncio.to_thread(self.collections.switch, name, directory, new)
-            del self.reindexing[name]
+            del self._reindexing[name]
             log.info("reindexed %s with %s version %d: %d items", name, new.binding.model, new.binding.version, len(new))
         except Exception as error:  # noqa: BLE001 - the collection stays on its old codes; the error is shown in its stats
             log.error("reindexing %s failed", name, exc_info=error)
             progress.error = str(error)[:1000]
-            new.close()
-            await asyncio.to_thread(shutil.rmtree, new.directory)
+            await asyncio.to_thread(self.collections.discard, directory, new)
         finally:
             del self._tasks[name]
 
@@ -321,7 +326,8 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         self.settings = search.settings
 
     def _stats(self, name: str) -> search_pb2.IndexStats:
-        return _stats(name, self.search.collections.get(name), self.search.reindexing.get(name))
+        index = self.search.collections.get(name)
+        return _stats(name, index, self.search.reindex_progress(name, index))
 
     def _where(self, text: str) -> Filter | None:
         settings = self.settings

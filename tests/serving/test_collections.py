@@ -279,3 +279,16 @@ def test_reindex_switches_encoder_versions_while_searches_and_writes_go_on(stub,
         stub.ReindexCollection(search_pb2.ReindexCollectionRequest())  # the default collection keeps no images
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     stub.DropCollection(search_pb2.DropCollectionRequest(name="moving"))
+
+
+def test_a_reindex_cut_short_by_a_drop_leaves_nothing_behind(stub, gateway, mnist):
+    stub.CreateCollection(search_pb2.CreateCollectionRequest(name="short-lived", keep_images=True, model=common_pb2.ModelRef(name="autoencoder", version=1)))
+    stub.AddItems(search_pb2.AddItemsRequest(collection="short-lived", items=[item(i, mnist) for i in range(200)]))
+    stub.ReindexCollection(search_pb2.ReindexCollectionRequest(collection="short-lived"))
+    stub.DropCollection(search_pb2.DropCollectionRequest(name="short-lived"))
+    created = stub.CreateCollection(search_pb2.CreateCollectionRequest(name="short-lived"))
+    assert not created.HasField("reindex")  # whatever became of the old one's reindex
+    time.sleep(1)
+    directories = {d.name for d in (gateway.settings.data_dir / "collections").iterdir() if d.is_dir()}
+    assert len([d for d in directories if d.startswith("short-lived-")]) == 1  # the new collection's only
+    stub.DropCollection(search_pb2.DropCollectionRequest(name="short-lived"))
