@@ -19,6 +19,7 @@ class IndexKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INDEX_KIND_UNSPECIFIED: _ClassVar[IndexKind]
     INDEX_KIND_EXACT: _ClassVar[IndexKind]
     INDEX_KIND_IVF: _ClassVar[IndexKind]
+    INDEX_KIND_HNSW: _ClassVar[IndexKind]
 
 class Propagation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -31,6 +32,7 @@ SPACE_HASH: Space
 INDEX_KIND_UNSPECIFIED: IndexKind
 INDEX_KIND_EXACT: IndexKind
 INDEX_KIND_IVF: IndexKind
+INDEX_KIND_HNSW: IndexKind
 PROPAGATION_UNSPECIFIED: Propagation
 PROPAGATION_SPREADING: Propagation
 PROPAGATION_HARMONIC: Propagation
@@ -264,14 +266,18 @@ class ReindexCollectionRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ...) -> None: ...
 
 class IndexSpec(_message.Message):
-    __slots__ = ("kind", "nlist", "nprobe")
+    __slots__ = ("kind", "nlist", "nprobe", "m", "ef_search")
     KIND_FIELD_NUMBER: _ClassVar[int]
     NLIST_FIELD_NUMBER: _ClassVar[int]
     NPROBE_FIELD_NUMBER: _ClassVar[int]
+    M_FIELD_NUMBER: _ClassVar[int]
+    EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     kind: IndexKind
     nlist: int
     nprobe: int
-    def __init__(self, kind: _Optional[_Union[IndexKind, str]] = ..., nlist: _Optional[int] = ..., nprobe: _Optional[int] = ...) -> None: ...
+    m: int
+    ef_search: int
+    def __init__(self, kind: _Optional[_Union[IndexKind, str]] = ..., nlist: _Optional[int] = ..., nprobe: _Optional[int] = ..., m: _Optional[int] = ..., ef_search: _Optional[int] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "model", "keep_images", "index")
