@@ -7,9 +7,13 @@ store's write count; on open they are read back if the stamp matches and rebuilt
 a crash). An exact collection searches flat indexes (L2 over real codes, Hamming over packed bits). An
 IVF collection is exact until it holds TRAIN_PER_LIST x nlist items; the write that reaches that trains
 IndexIVFFlat and IndexBinaryIVF on every stored code, and from then on they answer unfiltered searches.
-A filtered search stays inside the index (an IDSelector over the rows the filter selects in SQLite): on
-IVF it probes `nprobe` lists and, if that finds fewer hits than items match, all of them; FAISS's binary
-IVF takes no selector, so filtered Hamming searches use the flat binary index, kept beside it.
+An HNSW collection keeps IndexHNSWFlat and IndexBinaryHNSW graphs from the start. FAISS cannot remove
+from an HNSW graph: a deleted row stays in it as a tombstone, left out of every search by an IDSelector,
+and the graph is rebuilt from SQLite when tombstones pass TOMBSTONE_SHARE of it at open.
+A filtered search stays inside the index (an IDSelector over the rows the filter selects in SQLite). On
+IVF it probes `nprobe` lists and, if that finds fewer hits than items match, all of them; on HNSW, if the
+graph search finds too few, it ranks the matching rows exactly. FAISS's binary IVF takes no selector, so
+filtered Hamming searches use the flat binary index, kept beside the approximate one.
 
 One process at a time: an open index holds an exclusive lock on `.lock` in its directory, which names the
 holder; the OS drops the lock when the holder closes the index or dies, so a lock is never stale.
@@ -45,6 +49,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 LABEL_INDEX = "CREATE INDEX IF NOT EXISTS items_label ON items (label)"  # filters on label
 TRAIN_PER_LIST = 30  # stored items per IVF list before an IVF collection trains (FAISS warns below 39)
+HNSW_EF_CONSTRUCTION = 64  # candidates while building: recall 0.993 at ef_search 64, m 16, on 1M codes (bench search-scale)
+TOMBSTONE_SHARE = 0.1
 
 
 class Closed(NotFound):
@@ -70,9 +76,11 @@ class IndexOptions:
     """How a collection stores and searches, fixed when it is created."""
 
     keep_images: bool = False
-    kind: str = "exact"  # or "ivf"
+    kind: str = "exact"  # "ivf" or "hnsw"
     nlist: int = 0  # IVF lists
     nprobe: int = 0  # IVF lists searched
+    m: int = 0  # HNSW neighbours a node
+    ef_search: int = 0  # HNSW candidates a search
 
 
 @dataclass(frozen=True)
@@ -142,8 +150,8 @@ class CodeIndex:
 
     @property
     def approximate(self) -> bool:
-        """Whether a trained IVF index answers unfiltered searches."""
-        return self._bits_ivf is not None
+        """Whether an IVF index (once trained) or HNSW graph answers unfiltered searches."""
+        return self._bits_approximate is not None
 
     def search(self, queries: np.ndarray, hashed: bool, k: int, exclude_ids: list[str | None], where: Filter | None = None) -> list[list[Hit]]:
         """The k nearest items to each query (float32 codes, or packed bits when `hashed`), leaving out
@@ -157,16 +165,22 @@ class CodeIndex:
                 if not len(rows):
                     return [[] for _ in queries]
                 selector, matching = faiss.IDSelectorBatch(rows), len(rows)
-            if hashed:
-                if selector is None and self._bits_ivf is not None:
-                    distances, rows = self._bits_ivf.search(queries, wanted)
-                else:
-                    distances, rows = self._bits.search(queries, wanted, params=faiss.SearchParameters(sel=selector) if selector else None)
-            elif self.approximate:
+            kind = self.options.kind if self.approximate else "exact"
+            if hashed and (selector is not None or kind == "exact"):
+                distances, rows = self._bits.search(queries, wanted, params=faiss.SearchParameters(sel=selector) if selector else None)
+            elif hashed and kind == "ivf":
+                distances, rows = self._bits_approximate.search(queries, wanted)
+            elif kind == "ivf":
                 distances, rows = self._codes.search(queries, wanted, params=faiss.SearchParametersIVF(sel=selector, nprobe=self.options.nprobe))
                 if selector is not None and ((rows >= 0).sum(1) < min(wanted, matching)).any():
                     # the probed lists held too few matches: probe them all (exact over the matches)
                     distances, rows = self._codes.search(queries, wanted, params=faiss.SearchParametersIVF(sel=selector, nprobe=self.options.nlist))
+            elif kind == "hnsw":
+                graph = self._bits_approximate if hashed else self._codes
+                live = selector or (faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(self._tombstones, np.int64))) if self._tombstones else None)
+                distances, rows = graph.search(queries, wanted, params=faiss.SearchParametersHNSW(sel=live, efSearch=max(self.options.ef_search, wanted)))
+                if selector is not None and ((rows >= 0).sum(1) < min(wanted, matching)).any():
+                    distances, rows = self._exactly(queries, wanted, self._rows(where))  # the graph strayed from the few matches
             else:
                 distances, rows = self._codes.search(queries, wanted, params=faiss.SearchParameters(sel=selector) if selector else None)
             return [self._hits(d, r, exclude, k) for d, r, exclude in zip(distances, rows, exclude_ids)]
@@ -230,7 +244,7 @@ class CodeIndex:
             self._remove_rows(replaced)
             self._index_rows(np.asarray(rows, dtype=np.int64), codes, bits)
             if self.options.kind == "ivf" and not self.approximate and len(self) >= TRAIN_PER_LIST * self.options.nlist:
-                self._train()
+                self._train_ivf()
             return len(replaced)
 
     def delete(self, ids: list[str]) -> None:
@@ -260,8 +274,8 @@ class CodeIndex:
                 return
             writes = self._meta("writes")
             saved = [(self._codes, "codes.faiss", faiss.write_index), (self._bits, "bits.faiss", faiss.write_index_binary)]
-            if self._bits_ivf is not None:
-                saved.append((self._bits_ivf, "bits_ivf.faiss", faiss.write_index_binary))
+            if self._bits_approximate is not None:
+                saved.append((self._bits_approximate, "bits_approximate.faiss", faiss.write_index_binary))
             for index, name, write in saved:
                 temporary = self._directory / (name + ".tmp")
                 write(index, str(temporary))
@@ -296,14 +310,24 @@ class CodeIndex:
     def _index_rows(self, rows: np.ndarray, codes: np.ndarray, bits: np.ndarray) -> None:
         self._codes.add_with_ids(codes, rows)
         self._bits.add_with_ids(bits, rows)
-        if self._bits_ivf is not None:
-            self._bits_ivf.add_with_ids(bits, rows)
+        if self._bits_approximate is not None:
+            self._bits_approximate.add_with_ids(bits, rows)
 
     def _remove_rows(self, rows: list[int]) -> None:
         rows = np.asarray(rows, dtype=np.int64)
-        for index in (self._codes, self._bits, self._bits_ivf):
+        self._bits.remove_ids(rows)
+        if self.options.kind == "hnsw":
+            self._tombstones.update(rows.tolist())
+            return
+        for index in (self._codes, self._bits_approximate):
             if index is not None:
                 index.remove_ids(rows)
+
+    def _exactly(self, queries: np.ndarray, wanted: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, rows) of the `wanted` nearest of `rows` by L2, from their codes in the graph."""
+        distances, nearest = faiss.knn(queries, self._codes.reconstruct_batch(rows), min(wanted, len(rows)))
+        found = np.where(nearest >= 0, rows[np.maximum(nearest, 0)], -1)
+        return distances, found
 
     def _rows(self, where: Filter) -> np.ndarray:
         clause, params = to_sql(where)
@@ -317,18 +341,18 @@ class CodeIndex:
         return (np.asarray([r[0] for r in stored], dtype=np.int64), np.stack([np.frombuffer(r[1], np.float32) for r in stored]),
                 np.stack([np.frombuffer(r[2], np.uint8) for r in stored]))
 
-    def _train(self) -> None:
+    def _train_ivf(self) -> None:
         """Replace the real codes' flat index by an IVF one, and add a binary IVF, both trained on every
         stored code."""
         rows, codes, bits = self._stored()
         nlist, size = self.options.nlist, 8 * -(-self.binding.num_bits // 8)
         self._codes = faiss.IndexIVFFlat(faiss.IndexFlatL2(self.binding.code_dim), self.binding.code_dim, nlist, faiss.METRIC_L2)
-        self._bits_ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(size), size, nlist)
-        self._bits_ivf.nprobe = self.options.nprobe
+        self._bits_approximate = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(size), size, nlist)
+        self._bits_approximate.nprobe = self.options.nprobe
         self._codes.train(codes)
-        self._bits_ivf.train(bits)
+        self._bits_approximate.train(bits)
         self._codes.add_with_ids(codes, rows)
-        self._bits_ivf.add_with_ids(bits, rows)
+        self._bits_approximate.add_with_ids(bits, rows)
 
     def _select(self, condition: str, params: list) -> list[StoredItem]:
         query = f"SELECT row, id, label, metadata, code, bits, image FROM items WHERE {condition}"
@@ -346,20 +370,32 @@ class CodeIndex:
         return found
 
     def _load_faiss(self) -> None:
-        stamp, directory = self._directory / "faiss.stamp", self._directory
+        stamp, directory, approximate = self._directory / "faiss.stamp", self._directory, self._directory / "bits_approximate.faiss"
+        self._tombstones: set[int] = set()  # HNSW: rows deleted from SQLite, still in the graphs
         if stamp.is_file() and stamp.read_text() == self._meta("writes"):
             self._codes = faiss.read_index(str(directory / "codes.faiss"))
             self._bits = faiss.read_index_binary(str(directory / "bits.faiss"))
-            self._bits_ivf = faiss.read_index_binary(str(directory / "bits_ivf.faiss")) if (directory / "bits_ivf.faiss").is_file() else None
-            return
-        self._codes = faiss.IndexIDMap2(faiss.IndexFlatL2(self.binding.code_dim))
-        self._bits = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(8 * -(-self.binding.num_bits // 8)))
-        self._bits_ivf = None
-        (directory / "bits_ivf.faiss").unlink(missing_ok=True)  # a stale one must not be read with the next stamp
+            self._bits_approximate = faiss.read_index_binary(str(approximate)) if approximate.is_file() else None
+            if self.options.kind == "hnsw":
+                self._tombstones = set(faiss.vector_to_array(self._codes.id_map).tolist()) - set(faiss.vector_to_array(self._bits.id_map).tolist())
+            if len(self._tombstones) <= TOMBSTONE_SHARE * self._codes.ntotal:
+                return
+        size = 8 * -(-self.binding.num_bits // 8)
+        if self.options.kind == "hnsw":
+            graphs = faiss.IndexHNSWFlat(self.binding.code_dim, self.options.m), faiss.IndexBinaryHNSW(size, self.options.m)
+            for graph in graphs:
+                graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            self._codes, self._bits_approximate = faiss.IndexIDMap2(graphs[0]), faiss.IndexBinaryIDMap2(graphs[1])
+        else:
+            self._codes = faiss.IndexIDMap2(faiss.IndexFlatL2(self.binding.code_dim))
+            self._bits_approximate = None
+        self._bits = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(size))
+        self._tombstones = set()
+        approximate.unlink(missing_ok=True)  # a stale one must not be read with the next stamp
         rows, codes, bits = self._stored()
         self._index_rows(rows, codes, bits)
         if self.options.kind == "ivf" and len(rows) >= TRAIN_PER_LIST * self.options.nlist:
-            self._train()
+            self._train_ivf()
 
     def _hits(self, distances, rows, exclude_id: str | None, k: int) -> list[Hit]:
         wanted = [(int(r), float(d)) for r, d in zip(rows, distances) if r >= 0]

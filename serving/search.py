@@ -67,7 +67,12 @@ class Search(Capability):
             log.info("waiting for %s to be ready", settings.index_model)
             await asyncio.sleep(settings.health_poll_seconds)
         binding = Binding(settings.index_model, *self.encoding.signature(settings.index_model, 0))
-        collections = Collections(settings.data_dir)
+        if settings.index_backend == "milvus":
+            from serving.milvus_index import MilvusCollections  # pymilvus: the milvus extra, imported only when used
+
+            collections = MilvusCollections(settings.milvus_uri)
+        else:
+            collections = Collections(settings.data_dir)
         await asyncio.to_thread(collections.open, binding)
         index = collections.get(DEFAULT)
         if settings.gallery == "mnist-test" and not index.is_marked(GALLERY_MARK):
@@ -306,7 +311,7 @@ def _hits_message(hits: list[Hit]) -> search_pb2.SearchResponse:
     ])
 
 
-INDEX_KINDS = {"exact": search_pb2.INDEX_KIND_EXACT, "ivf": search_pb2.INDEX_KIND_IVF}
+INDEX_KINDS = {"exact": search_pb2.INDEX_KIND_EXACT, "ivf": search_pb2.INDEX_KIND_IVF, "hnsw": search_pb2.INDEX_KIND_HNSW}
 
 
 def _stats(name: str, index: CodeIndex, reindex: search_pb2.Reindex | None) -> search_pb2.IndexStats:
@@ -315,7 +320,7 @@ def _stats(name: str, index: CodeIndex, reindex: search_pb2.Reindex | None) -> s
         reindex=reindex,
         collection=name, items=len(index), model=common_pb2.ModelRef(name=binding.model, version=binding.version),
         code_dim=binding.code_dim, num_bits=binding.num_bits, keep_images=options.keep_images,
-        index=search_pb2.IndexSpec(kind=INDEX_KINDS[options.kind], nlist=options.nlist, nprobe=options.nprobe),
+        index=search_pb2.IndexSpec(kind=INDEX_KINDS[options.kind], nlist=options.nlist, nprobe=options.nprobe, m=options.m, ef_search=options.ef_search),
         approximate=index.approximate,
     )
 
@@ -335,15 +340,25 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
     def _options(self, request: search_pb2.CreateCollectionRequest) -> IndexOptions:
         settings, spec = self.settings, request.index
+        ivf, hnsw = (spec.nlist, spec.nprobe), (spec.m, spec.ef_search)
         if spec.kind in (search_pb2.INDEX_KIND_UNSPECIFIED, search_pb2.INDEX_KIND_EXACT):
-            if spec.nlist or spec.nprobe:
-                raise InvalidArgument("nlist and nprobe are for INDEX_KIND_IVF", "index")
+            if any(ivf + hnsw):
+                raise InvalidArgument("nlist and nprobe are for INDEX_KIND_IVF, m and ef_search for INDEX_KIND_HNSW", "index")
             return IndexOptions(keep_images=request.keep_images)
-        if spec.kind != search_pb2.INDEX_KIND_IVF:
-            raise InvalidArgument(f"unknown index kind {spec.kind}", "index.kind")
-        nlist = validation.optional_count(spec.nlist, settings.ivf_nlist, settings.max_ivf_nlist, "index.nlist", "lists")
-        nprobe = validation.optional_count(spec.nprobe, min(settings.ivf_nprobe, nlist), nlist, "index.nprobe", "lists")
-        return IndexOptions(keep_images=request.keep_images, kind="ivf", nlist=nlist, nprobe=nprobe)
+        if spec.kind == search_pb2.INDEX_KIND_IVF:
+            if any(hnsw):
+                raise InvalidArgument("m and ef_search are for INDEX_KIND_HNSW", "index")
+            nlist = validation.optional_count(spec.nlist, settings.ivf_nlist, settings.max_ivf_nlist, "index.nlist", "lists")
+            nprobe = validation.optional_count(spec.nprobe, min(settings.ivf_nprobe, nlist), nlist, "index.nprobe", "lists")
+            return IndexOptions(keep_images=request.keep_images, kind="ivf", nlist=nlist, nprobe=nprobe)
+        if spec.kind == search_pb2.INDEX_KIND_HNSW:
+            if any(ivf):
+                raise InvalidArgument("nlist and nprobe are for INDEX_KIND_IVF", "index")
+            if not 0 <= spec.m <= 64 or spec.m == 1:
+                raise InvalidArgument(f"m {spec.m}; want 2 to 64 (0: the default)", "index.m")
+            ef_search = validation.optional_count(spec.ef_search, settings.hnsw_ef_search, settings.max_hnsw_ef_search, "index.ef_search", "candidates")
+            return IndexOptions(keep_images=request.keep_images, kind="hnsw", m=spec.m or settings.hnsw_m, ef_search=ef_search)
+        raise InvalidArgument(f"unknown index kind {spec.kind}", "index.kind")
 
     def _code(self, index: CodeIndex, code: common_pb2.Code, hashed: bool, field: str) -> np.ndarray:
         binding = index.binding

@@ -95,6 +95,46 @@ def test_an_ivf_collection_is_exact_until_trained_then_close_to_exact(tmp_path):
     assert reopened.approximate and reopened.options == IVF
 
 
+HNSW = IndexOptions(kind="hnsw", m=8, ef_search=16)
+
+
+def test_an_hnsw_collection_is_close_to_exact_and_leaves_deleted_items_out_across_restarts(tmp_path):
+    binding, items = clustered(400)
+    index = CodeIndex(tmp_path / "hnsw", binding, HNSW)
+    exact = CodeIndex(tmp_path / "exact", binding)
+    index.add(items)
+    exact.add(items)
+    assert index.approximate
+    queries = np.stack([it.code for it in items[:40]])
+    found, truth = index.search(queries, False, 10, [None] * 40), exact.search(queries, False, 10, [None] * 40)
+    assert np.mean([len({h.id for h in a} & {h.id for h in t}) / 10 for a, t in zip(found, truth)]) >= 0.9
+    gone = [it.id for it in items[:30]]
+    index.delete(gone)  # tombstones in the graphs
+    for hashed, vectors in ((False, queries), (True, np.stack([it.bits for it in items[:40]]))):
+        assert not {h.id for hits in index.search(vectors, hashed, 10, [None] * 40) for h in hits} & set(gone)
+    index.close()
+    reopened = CodeIndex(tmp_path / "hnsw", None)  # 30 of 400 deleted: under TOMBSTONE_SHARE, the saved graphs stay
+    assert len(reopened) == 370 and reopened.options == HNSW
+    assert not {h.id for hits in reopened.search(queries, False, 10, [None] * 40) for h in hits} & set(gone)
+    reopened.delete([it.id for it in items[30:80]])  # 80 of 400 now: rebuilt at the next open
+    reopened.close()
+    rebuilt = CodeIndex(tmp_path / "hnsw", None)
+    assert len(rebuilt) == 320 and rebuilt.search(items[100].code[None], False, 1, [None])[0][0].id == items[100].id
+
+
+def test_filtered_hnsw_search_returns_k_hits_when_k_items_match(tmp_path):
+    binding, items = clustered(400)
+    index = CodeIndex(tmp_path, binding, HNSW)
+    index.add(items)
+    far = items[1].code  # cluster 1: the graph search from here rarely reaches cluster 5 with ef_search 16
+    hits = index.search(far[None], False, 12, [None], parse("label == 5", 100, 10, 5))[0]
+    assert len(hits) == 12 and all(h.label == 5 for h in hits)
+    truth = CodeIndex(tmp_path / "exact", binding)
+    truth.add(items)
+    expected = truth.search(far[None], False, 12, [None], parse("label == 5", 100, 10, 5))[0]
+    assert [h.id for h in hits] == [h.id for h in expected]
+
+
 def test_filtered_ivf_search_returns_k_hits_when_k_items_match(tmp_path):
     binding, items = clustered(TRAIN_PER_LIST * 8)
     index = CodeIndex(tmp_path, binding, IVF)
