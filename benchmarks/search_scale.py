@@ -9,7 +9,8 @@ are MNIST test images distorted the same way from another seed.
 
 FAISS runs on its own with 2 threads, on the index types CodeIndex builds: exact is IndexIDMap2 over
 IndexFlatL2 (codes) or IndexBinaryFlat (packed bits); IVF is IndexIVFFlat or IndexBinaryIVF, trained as
-CodeIndex trains them, on the first TRAIN_PER_LIST x nlist items. Recall@10 is against exact search: in L2
+CodeIndex trains them, on the first TRAIN_PER_LIST x nlist items; HNSW is IndexHNSWFlat or IndexBinaryHNSW
+(m 16, efConstruction HNSW_EF_CONSTRUCTION) under IndexIDMap2, at several ef_search. Recall@10 is against exact search: in L2
 the share of the exact top 10 that comes back; in Hamming, where many items tie at the 10th distance so that
 the exact top 10 is one arbitrary choice among them, the share of returned hits no farther than the exact
 10th distance. Queries/s is the median of passes repeated for about CELL_SECONDS (a pass: SINGLE_QUERIES
@@ -19,8 +20,8 @@ as FAISS serializes it (codes, ids, centroids).
 
 Filtered search runs through CodeIndex (SQLite + FAISS), each item stored with its source image's label and
 metadata {"shard": str(i mod 100)}. End to end, a gateway serves as its default collection a CodeIndex made
-here beforehand (exact, then IVF with 1,024 lists and 8 probes: the gateway's default ivf_nlist and ivf_nprobe),
-and CLIENTS concurrent clients send SearchBatch of 64 codes.
+here beforehand (exact; IVF with 1,024 lists and 8 probes; HNSW with m 16 and ef_search 64: the gateway's
+defaults), and CLIENTS concurrent clients send SearchBatch of 64 codes.
 """
 import asyncio
 import ctypes
@@ -47,7 +48,7 @@ from latentserve.contract import BINARY_CODE, CODE, ENCODE
 from latentserve.datasets import load_mnist
 from latentserve.v1 import common_pb2, search_pb2, search_pb2_grpc
 from serving.filters import parse
-from serving.index import TRAIN_PER_LIST, Binding, CodeIndex, IndexOptions, NewItem
+from serving.index import HNSW_EF_CONSTRUCTION, TRAIN_PER_LIST, Binding, CodeIndex, IndexOptions, NewItem
 from serving.settings import Settings
 
 THREADS = 2  # torch, onnxruntime and FAISS
@@ -58,6 +59,8 @@ QUERIES = 1000
 K = 10
 NLIST = 1024
 PROBES = (1, 2, 4, 8, 16)
+HNSW_M = 16
+EF_SEARCHES = (16, 32, 64, 128)
 BATCH = 64
 SINGLE_QUERIES = 300  # one-query calls in a batch-1 pass
 CELL_SECONDS = 5.0  # time spent on one figure: passes repeat while another fits
@@ -68,7 +71,8 @@ FILTERED_SECONDS = 10.0
 CLIENTS = 4
 GATEWAY_SECONDS = 10.0
 SPACES = ("L2", "Hamming")
-SERVED = IndexOptions(kind="ivf", nlist=NLIST, nprobe=8)  # the IVF collection the gateway makes by default
+# collections as the gateway makes them with the default settings, for the filtered and end-to-end runs
+SERVED = (IndexOptions(), IndexOptions(kind="ivf", nlist=NLIST, nprobe=8), IndexOptions(kind="hnsw", m=HNSW_M, ef_search=64))
 
 
 @dataclass(frozen=True)
@@ -142,21 +146,27 @@ def resident_bytes() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def new_index(space: str, dim: int, nlist: int):
-    """An empty FAISS index of the type CodeIndex builds: flat with ids if `nlist` is 0, else IVF."""
-    if space == "L2":
-        return faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist, faiss.METRIC_L2) if nlist else faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
+def new_index(space: str, dim: int, options: IndexOptions):
+    """An empty FAISS index of the type CodeIndex builds for `options` (`dim`: floats, or bytes of bits)."""
     bits = 8 * dim
-    return faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, nlist) if nlist else faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(bits))
+    if options.kind == "ivf":
+        if space == "L2":
+            return faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, options.nlist, faiss.METRIC_L2)
+        return faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, options.nlist)
+    if options.kind == "hnsw":
+        graph = faiss.IndexHNSWFlat(dim, options.m) if space == "L2" else faiss.IndexBinaryHNSW(bits, options.m)
+        graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        return faiss.IndexIDMap2(graph) if space == "L2" else faiss.IndexBinaryIDMap2(graph)
+    return faiss.IndexIDMap2(faiss.IndexFlatL2(dim)) if space == "L2" else faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(bits))
 
 
-def build(space: str, vectors: np.ndarray, nlist: int):
+def build(space: str, vectors: np.ndarray, options: IndexOptions):
     """(index, seconds to train and add, resident bytes per item, serialized bytes per item)."""
     before = resident_bytes()
     start = time.perf_counter()
-    index = new_index(space, vectors.shape[1], nlist)
-    if nlist:
-        index.train(vectors[: TRAIN_PER_LIST * nlist])
+    index = new_index(space, vectors.shape[1], options)
+    if options.kind == "ivf":
+        index.train(vectors[: TRAIN_PER_LIST * options.nlist])
     index.add_with_ids(vectors, np.arange(1, len(vectors) + 1))  # ids are SQLite rows, from 1
     seconds = time.perf_counter() - start
     grown = resident_bytes() - before
@@ -186,24 +196,35 @@ def queries_per_s(search, queries: np.ndarray, batch: int) -> float:
 
 
 def index_name(options: IndexOptions) -> str:
-    return f"IVF {options.nlist}, nprobe {options.nprobe}" if options.kind == "ivf" else "exact"
+    if options.kind == "ivf":
+        return f"IVF {options.nlist}, nprobe {options.nprobe}"
+    return f"HNSW {options.m}, ef_search {options.ef_search}" if options.kind == "hnsw" else "exact"
 
 
 def faiss_rows(space: str, items: Codes, queries: Codes) -> list[Row]:
-    """Exact first, then IVF at each of PROBES."""
+    """Exact first, then IVF at each of PROBES, then HNSW at each of EF_SEARCHES."""
     vectors, targets = items.vectors(space), queries.vectors(space)
+    families = [
+        [IndexOptions()],
+        [IndexOptions(kind="ivf", nlist=NLIST, nprobe=nprobe) for nprobe in PROBES],
+        [IndexOptions(kind="hnsw", m=HNSW_M, ef_search=ef) for ef in EF_SEARCHES],
+    ]
     rows = []
-    for nlist, probes in ((0, (0,)), (NLIST, PROBES)):
-        index, seconds, resident, serialized = build(space, vectors, nlist)
-        for nprobe in probes:
-            if nlist:
-                index.nprobe = nprobe
-            found = index.search(targets, K)
-            if not nlist:
+    for family in families:
+        index, seconds, resident, serialized = build(space, vectors, family[0])
+        for options in family:
+            if options.kind == "ivf":
+                index.nprobe = options.nprobe
+            params = faiss.SearchParametersHNSW(efSearch=options.ef_search) if options.kind == "hnsw" else None
+
+            def search(q, index=index, params=params):
+                return index.search(q, K, params=params)
+
+            found = search(targets)
+            if options.kind == "exact":
                 exact = found
             rows.append(Row(
-                index_name(IndexOptions(kind="ivf", nlist=nlist, nprobe=nprobe) if nlist else IndexOptions()), recall(space, exact, found),
-                queries_per_s(lambda q: index.search(q, K), targets, 1), queries_per_s(lambda q: index.search(q, K), targets, BATCH),
+                index_name(options), recall(space, exact, found), queries_per_s(search, targets, 1), queries_per_s(search, targets, BATCH),
                 seconds, resident, serialized,
             ))
             print(f"  {space} {rows[-1].name}: recall {rows[-1].recall:.4f}, {rows[-1].per_s_batch:,.0f} queries/s at batch {BATCH}", flush=True)
@@ -310,9 +331,9 @@ def main(repository_root: Path, items: int) -> None:
         print_space(space, rows[space])
 
     with tempfile.TemporaryDirectory() as scratch:
-        data_dirs = {index_name(options): Path(scratch) / options.kind for options in (IndexOptions(), SERVED)}
+        data_dirs = {index_name(options): Path(scratch) / options.kind for options in SERVED}
         print()
-        for options in (IndexOptions(), SERVED):
+        for options in SERVED:
             name = index_name(options)
             seconds = fill(data_dirs[name] / "index", binding, options, stored)  # data_dir/index: the default collection
             print(f"CodeIndex ({name}) of {items:,} items built in {seconds:.0f} s ({items / seconds:,.0f} items/s, {ADD_BATCH:,} a call)", flush=True)
