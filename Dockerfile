@@ -11,7 +11,8 @@ WORKDIR /src
 COPY pyproject.toml constraints.txt ./
 COPY latentserve latentserve
 COPY serving serving
-RUN pip wheel --no-cache-dir -c constraints.txt --wheel-dir /wheels .
+# The milvus extra: the gateway can keep its collections on Milvus (LATENTSERVE_INDEX_BACKEND=milvus, compose.yaml).
+RUN pip wheel --no-cache-dir -c constraints.txt --wheel-dir /wheels '.[milvus]'
 
 FROM ${PYTHON_IMAGE} AS gateway
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin latentserve \
@@ -19,7 +20,7 @@ RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin late
  && chown latentserve /data
 # The wheels are mounted, not copied, so they add no layer; --no-index: nothing is fetched or compiled here.
 RUN --mount=type=bind,from=gateway-build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels latentserve
+    pip install --no-cache-dir --no-index --find-links=/wheels 'latentserve[milvus]'
 WORKDIR /app
 COPY model_repository model_repository
 # Beyond loopback the gateway serves only TLS with tokens: the certificate, its key and the tokens file are

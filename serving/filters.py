@@ -37,7 +37,6 @@ A malformed filter is INVALID_ARGUMENT, and its message says where, counting cha
 `at 12: expected "]"`. Over a limit (settings `max_filter_bytes` of text, `max_filter_values` in one
 list, `max_filter_depth` of nested parentheses and `not`s) is RESOURCE_EXHAUSTED.
 """
-import json
 import re
 from dataclasses import dataclass, replace
 
@@ -45,6 +44,7 @@ from serving.errors import InvalidArgument, ResourceExhausted
 from serving.validation import quoted
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+NO_LABEL = -(2**31) - 1  # the stored label of an item without one on Milvus (no nullable fields in Milvus Lite): no int32 label
 KEYWORDS = {"and", "or", "not", "in"}
 NEGATED = {"==": "!=", "!=": "==", "in": "not in", "not in": "in"}
 
@@ -116,9 +116,18 @@ def to_sql(parsed: Filter) -> tuple[str, list]:
 
 
 def to_milvus(parsed: Filter) -> str:
-    """The same filter as a Milvus expression over an INT64 field `label` (nullable) and a JSON field
-    `metadata`. Raises InvalidArgument for a metadata key Milvus cannot name (see _milvus_key)."""
+    """The same filter as a Milvus expression over an INT64 field `label` (NO_LABEL for none) and a JSON
+    field `metadata` of strings, in what Milvus Lite 2.5 accepts too. Raises InvalidArgument for a
+    metadata key Milvus cannot name (see _milvus_key)."""
     return _milvus(_without_not(parsed))
+
+
+def milvus_string(value: str) -> str:
+    """`value` as a Milvus string literal. Milvus Lite 2.5.1 (checked) decodes only \\" and \\\\ in one, and
+    a line break ends the expression, so a value holding one cannot be written: ValueError."""
+    if "\n" in value or "\r" in value:
+        raise ValueError("a Milvus string cannot hold a line break")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _invalid(at: int, message: str) -> InvalidArgument:
@@ -319,23 +328,26 @@ def _sql(node: Filter, params: list) -> str:
 # What Milvus does with this text, as read in milvus-io/milvus (internal/parser/planparserv2: Plan.g4,
 # parser_visitor.go, utils.go; internal/core: ThreeValuedLogicOp, UnaryExpr.cpp) and its docs
 # (https://milvus.io/docs/boolean.md, basic-operators.md, nullable-and-default.md):
-# - a string literal is rewritten to double quotes and decoded by Go's strconv.Unquote (convertEscapeSingle),
-#   so JSON's escapes (\" \\ \n \uXXXX ...) mean the same there;
 # - a JSON key, `metadata["k"]` or `metadata['k']` with no space before `[`, is taken verbatim between its
 #   quotes, with no unescaping, after splitting the path at `][` (getColumnInfoFromJSONIdentifier);
-# - comparisons with a NULL label are NULL, and `not`, `and`, `or` follow three-valued logic;
-# - `metadata["k"] != v` is true when the key is missing (UnaryRangeJSONCompareNotEqual), and `not in` is
-#   `not (... in ...)`, so both are guarded with `exists metadata["k"]` (the grammar's EXISTS, on JSON keys).
+# - `metadata["k"] != v` is true when the key is missing (UnaryRangeJSONCompareNotEqual), and so is `not in`.
+# Milvus Lite 2.5.1 (checked) refuses `not`, `exists` and nullable fields, and in a string literal decodes
+# only \" and \\ (see milvus_string). So `not` is pushed down, a comparison that would be true for an item
+# without the key is guarded with `metadata["k"] >= ""` (true exactly when the key holds a string), and one
+# that would be true for the NO_LABEL of an item without a label with `label != NO_LABEL`.
 def _milvus(node: Filter) -> str:
     if isinstance(node, Or):
         return " or ".join(_milvus(operand) for operand in node.operands)
     if isinstance(node, And):  # `and` binds tighter than `or`
         return " and ".join(f"({_milvus(operand)})" if isinstance(operand, Or) else _milvus(operand) for operand in node.operands)
     field = "label" if isinstance(node.field, Label) else _milvus_key(node.field.key)
-    values = [_milvus_integer(v) if isinstance(node.field, Label) else json.dumps(v, ensure_ascii=False) for v in node.values]
+    values = [_milvus_integer(v) if isinstance(node.field, Label) else _milvus_value(v) for v in node.values]
     comparison = f"{field} {node.op} {values[0] if node.op in ('==', '!=') else '[' + ', '.join(values) + ']'}"
-    if isinstance(node.field, Metadata) and node.op in ("!=", "not in"):
-        return f"(exists {field} and {comparison})"
+    if isinstance(node.field, Label):
+        true_without_label = (NO_LABEL in node.values) == (node.op in ("==", "in"))
+        return f"(label != {NO_LABEL} and {comparison})" if true_without_label else comparison
+    if node.op in ("!=", "not in"):
+        return f'({field} >= "" and {comparison})'
     return comparison
 
 
@@ -344,6 +356,13 @@ def _milvus_key(key: str) -> str:
         raise InvalidArgument(f"the metadata key {quoted(key)} cannot be named in a Milvus filter", "filter")
     quote = "'" if '"' in key else '"'
     return f"metadata[{quote}{key}{quote}]"
+
+
+def _milvus_value(value: str) -> str:
+    try:
+        return milvus_string(value)
+    except ValueError:
+        raise InvalidArgument(f"the value {quoted(value)} holds a line break, which a Milvus filter cannot", "filter") from None
 
 
 def _milvus_integer(value: int) -> str:

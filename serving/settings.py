@@ -1,5 +1,6 @@
 """Gateway settings: every limit is here, with its default; each can be set as LATENTSERVE_<NAME>."""
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +35,8 @@ class Settings(BaseSettings):
     health_port: int = Field(0, ge=0, le=65535, description="gRPC health alone, plaintext, on metrics_host, answered by its own thread under any load; 0: off")
     model_repository: Path = Path("model_repository")
     data_dir: Path = Field(Path("data"), description="where the search index lives")
+    index_backend: Literal["embedded", "milvus"] = Field("embedded", description="the search collections: FAISS + SQLite in data_dir, or Milvus (milvus_uri)")
+    milvus_uri: str = Field("", description="Milvus standalone or cluster (http://host:19530), or a Milvus Lite file ending .db; empty: data_dir/milvus.db")
     runtime: Literal["embedded", "triton"] = Field("embedded", description="in-process onnxruntime, or Triton")
     triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC address (runtime triton)")
     triton_tls_ca_file: Path | None = Field(None, description="reach Triton over TLS, trusting this CA (PEM)")
@@ -101,6 +104,16 @@ class Settings(BaseSettings):
                 f"listening on {self.host!r}, beyond loopback, needs TLS (tls_cert_file, tls_key_file) and tokens "
                 "(tokens_file); set insecure (`serve --insecure`) to serve anyone who reaches the port, in the clear"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _milvus_can_hold_the_ids(self) -> "Settings":
+        if not self.milvus_uri:
+            self.milvus_uri = str(self.data_dir / "milvus.db")
+        if self.index_backend == "milvus" and self.max_id_bytes > 65_535:
+            raise ValueError("max_id_bytes over 65535, the most a Milvus VARCHAR holds")
+        if self.milvus_uri.endswith(".db") and not re.fullmatch(r"[A-Za-z0-9._-]{1,36}", Path(self.milvus_uri).name):
+            raise ValueError("a Milvus Lite file's name is 1 to 36 letters, digits, '.', '_' or '-' (milvus_lite's rule)")
         return self
 
     @model_validator(mode="after")

@@ -1,22 +1,54 @@
-"""Collections, items, filtered and batch search over real gRPC, on the embedded backend."""
+"""Collections, items, filtered and batch search over real gRPC, on both backends: embedded (FAISS +
+SQLite) and Milvus (Milvus Lite, a file in the gateway's data directory); then what only Milvus needs."""
 import threading
 import time
+from contextlib import contextmanager
 
 import grpc
 import numpy as np
 import pytest
+from pymilvus import MilvusClient
 
 from latentserve.v1 import common_pb2, search_pb2, search_pb2_grpc
+from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from serving.index import Binding, IndexLocked, IndexOptions, NewItem
+from serving.milvus_index import MAX_IMAGE_BYTES, MilvusCollections
+from serving.settings import Settings
 from tests.conftest import RunningGateway, assert_refused
 
 ITEMS = 120
 
 
+@pytest.fixture(scope="module", params=["embedded", "milvus"])
+def backend(request) -> str:
+    """Every test that takes it, directly or through `gateway`, runs on both backends."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
-    running = RunningGateway(data_dir=tmp_path_factory.mktemp("data"), gallery="none", max_k=50).start()
+def gateway(tmp_path_factory, backend):
+    running = RunningGateway(data_dir=tmp_path_factory.mktemp("data"), gallery="none", max_k=50, index_backend=backend).start()
     yield running
     running.stop()
+
+
+@contextmanager
+def milvus_client(settings: Settings):
+    """A client of the gateway's Milvus Lite file on a connection of its own (clients of one file share
+    one connection by default, and closing it would break the gateway's)."""
+    client = MilvusClient(settings.milvus_uri, alias="tests")
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def stored_collections(settings: Settings) -> list[str]:
+    """Where the collections' items live: directories under data_dir/collections, or Milvus collections."""
+    if settings.index_backend == "embedded":
+        return [d.name for d in (settings.data_dir / "collections").iterdir() if d.is_dir()]
+    with milvus_client(settings) as client:
+        return client.list_collections()
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +119,16 @@ def test_bad_requests_get_their_precise_status(stub, call, request_, code, field
         assert_refused(raised.value, code, field)
 
 
-def test_an_ivf_collection_trains_once_it_holds_30_items_a_list(stub, mnist):
+def test_an_ivf_collection_trains_once_it_holds_30_items_a_list(stub, backend, mnist):
     spec = search_pb2.IndexSpec(kind=search_pb2.INDEX_KIND_IVF, nlist=2, nprobe=1)
     created = stub.CreateCollection(search_pb2.CreateCollectionRequest(name="ivf", index=spec))
     assert created.index == spec and not created.approximate
     stub.AddItems(search_pb2.AddItemsRequest(collection="ivf", items=[item(i, mnist) for i in range(59)]))
     assert not stub.GetIndexStats(search_pb2.GetIndexStatsRequest(collection="ivf")).approximate
     stub.AddItems(search_pb2.AddItemsRequest(collection="ivf", items=[item(59, mnist)]))
-    assert stub.GetIndexStats(search_pb2.GetIndexStatsRequest(collection="ivf")).approximate
+    # The embedded backend trains at 30 x nlist items; Milvus says approximate once it has indexed rows,
+    # which Milvus Lite never does (it searches every row exactly).
+    assert stub.GetIndexStats(search_pb2.GetIndexStatsRequest(collection="ivf")).approximate == (backend == "embedded")
     hits = stub.Search(search_pb2.SearchRequest(collection="ivf", image=image(mnist.test.images[7]), k=1)).hits
     assert hits[0].id == "item-7" and hits[0].distance < 1e-6
     defaults = stub.CreateCollection(search_pb2.CreateCollectionRequest(name="ivf-defaults", index=search_pb2.IndexSpec(kind=search_pb2.INDEX_KIND_IVF)))
@@ -126,9 +160,10 @@ def test_pages_cover_every_item_once(stub, catalogue):
     assert pages == 5  # 25, 25, 25, 25 and 20: no empty last page
 
 
-def test_pages_stop_short_of_the_message_limit(start_gateway, tmp_path, mnist):
+def test_pages_stop_short_of_the_message_limit(start_gateway, tmp_path, backend, mnist):
     # about 4 KB of metadata an item, 96 KiB messages (64 KiB kept free): a page holds what fits, the token goes on
-    gateway = start_gateway(data_dir=tmp_path, gallery="none", max_message_bytes=96 * 1024, max_k=10, max_batch_images=16, propagation_chunk_items=100)
+    gateway = start_gateway(data_dir=tmp_path, gallery="none", max_message_bytes=96 * 1024, max_k=10, max_batch_images=16,
+                            propagation_chunk_items=100, index_backend=backend)
     with gateway.channel() as channel:
         stub = search_pb2_grpc.SearchStub(channel)
         stub.AddItems(search_pb2.AddItemsRequest(items=[item(i, mnist, note="x" * 3900) for i in range(16)]))
@@ -219,8 +254,18 @@ def test_concurrent_writers_lose_nothing_and_reads_see_acknowledged_writes(stub,
     stub.DropCollection(search_pb2.DropCollectionRequest(name="busy"))
 
 
-def test_collections_survive_a_restart(tmp_path, mnist):
-    gateway = RunningGateway(data_dir=tmp_path, gallery="none").start()
+def leave_a_half_made_collection(settings: Settings) -> str:
+    """What a creation cut short by a stop leaves: a directory, or a Milvus collection, no name points to."""
+    if settings.index_backend == "embedded":
+        (settings.data_dir / "collections" / "half-made").mkdir()
+        return "half-made"
+    with milvus_client(settings) as client:
+        client.create_collection("ls_half_made_000000000000", dimension=2)
+    return "ls_half_made_000000000000"
+
+
+def test_collections_survive_a_restart(tmp_path, backend, mnist):
+    gateway = RunningGateway(data_dir=tmp_path, gallery="none", index_backend=backend).start()
     try:
         with gateway.channel() as channel:
             stub = search_pb2_grpc.SearchStub(channel)
@@ -228,8 +273,8 @@ def test_collections_survive_a_restart(tmp_path, mnist):
             stub.AddItems(search_pb2.AddItemsRequest(collection="kept", items=[item(i, mnist) for i in range(3)]))
     finally:
         gateway.stop()
-    (tmp_path / "collections" / "half-made").mkdir()  # a creation that did not finish
-    gateway = RunningGateway(data_dir=tmp_path, gallery="none").start()
+    half_made = leave_a_half_made_collection(gateway.settings)
+    gateway = RunningGateway(data_dir=tmp_path, gallery="none", index_backend=backend).start()
     try:
         with gateway.channel() as channel:
             stub = search_pb2_grpc.SearchStub(channel)
@@ -237,6 +282,9 @@ def test_collections_survive_a_restart(tmp_path, mnist):
             assert names == ["default", "kept"]
             stats = stub.GetIndexStats(search_pb2.GetIndexStatsRequest(collection="kept"))
             assert (stats.items, stats.keep_images) == (3, True)
+            got = stub.GetItems(search_pb2.GetItemsRequest(collection="kept", ids=["item-2"], with_images=True)).items[0]
+            assert got.image == item(2, mnist).image
+        assert half_made not in stored_collections(gateway.settings)
     finally:
         gateway.stop()
 
@@ -281,7 +329,7 @@ def test_reindex_switches_encoder_versions_while_searches_and_writes_go_on(stub,
     stub.DropCollection(search_pb2.DropCollectionRequest(name="moving"))
 
 
-def test_a_reindex_cut_short_by_a_drop_leaves_nothing_behind(stub, gateway, mnist):
+def test_a_reindex_cut_short_by_a_drop_leaves_nothing_behind(stub, gateway, backend, mnist):
     stub.CreateCollection(search_pb2.CreateCollectionRequest(name="short-lived", keep_images=True, model=common_pb2.ModelRef(name="autoencoder", version=1)))
     stub.AddItems(search_pb2.AddItemsRequest(collection="short-lived", items=[item(i, mnist) for i in range(200)]))
     stub.ReindexCollection(search_pb2.ReindexCollectionRequest(collection="short-lived"))
@@ -289,6 +337,78 @@ def test_a_reindex_cut_short_by_a_drop_leaves_nothing_behind(stub, gateway, mnis
     created = stub.CreateCollection(search_pb2.CreateCollectionRequest(name="short-lived"))
     assert not created.HasField("reindex")  # whatever became of the old one's reindex
     time.sleep(1)
-    directories = {d.name for d in (gateway.settings.data_dir / "collections").iterdir() if d.is_dir()}
-    assert len([d for d in directories if d.startswith("short-lived-")]) == 1  # the new collection's only
+    prefix = "short-lived-" if backend == "embedded" else "ls_short_lived_"
+    assert len([s for s in stored_collections(gateway.settings) if s.startswith(prefix)]) == 1  # the new collection's only
     stub.DropCollection(search_pb2.DropCollectionRequest(name="short-lived"))
+
+
+# --- Milvus only -------------------------------------------------------------------------------------
+BINDING = Binding("autoencoder", 1, 4, 12)  # 12 bits: 2 bytes, the last 4 bits unused
+
+
+def new_item(item_id: str, label: int | None = None, metadata: dict | None = None, image: bytes | None = None) -> NewItem:
+    rng = np.random.default_rng(len(item_id) + sum(map(ord, item_id)))
+    return NewItem(item_id, rng.normal(size=4).astype(np.float32), rng.integers(0, 256, 2, dtype=np.uint8), label, metadata or {}, image)
+
+
+def test_a_milvus_lite_file_opens_in_one_gateway_at_a_time(tmp_path):
+    uri = str(tmp_path / "once.db")
+    first = MilvusCollections(uri)
+    first.open(BINDING)
+    try:
+        with pytest.raises(IndexLocked):  # `serve` exits 2 on it, as for the embedded index
+            MilvusCollections(uri).open(BINDING)
+        assert len(first.get("default")) == 0  # the refused opening took nothing from the first
+    finally:
+        first.close()
+    again = MilvusCollections(uri)
+    again.open(BINDING)
+    again.close()
+
+
+def test_a_milvus_collection_keeps_its_binding_options_and_items_over_a_restart(tmp_path):
+    uri, binding = str(tmp_path / "kept.db"), Binding("autoencoder", 2, 4, 12)
+    options = IndexOptions(keep_images=True, kind="ivf", nlist=2, nprobe=1)
+    items = [new_item("b", 3, {"k": "v"}, b"image of b"), new_item("a", None, {}, bytes(range(256))), new_item("é 中", -7, {"q\"k": "x'y"}, b"")]
+    collections = MilvusCollections(uri)
+    collections.open(BINDING)
+    try:
+        collections.create("kept", binding, options).add(items, mark="seeded")
+    finally:
+        collections.close()
+    reopened = MilvusCollections(uri)
+    reopened.open(Binding("other", 9, 8, 8))  # the default collection exists: it keeps its own binding
+    try:
+        assert reopened.names() == ["default", "kept"] and reopened.get("default").binding == BINDING
+        index = reopened.get("kept")
+        assert (index.binding, index.options) == (binding, options)
+        assert index.is_marked("seeded") and not index.is_marked("other")
+        stored = index.page("", 10)
+        assert [s.id for s in stored] == ["b", "a", "é 中"]  # the order they were stored in
+        for got, sent in zip(stored, items):
+            assert (got.label, got.metadata, got.image or b"") == (sent.label, sent.metadata, sent.image)
+            assert np.array_equal(got.code, sent.code) and np.array_equal(got.bits, sent.bits)
+        assert [s.id for s in index.page(stored[0].cursor, 10)] == ["a", "é 中"]
+    finally:
+        reopened.close()
+
+
+def test_milvus_refuses_what_it_cannot_hold(tmp_path):
+    collections = MilvusCollections(str(tmp_path / "limits.db"))
+    collections.open(BINDING)
+    try:
+        kept = collections.create("kept", BINDING, IndexOptions(keep_images=True))
+        with pytest.raises(ResourceExhausted) as raised:  # a VARCHAR holds 64 KiB of base64
+            kept.add([new_item("small", image=b"x"), new_item("big", image=b"x" * (MAX_IMAGE_BYTES + 1))])
+        assert raised.value.field == "items[1].image" and kept.ids() == set()
+        with pytest.raises(InvalidArgument) as raised:  # a Milvus filter cannot name it
+            kept.add([new_item("line\nbreak")])
+        assert raised.value.field == "items[0].id"
+        assert kept.get_items(["line\nbreak"]) == []
+        with pytest.raises(NotFound):
+            kept.delete(["line\nbreak"])
+        with pytest.raises(FailedPrecondition):
+            collections.create("graph", BINDING, IndexOptions(kind="hnsw", m=16, ef_search=64))
+        assert collections.names() == ["default", "kept"]
+    finally:
+        collections.close()
