@@ -183,7 +183,7 @@ class CodeIndex:
                     distances, rows = self._exactly(queries, wanted, self._rows(where))  # the graph strayed from the few matches
             else:
                 distances, rows = self._codes.search(queries, wanted, params=faiss.SearchParameters(sel=selector) if selector else None)
-            return [self._hits(d, r, exclude, k) for d, r, exclude in zip(distances, rows, exclude_ids)]
+            return self._hits(distances, rows, exclude_ids, k)
 
     def get_items(self, ids: list[str]) -> list[StoredItem]:
         """The stored items among `ids`, in their order."""
@@ -397,13 +397,20 @@ class CodeIndex:
         if self.options.kind == "ivf" and len(rows) >= TRAIN_PER_LIST * self.options.nlist:
             self._train_ivf()
 
-    def _hits(self, distances, rows, exclude_id: str | None, k: int) -> list[Hit]:
-        wanted = [(int(r), float(d)) for r, d in zip(rows, distances) if r >= 0]
-        if not wanted:
-            return []
-        query = f"SELECT row, id, label, metadata FROM items WHERE row IN ({','.join('?' * len(wanted))})"
-        found = {r: (i, label, json.loads(m)) for r, i, label, m in self._db.execute(query, [r for r, _ in wanted])}
-        return [Hit(found[r][0], d, found[r][1], found[r][2]) for r, d in wanted if r in found and found[r][0] != exclude_id][:k]
+    def _hits(self, distances: np.ndarray, rows: np.ndarray, exclude_ids: list[str | None], k: int) -> list[list[Hit]]:
+        """The hits of each query from FAISS's (distances, rows), their items read in one query."""
+        wanted = sorted({int(r) for r in rows.ravel() if r >= 0})
+        found = {}
+        for start in range(0, len(wanted), 30_000):  # SQLite's limit on parameters is 32,766
+            chunk = wanted[start : start + 30_000]
+            query = f"SELECT row, id, label, metadata FROM items WHERE row IN ({','.join('?' * len(chunk))})"
+            found.update({r: (i, label, m) for r, i, label, m in self._db.execute(query, chunk)})
+        metadata = {}  # parsed once per item
+        hits = []
+        for query_distances, query_rows, exclude_id in zip(distances, rows, exclude_ids):
+            kept = [(found[r], float(d)) for r, d in zip(query_rows.tolist(), query_distances.tolist()) if r in found and found[r][0] != exclude_id]
+            hits.append([Hit(item_id, d, label, metadata.setdefault(item_id, json.loads(m))) for (item_id, label, m), d in kept[:k]])
+        return hits
 
 
 def _lock_directory(directory: Path) -> TextIO:
