@@ -316,7 +316,11 @@ def cmd_index(args) -> None:
     elif args.action == "delete":
         response = stub.DeleteItems(search_pb2.DeleteItemsRequest(ids=args.ids, collection=args.collection))
     elif args.action == "create":
-        spec = search_pb2.IndexSpec(kind=search_pb2.INDEX_KIND_IVF, nlist=args.nlist, nprobe=args.nprobe) if args.ivf else None
+        spec = None
+        if args.ivf:
+            spec = search_pb2.IndexSpec(kind=search_pb2.INDEX_KIND_IVF, nlist=args.nlist, nprobe=args.nprobe)
+        elif args.hnsw:
+            spec = search_pb2.IndexSpec(kind=search_pb2.INDEX_KIND_HNSW, m=args.m, ef_search=args.ef_search)
         response = stub.CreateCollection(search_pb2.CreateCollectionRequest(
             name=args.name, model=common_pb2.ModelRef(name=args.model, version=args.version), keep_images=args.keep_images, index=spec))
     elif args.action == "collections":
@@ -577,9 +581,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--model", default="", help="its encoder; default: the server's index_model")
     create.add_argument("--version", type=int, default=0, help="the encoder's version; 0: the newest loaded")
     create.add_argument("--keep-images", action="store_true", help="store each item's image, so `index reindex` can rebuild it")
-    create.add_argument("--ivf", action="store_true", help="an approximate IVF index (docs/api.md, Search); default: exact")
+    kinds = create.add_mutually_exclusive_group()
+    kinds.add_argument("--ivf", action="store_true", help="an approximate IVF index (docs/api.md, Search); default: exact")
+    kinds.add_argument("--hnsw", action="store_true", help="an approximate HNSW index (docs/api.md, Search)")
     create.add_argument("--nlist", type=int, default=0, help="IVF lists; 0: the server's ivf_nlist")
     create.add_argument("--nprobe", type=int, default=0, help="IVF lists searched; 0: the server's ivf_nprobe")
+    create.add_argument("--m", type=int, default=0, help="HNSW neighbours a node; 0: the server's hnsw_m")
+    create.add_argument("--ef-search", type=int, default=0, help="HNSW candidates a search; 0: the server's hnsw_ef_search")
     client(actions, "collections", "every collection: items, encoder, index")
     drop = client(actions, "drop", "delete a collection and its items")
     drop.add_argument("name", help="the collection")

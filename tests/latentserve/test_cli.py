@@ -117,6 +117,9 @@ def test_every_client_verb_prints_a_table_or_with_json_one_object_per_line(gatew
     rebuilt = records("index", "reindex", "--collection", "kept")[0]  # waits for the end
     assert int(rebuilt["model"]["version"]) > 1 and rebuilt["items"] == "3" and "reindex" not in rebuilt
     assert human("index", "drop", "kept") == []
+    graph = records("index", "create", "graph", "--hnsw", "--m", "8")[0]
+    assert graph["index"] == {"kind": "INDEX_KIND_HNSW", "m": 8, "ef_search": 64, "nlist": 0, "nprobe": 0} and graph["approximate"] is True
+    human("index", "drop", "graph")
     assert [c["collection"] for c in records("index", "collections")] == ["default"]
 
     assert human("generate", "--model", "acgan", "--count", "3", "--out", str(tmp_path / "job"))[0].split()[:2] == ["out", "model"]
