@@ -118,7 +118,7 @@ class CodeIndex:
         keeps its own. Without `binding`, one that has none is FailedPrecondition."""
         directory.mkdir(parents=True, exist_ok=True)
         self._directory = directory
-        self._lock_file = _lock_directory(directory)
+        self._lock_file = lock_directory(directory)
         self._lock = threading.RLock()  # one connection: reads must not see a write in progress
         self._closed = False
         self._db = sqlite3.connect(directory / "items.sqlite", isolation_level=None, check_same_thread=False)
@@ -413,7 +413,7 @@ class CodeIndex:
         return hits
 
 
-def _lock_directory(directory: Path) -> TextIO:
+def lock_directory(directory: Path) -> TextIO:
     """The open lock file of `directory`, locked for this process and naming it; IndexLocked if another holds it."""
     lock_file = open(directory / ".lock", "a+")
     try:

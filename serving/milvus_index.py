@@ -45,7 +45,7 @@ from pymilvus.exceptions import ErrorCode, MilvusException
 from serving.collections import DEFAULT
 from serving.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from serving.filters import NO_LABEL, Filter, milvus_string, to_milvus
-from serving.index import HNSW_EF_CONSTRUCTION, Binding, Closed, Hit, IndexLocked, IndexOptions, NewItem, StoredItem, _lock_directory
+from serving.index import HNSW_EF_CONSTRUCTION, Binding, Closed, Hit, IndexLocked, IndexOptions, NewItem, StoredItem, lock_directory
 
 log = logging.getLogger(__name__)
 PREFIX = "ls_"
@@ -269,7 +269,7 @@ class MilvusCollections:
         if self._lite:
             path = Path(self._uri)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock_file = _lock_directory(path.parent)
+            self._lock_file = lock_directory(path.parent)
             try:
                 self._client = MilvusClient(str(path), timeout=TIMEOUT_SECONDS)
             except MilvusException as error:  # another program has it open
