@@ -55,6 +55,7 @@ THREADS = 2  # torch, onnxruntime and FAISS
 ENCODE_BATCH = 4096
 ELASTIC_PIXELS = 1.0  # standard deviation of the elastic field's 4 x 4 control points
 ITEM_SEED, QUERY_SEED = 0, 1
+ITEMS = 1_000_000  # without --items
 QUERIES = 1000
 K = 10
 NLIST = 1024
@@ -314,7 +315,8 @@ def print_end_to_end(repository_root: Path, data_dirs: dict[str, Path], faiss_pe
             process.wait(60)
 
 
-def main(repository_root: Path, items: int) -> None:
+def main(repository_root: Path, items: int | None) -> None:
+    items = items or ITEMS
     began = time.perf_counter()
     torch.set_num_threads(THREADS)
     faiss.omp_set_num_threads(THREADS)

@@ -425,6 +425,7 @@ BENCHES = {
     "crash": ("benchmarks.crash", "main", ("trials",)),
     "stopping": ("benchmarks.stopping", "main", ()),
     "search-scale": ("benchmarks.search_scale", "main", ("items",)),
+    "reindex": ("benchmarks.reindex", "main", ("items",)),
 }
 
 
@@ -493,13 +494,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("what", choices=[*BENCHES, "layout"],
                        help="what to measure (security: plaintext vs TLS + token; overload: 4x capacity, then 0.5x; fuzz: random hostile "
                             "requests to every call; crash: SIGKILL during writes, then what survived; stopping: cancellation to idle, SIGTERM drain; "
-                            "search-scale: recall and speed of exact and IVF search over --items distorted MNIST codes, filtered and through the gateway; "
+                            "search-scale: recall and speed of exact, IVF and HNSW search over --items distorted MNIST codes, filtered and through the gateway; "
+                            "reindex: re-embedding --items kept images while clients search and write; "
                             "layout: import cycles and lines of Python per folder)")
     bench.add_argument("--repository", type=Path, default=Path("model_repository"), help="the model repository to measure")
     bench.add_argument("--duration", type=float, default=5.0, help="seconds per serving measurement")
     bench.add_argument("--requests", type=int, default=100_000, help="requests the fuzz sends")
     bench.add_argument("--trials", type=int, default=100, help="kills the crash benchmark makes")
-    bench.add_argument("--items", type=int, default=1_000_000, help="items the search-scale benchmark indexes")
+    bench.add_argument("--items", type=int, help="items the search-scale (default 1,000,000) or reindex (100,000) benchmark indexes")
     bench.set_defaults(func=cmd_bench)
 
     evaluate = verbs.add_parser("eval", help="measure the shipped models' quality (docs/benchmarks.md)")
