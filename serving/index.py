@@ -24,6 +24,7 @@ import os
 import socket
 import sqlite3
 import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ LABEL_INDEX = "CREATE INDEX IF NOT EXISTS items_label ON items (label)"  # filte
 TRAIN_PER_LIST = 30  # stored items per IVF list before an IVF collection trains (FAISS warns below 39)
 HNSW_EF_CONSTRUCTION = 64  # candidates while building: recall 0.993 at ef_search 64, m 16, on 1M codes (bench search-scale)
 TOMBSTONE_SHARE = 0.1
+FILTERS_KEPT = 16  # filters whose selected rows (and FAISS selector) are kept, until the next write
 
 
 class Closed(NotFound):
@@ -121,6 +123,7 @@ class CodeIndex:
         self._lock_file = lock_directory(directory)
         self._lock = threading.RLock()  # one connection: reads must not see a write in progress
         self._closed = False
+        self._selections: OrderedDict[Filter, tuple[np.ndarray, faiss.IDSelector]] = OrderedDict()  # most recent last
         self._db = sqlite3.connect(directory / "items.sqlite", isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -161,10 +164,10 @@ class CodeIndex:
         with self._locked():
             selector, matching = None, len(self)
             if where is not None:
-                rows = self._rows(where)
+                rows, selector = self._selection(where)
                 if not len(rows):
                     return [[] for _ in queries]
-                selector, matching = faiss.IDSelectorBatch(rows), len(rows)
+                matching = len(rows)
             kind = self.options.kind if self.approximate else "exact"
             if hashed and (selector is not None or kind == "exact"):
                 distances, rows = self._bits.search(queries, wanted, params=faiss.SearchParameters(sel=selector) if selector else None)
@@ -180,7 +183,7 @@ class CodeIndex:
                 live = selector or (faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(self._tombstones, np.int64))) if self._tombstones else None)
                 distances, rows = graph.search(queries, wanted, params=faiss.SearchParametersHNSW(sel=live, efSearch=max(self.options.ef_search, wanted)))
                 if selector is not None and ((rows >= 0).sum(1) < min(wanted, matching)).any():
-                    distances, rows = self._exactly(queries, wanted, self._rows(where))  # the graph strayed from the few matches
+                    distances, rows = self._exactly(queries, wanted, self._selection(where)[0])  # the graph strayed from the few matches
             else:
                 distances, rows = self._codes.search(queries, wanted, params=faiss.SearchParameters(sel=selector) if selector else None)
             return self._hits(distances, rows, exclude_ids, k)
@@ -297,7 +300,20 @@ class CodeIndex:
             yield
 
     def _transaction(self):
+        self._selections.clear()  # a write changes what the filters select
         return _Transaction(self._db)
+
+    def _selection(self, where: Filter) -> tuple[np.ndarray, faiss.IDSelector]:
+        """The rows `where` selects and their FAISS selector: SQLite finds them (a scan for a metadata
+        filter), so the FILTERS_KEPT most recent are kept for the searches that repeat them."""
+        if where in self._selections:
+            self._selections.move_to_end(where)
+        else:
+            rows = self._rows(where)
+            self._selections[where] = rows, faiss.IDSelectorBatch(rows)
+            if len(self._selections) > FILTERS_KEPT:
+                self._selections.popitem(last=False)
+        return self._selections[where]
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -223,3 +223,16 @@ def test_a_second_process_is_refused_while_the_index_is_open_and_names_the_holde
         CodeIndex(tmp_path, BINDING)  # a second open in the same process too
     index.close()
     subprocess.run([sys.executable, "-c", OPENER, str(tmp_path)], check=True)
+
+
+def test_a_repeated_filter_sees_every_write_made_since(tmp_path):
+    index = CodeIndex(tmp_path, BINDING)
+    index.add([item(i, i % 2) for i in range(10)])
+    odd = parse("label == 1", 100, 10, 5)
+    query = np.zeros(4, np.float32)
+    assert len(nearest(index, query, 20, where=odd)) == 5
+    index.add([item(11, 1)])  # the filter's kept rows must not hide it
+    assert "item-11" in {h.id for h in nearest(index, query, 20, where=odd)}
+    index.delete(["item-1"])
+    assert "item-1" not in {h.id for h in nearest(index, query, 20, where=odd)}
+    assert index.delete_where(odd) == 5 and nearest(index, query, 20, where=odd) == []
