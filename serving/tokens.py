@@ -93,6 +93,8 @@ def create(path: Path, name: str, scopes: list[str], requests_per_second: float 
     if any(token.name == name for token in tokens):
         raise TokenError(f"a token named {name!r} exists; revoke it first or choose another name")
     secret = secrets.token_urlsafe(TOKEN_BYTES)
+    while secret.startswith("-"):  # `--token -abc` would read as an option
+        secret = secrets.token_urlsafe(TOKEN_BYTES)
     try:
         token = Token(name=name, sha256=hash_token(secret), scopes=tuple(dict.fromkeys(scopes)),
                       created=datetime.now(timezone.utc).replace(microsecond=0),

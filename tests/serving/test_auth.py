@@ -283,3 +283,9 @@ def test_cli_client_verbs_send_the_token(gateway, reader, writer, tmp_path, caps
     # the batch job's stream carries it too
     assert main(["generate", "--target", gateway.target, "--model", "acgan", "--count", "3", "--out", str(tmp_path / "job")]) == 0
     assert len(list((tmp_path / "job" / "images").iterdir())) == 3
+
+
+def test_a_new_token_never_starts_with_a_dash(tmp_path, monkeypatch):
+    drawn = iter(["-looks-like-an-option", "a-token"])
+    monkeypatch.setattr(tokens.secrets, "token_urlsafe", lambda size: next(drawn))
+    assert tokens.create(tmp_path / "tokens.json", "ci", ["read"]) == "a-token"

@@ -51,7 +51,7 @@ def test_propagation_past_its_deadline_ends_and_stops_computing(crowded):
     with crowded.channel() as channel, pytest.raises(grpc.RpcError) as raised:
         list(search_pb2_grpc.SearchStub(channel).PropagateLabels(request, timeout=0.3))
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    time.sleep(0.2)  # the deadline plus one step
+    time.sleep(1.0)  # the deadline plus one step, with room for a loaded machine (bench stopping times it)
     assert busy_cpu_seconds(1.0) < 0.3  # a graph still being built would keep a core busy
 
 
@@ -61,5 +61,5 @@ def test_a_cancelled_propagation_stops_computing(crowded):
     time.sleep(0.5)
     assert busy_cpu_seconds(0.5) > 0.3  # it is computing
     task.cancel()
-    time.sleep(0.2)
+    time.sleep(1.0)  # one step, with room for a loaded machine
     assert busy_cpu_seconds(1.0) < 0.3
