@@ -72,6 +72,11 @@ class Binding:
     code_dim: int
     num_bits: int
 
+    @property
+    def packed_bytes(self) -> int:
+        """Bytes of one binary code, packed 8 bits to a byte."""
+        return -(-self.num_bits // 8)
+
 
 @dataclass(frozen=True)
 class IndexOptions:
@@ -226,7 +231,7 @@ class CodeIndex:
         ids = [item.id for item in items]
         codes = np.stack([item.code for item in items]).astype(np.float32)
         bits = np.stack([item.bits for item in items]).astype(np.uint8)
-        if codes.shape[1] != self.binding.code_dim or bits.shape[1] != -(-self.binding.num_bits // 8):
+        if codes.shape[1] != self.binding.code_dim or bits.shape[1] != self.binding.packed_bytes:
             raise FailedPrecondition(f"codes of shape {codes.shape[1:]} do not fit this index ({self.binding})")
         with self._locked():
             existing = self._existing(ids)
@@ -353,7 +358,7 @@ class CodeIndex:
         """(rows, codes, bits) of every stored item."""
         stored = self._db.execute("SELECT row, code, bits FROM items ORDER BY row").fetchall()
         if not stored:
-            return np.zeros(0, np.int64), np.zeros((0, self.binding.code_dim), np.float32), np.zeros((0, -(-self.binding.num_bits // 8)), np.uint8)
+            return np.zeros(0, np.int64), np.zeros((0, self.binding.code_dim), np.float32), np.zeros((0, self.binding.packed_bytes), np.uint8)
         return (np.asarray([r[0] for r in stored], dtype=np.int64), np.stack([np.frombuffer(r[1], np.float32) for r in stored]),
                 np.stack([np.frombuffer(r[2], np.uint8) for r in stored]))
 
@@ -361,7 +366,7 @@ class CodeIndex:
         """Replace the real codes' flat index by an IVF one, and add a binary IVF, both trained on every
         stored code."""
         rows, codes, bits = self._stored()
-        nlist, size = self.options.nlist, 8 * -(-self.binding.num_bits // 8)
+        nlist, size = self.options.nlist, 8 * self.binding.packed_bytes
         self._codes = faiss.IndexIVFFlat(faiss.IndexFlatL2(self.binding.code_dim), self.binding.code_dim, nlist, faiss.METRIC_L2)
         self._bits_approximate = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(size), size, nlist)
         self._bits_approximate.nprobe = self.options.nprobe
@@ -396,7 +401,7 @@ class CodeIndex:
                 self._tombstones = set(faiss.vector_to_array(self._codes.id_map).tolist()) - set(faiss.vector_to_array(self._bits.id_map).tolist())
             if len(self._tombstones) <= TOMBSTONE_SHARE * self._codes.ntotal:
                 return
-        size = 8 * -(-self.binding.num_bits // 8)
+        size = 8 * self.binding.packed_bytes
         if self.options.kind == "hnsw":
             graphs = faiss.IndexHNSWFlat(self.binding.code_dim, self.options.m), faiss.IndexBinaryHNSW(size, self.options.m)
             for graph in graphs:

@@ -130,7 +130,7 @@ class MilvusIndex:
         ids = [item.id for item in items]
         codes = np.stack([item.code for item in items]).astype(np.float32)
         bits = np.stack([item.bits for item in items]).astype(np.uint8)
-        if codes.shape[1] != self.binding.code_dim or bits.shape[1] != -(-self.binding.num_bits // 8):
+        if codes.shape[1] != self.binding.code_dim or bits.shape[1] != self.binding.packed_bytes:
             raise FailedPrecondition(f"codes of shape {codes.shape[1:]} do not fit this index ({self.binding})")
         if len(set(ids)) < len(ids):
             raise InvalidArgument("an id is given twice", "items")
@@ -320,7 +320,7 @@ class MilvusCollections:
         schema.add_field("label", DataType.INT64)
         schema.add_field("metadata", DataType.JSON)
         schema.add_field("code", DataType.FLOAT_VECTOR, dim=binding.code_dim)
-        schema.add_field("bits", DataType.BINARY_VECTOR, dim=8 * -(-binding.num_bits // 8))
+        schema.add_field("bits", DataType.BINARY_VECTOR, dim=8 * binding.packed_bytes)
         schema.add_field("image", DataType.VARCHAR, max_length=MAX_VARCHAR)
         indexes = self._client.prepare_index_params()
         if options.kind == "ivf":

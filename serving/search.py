@@ -114,11 +114,14 @@ class Search(Capability):
         binding = self.index.binding
         return any(e.model == binding.model and e.capability == ENCODE and binding.version in e.versions for e in self.inference.entries().values())
 
-    async def create_collection(self, name: str, model: str, version: int, options: IndexOptions) -> CodeIndex:
+    def _binding(self, model: str, version: int) -> Binding:
+        """What a collection of `model`'s codes (`version`; 0: the newest loaded) is bound to."""
         if not any(e.model == model and e.capability == ENCODE for e in self.inference.entries().values()):
             raise NotFound(f"no encoder {validation.quoted(model)}", "model.name")
-        binding = Binding(model, *self.encoding.signature(model, version))
-        return await asyncio.to_thread(self.collections.create, name, binding, options)
+        return Binding(model, *self.encoding.signature(model, version))
+
+    async def create_collection(self, name: str, model: str, version: int, options: IndexOptions) -> CodeIndex:
+        return await asyncio.to_thread(self.collections.create, name, self._binding(model, version), options)
 
     async def drop_collection(self, name: str) -> None:
         await asyncio.to_thread(self.collections.drop, name)
@@ -178,9 +181,7 @@ class Search(Capability):
             raise FailedPrecondition("the collection does not keep its images, so it cannot be built again", "collection")
         if name in self._tasks:
             raise FailedPrecondition("a reindex of this collection is running", "collection")
-        if not any(e.model == model and e.capability == ENCODE for e in self.inference.entries().values()):
-            raise NotFound(f"no encoder {validation.quoted(model)}", "model.name")
-        binding = Binding(model, *self.encoding.signature(model, version))
+        binding = self._binding(model, version)
         directory, new = await asyncio.to_thread(self.collections.build, name, binding, old.options)
         self._reindexing[name] = old, search_pb2.Reindex(model=common_pb2.ModelRef(name=model, version=binding.version), total=len(old))
         self._tasks[name] = asyncio.create_task(self._rebuild(name, old, directory, new))
@@ -218,10 +219,9 @@ class Search(Capability):
 
     async def search(self, index: CodeIndex, queries: list[tuple[str, object, str]], k: int, hashed: bool,
                      where: Filter | None, timeout: float | None = None) -> list[list[Hit]]:
-        """(Run through `on_current`: a code query is checked against the index it runs on.)"""
         """The hits of each query: ("image", (1, 28, 28) array, field), ("code", values or packed bits
         already checked against the index, field) or ("id", a stored id, field); an id is left out of its
-        own hits."""
+        own hits. Run through `on_current`, so a code query is checked against the index it runs on."""
         vectors, exclude = [None] * len(queries), [None] * len(queries)
         pictured = [i for i, (kind, _, _) in enumerate(queries) if kind == "image"]
         if pictured:
@@ -330,6 +330,12 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         self.search = search
         self.settings = search.settings
 
+    def _named(self, collection: str) -> str:
+        """The collection a request names, checked to exist (NOT_FOUND before anything else)."""
+        name = collection_name(collection, "collection")
+        self.search.collections.get(name)
+        return name
+
     def _stats(self, name: str) -> search_pb2.IndexStats:
         index = self.search.collections.get(name)
         return _stats(name, index, self.search.reindex_progress(name, index))
@@ -363,8 +369,8 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
     def _code(self, index: CodeIndex, code: common_pb2.Code, hashed: bool, field: str) -> np.ndarray:
         binding = index.binding
         if hashed:
-            if code.num_bits != binding.num_bits or len(code.bits) != -(-binding.num_bits // 8):
-                raise InvalidArgument(f"want {binding.num_bits} bits in {-(-binding.num_bits // 8)} bytes", f"{field}.bits")
+            if code.num_bits != binding.num_bits or len(code.bits) != binding.packed_bytes:
+                raise InvalidArgument(f"want {binding.num_bits} bits in {binding.packed_bytes} bytes", f"{field}.bits")
             return np.frombuffer(code.bits, np.uint8)
         values = np.asarray(code.values, np.float32)
         if values.shape != (binding.code_dim,):
@@ -377,8 +383,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         """Hits of each query message (a SearchRequest or Query: an image, a code or an id), the fields
         they are named by in errors starting with their `prefixes`."""
         search, settings = self.search, self.settings
-        name = collection_name(request.collection, "collection")
-        search.collections.get(name)  # NOT_FOUND before anything else
+        name = self._named(request.collection)
         k = validation.optional_count(request.k, settings.default_k, settings.max_k, "k", "hits")
         hashed = request.space == search_pb2.SPACE_HASH
         where = self._where(request.filter)
@@ -450,8 +455,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
     async def GetItems(self, request, context):
         settings = self.settings
-        name = collection_name(request.collection, "collection")
-        self.search.collections.get(name)  # NOT_FOUND before anything else
+        name = self._named(request.collection)
         ids = list(request.ids)
         if not ids:
             raise InvalidArgument("must hold at least one id", "ids")
@@ -473,8 +477,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
     async def ListItems(self, request, context):
         settings = self.settings
-        name = collection_name(request.collection, "collection")
-        self.search.collections.get(name)  # NOT_FOUND before anything else
+        name = self._named(request.collection)
         size = validation.optional_count(request.page_size, settings.default_page_items, settings.max_page_items, "page_size", "items")
         after = _cursor(request.page_token)
         where = self._where(request.filter)
@@ -496,8 +499,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         return response
 
     async def DeleteItems(self, request, context):
-        name = collection_name(request.collection, "collection")
-        self.search.collections.get(name)  # NOT_FOUND before anything else
+        name = self._named(request.collection)
         ids = list(request.ids)
         if bool(ids) == bool(request.filter):
             raise InvalidArgument("set either `ids` or `filter`", "ids")
@@ -514,8 +516,6 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         if not request.name:
             raise InvalidArgument("name the collection", "name")
         name = collection_name(request.name, "name")
-        if request.model.version < 0:
-            raise InvalidArgument(f"version {request.model.version}; want 0 (the newest) or more", "model.version")
         model = request.model.name or self.settings.index_model
         await self.search.create_collection(name, model, request.model.version, self._options(request))
         return self._stats(name)
@@ -525,8 +525,6 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
     async def ReindexCollection(self, request, context):
         name = collection_name(request.collection, "collection")
-        if request.model.version < 0:
-            raise InvalidArgument(f"version {request.model.version}; want 0 (the newest) or more", "model.version")
         model = request.model.name or self.search.collections.get(name).binding.model
         await self.search.reindex(name, model, request.model.version)
         return self._stats(name)
