@@ -108,13 +108,6 @@ def parse(text: str, max_bytes: int, max_values: int, max_depth: int) -> Filter 
     return parsed
 
 
-def to_sql(parsed: Filter) -> tuple[str, list]:
-    """A condition over the SQLite table `items` (columns `label`, `metadata` as a JSON object) and its
-    `?` parameters; no client text is ever part of the SQL."""
-    params: list = []
-    return _sql(_without_not(parsed), params), params
-
-
 def to_milvus(parsed: Filter) -> str:
     """The same filter as a Milvus expression over an INT64 field `label` (NO_LABEL for none) and a JSON
     field `metadata` of strings, in what Milvus Lite 2.5 accepts too. Raises InvalidArgument for a
@@ -296,33 +289,14 @@ class _Parser:
 
 def _without_not(node: Filter, negate: bool = False) -> Filter:
     """The same filter with every `not` pushed into the comparisons (De Morgan; `not ==` is `!=`, `not in`
-    of `in`). A comparison with a missing label or key is then false wherever it stands, on SQLite and on
-    Milvus alike, which selects exactly the items that three-valued logic does."""
+    of `in`). A comparison with a missing label or key is then false wherever it stands, as Milvus
+    reads it, which selects exactly the items that three-valued logic does."""
     if isinstance(node, Not):
         return _without_not(node.operand, not negate)
     if isinstance(node, Comparison):
         return replace(node, op=NEGATED[node.op]) if negate else node
     kind = {And: Or, Or: And}[type(node)] if negate else type(node)
     return kind(tuple(_without_not(operand, negate) for operand in node.operands))
-
-
-def _sql(node: Filter, params: list) -> str:
-    if isinstance(node, (And, Or)):
-        joined = (" AND " if isinstance(node, And) else " OR ").join(_sql(operand, params) for operand in node.operands)
-        return f"({joined})"
-    if isinstance(node.field, Metadata):
-        params.append(node.field.key)
-    params.extend(node.values)
-    column = "label" if isinstance(node.field, Label) else "value"
-    if node.op in ("==", "!="):
-        test = f"{column} {'=' if node.op == '==' else '!='} ?"
-    else:
-        test = f"{column} {node.op.upper()} ({', '.join('?' * len(node.values))})"
-    # label: NULL compares as NULL, never true. metadata: json_each names any key, quotes and dots included,
-    # and EXISTS is false when the key is missing.
-    if isinstance(node.field, Label):
-        return test
-    return f"EXISTS (SELECT 1 FROM json_each(items.metadata) WHERE key = ? AND {test})"
 
 
 # What Milvus does with this text, as read in milvus-io/milvus (internal/parser/planparserv2: Plan.g4,

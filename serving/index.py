@@ -10,9 +10,11 @@ IndexIVFFlat and IndexBinaryIVF on every stored code, and from then on they answ
 An HNSW collection keeps IndexHNSWFlat and IndexBinaryHNSW graphs from the start. FAISS cannot remove
 from an HNSW graph: a deleted row stays in it as a tombstone, left out of every search by an IDSelector,
 and the graph is rebuilt from SQLite when tombstones pass TOMBSTONE_SHARE of it at open.
-A filtered search stays inside the index (an IDSelector over the rows the filter selects in SQLite). On
-IVF it probes `nprobe` lists and, if that finds fewer hits than items match, all of them; on HNSW, if the
-graph search finds too few, it ranks the matching rows exactly. FAISS's binary IVF takes no selector, so
+The items' ids, labels and metadata are also kept in memory (item_table.py), loaded from SQLite at open:
+hits read them there, and a filter selects its rows there. A filtered search stays inside the index (an
+IDSelectorBitmap over the rows the filter selects). On IVF it probes `nprobe` lists and, if that finds
+fewer hits than items match, all of them; on HNSW, if the graph search finds too few, it ranks the
+matching rows exactly. FAISS's binary IVF takes no selector, so
 filtered Hamming searches use the flat binary index, kept beside the approximate one.
 
 One process at a time: an open index holds an exclusive lock on `.lock` in its directory, which names the
@@ -28,13 +30,15 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 from typing import TextIO
 
 import faiss
 import numpy as np
 
 from serving.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from serving.filters import Filter, to_sql
+from serving.filters import Filter
+from serving.item_table import ItemTable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -48,11 +52,12 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-LABEL_INDEX = "CREATE INDEX IF NOT EXISTS items_label ON items (label)"  # filters on label
 TRAIN_PER_LIST = 30  # stored items per IVF list before an IVF collection trains (FAISS warns below 39)
 HNSW_EF_CONSTRUCTION = 64  # candidates while building: recall 0.993 at ef_search 64, m 16, on 1M codes (bench search-scale)
 TOMBSTONE_SHARE = 0.1
 FILTERS_KEPT = 16  # filters whose selected rows (and FAISS selector) are kept, until the next write
+LOAD_BATCH = 100_000  # rows read from SQLite at a time into the item table
+SQLITE_PARAMETERS = 30_000  # in one statement; SQLite's limit is 32,766
 
 
 class Closed(NotFound):
@@ -111,8 +116,7 @@ class StoredItem:
     image: bytes | None
 
 
-@dataclass(frozen=True)
-class Hit:
+class Hit(NamedTuple):  # a tuple: a response builds hundreds
     id: str
     distance: float
     label: int | None
@@ -128,14 +132,13 @@ class CodeIndex:
         self._lock_file = lock_directory(directory)
         self._lock = threading.RLock()  # one connection: reads must not see a write in progress
         self._closed = False
-        self._selections: OrderedDict[Filter, tuple[np.ndarray, faiss.IDSelector]] = OrderedDict()  # most recent last
+        self._selections: OrderedDict[Filter, tuple[np.ndarray, np.ndarray, faiss.IDSelector]] = OrderedDict()  # most recent last
         self._db = sqlite3.connect(directory / "items.sqlite", isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         if "image" not in {column[1] for column in self._db.execute("PRAGMA table_info(items)")}:
             self._db.execute("ALTER TABLE items ADD COLUMN image BLOB")  # an index made before collections
-        self._db.execute(LABEL_INDEX)
         stored = self._meta("binding")
         if stored is None and binding is None:
             self._db.close()
@@ -147,6 +150,7 @@ class CodeIndex:
         self.binding = Binding(**json.loads(stored))
         self.options = IndexOptions(**json.loads(self._meta("options") or "{}"))  # none: made before collections
         self._load_faiss()
+        self._table = self._load_table()
 
     # --- reads -------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -169,7 +173,7 @@ class CodeIndex:
         with self._locked():
             selector, matching = None, len(self)
             if where is not None:
-                rows, selector = self._selection(where)
+                rows, _, selector = self._selection(where)
                 if not len(rows):
                     return [[] for _ in queries]
                 matching = len(rows)
@@ -204,9 +208,12 @@ class CodeIndex:
         order they were stored."""
         if not (after == "" or (after.isascii() and after.isdigit() and int(after) < 2**63)):
             raise InvalidArgument("not a page token this server gave", "page_token")
-        clause, params = to_sql(where) if where is not None else ("1", [])
         with self._locked():
-            return self._select(f"row > ? AND ({clause}) ORDER BY row LIMIT ?", [int(after or 0), *params, size])
+            if where is None:
+                return self._select("row > ? ORDER BY row LIMIT ?", [int(after or 0), size])
+            rows = self._selection(where)[0]
+            chosen = rows[np.searchsorted(rows, int(after or 0), side="right"):][:size].tolist()
+            return self._select("row IN ({}) ORDER BY row".format(",".join("?" * len(chosen))), chosen)
 
     def ids(self) -> set[str]:
         with self._locked():
@@ -251,6 +258,7 @@ class CodeIndex:
                     self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (mark,))
             self._remove_rows(replaced)
             self._index_rows(np.asarray(rows, dtype=np.int64), codes, bits)
+            self._table.add(rows, ids, [item.label for item in items], [item.metadata for item in items])
             if self.options.kind == "ivf" and not self.approximate and len(self) >= TRAIN_PER_LIST * self.options.nlist:
                 self._train_ivf()
             return len(replaced)
@@ -268,10 +276,12 @@ class CodeIndex:
 
     def delete_where(self, where: Filter) -> int:
         """Every item `where` selects, in one transaction; how many."""
-        clause, params = to_sql(where)
         with self._locked():
+            rows = self._selection(where)[0].tolist()
             with self._transaction():
-                rows = [row for (row,) in self._db.execute(f"DELETE FROM items WHERE {clause} RETURNING row", params)]
+                for start in range(0, len(rows), SQLITE_PARAMETERS):
+                    chunk = rows[start : start + SQLITE_PARAMETERS]
+                    self._db.execute("DELETE FROM items WHERE row IN ({})".format(",".join("?" * len(chunk))), chunk)
             self._remove_rows(rows)
             return len(rows)
 
@@ -308,14 +318,15 @@ class CodeIndex:
         self._selections.clear()  # a write changes what the filters select
         return _Transaction(self._db)
 
-    def _selection(self, where: Filter) -> tuple[np.ndarray, faiss.IDSelector]:
-        """The rows `where` selects and their FAISS selector: SQLite finds them (a scan for a metadata
-        filter), so the FILTERS_KEPT most recent are kept for the searches that repeat them."""
+    def _selection(self, where: Filter) -> tuple[np.ndarray, np.ndarray, faiss.IDSelector]:
+        """The rows `where` selects, in order, and a FAISS selector of them (with the bitmap it reads);
+        the FILTERS_KEPT most recent are kept for the searches that repeat them."""
         if where in self._selections:
             self._selections.move_to_end(where)
         else:
-            rows = self._rows(where)
-            self._selections[where] = rows, faiss.IDSelectorBatch(rows)
+            mask = self._table.select(where)
+            bitmap = np.packbits(mask, bitorder="little")
+            self._selections[where] = np.flatnonzero(mask), bitmap, faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
             if len(self._selections) > FILTERS_KEPT:
                 self._selections.popitem(last=False)
         return self._selections[where]
@@ -336,6 +347,7 @@ class CodeIndex:
 
     def _remove_rows(self, rows: list[int]) -> None:
         rows = np.asarray(rows, dtype=np.int64)
+        self._table.remove(rows)
         self._bits.remove_ids(rows)
         if self.options.kind == "hnsw":
             self._tombstones.update(rows.tolist())
@@ -349,10 +361,6 @@ class CodeIndex:
         distances, nearest = faiss.knn(queries, self._codes.reconstruct_batch(rows), min(wanted, len(rows)))
         found = np.where(nearest >= 0, rows[np.maximum(nearest, 0)], -1)
         return distances, found
-
-    def _rows(self, where: Filter) -> np.ndarray:
-        clause, params = to_sql(where)
-        return np.fromiter((row for (row,) in self._db.execute(f"SELECT row FROM items WHERE {clause}", params)), np.int64)
 
     def _stored(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows, codes, bits) of every stored item."""
@@ -419,19 +427,22 @@ class CodeIndex:
             self._train_ivf()
 
     def _hits(self, distances: np.ndarray, rows: np.ndarray, exclude_ids: list[str | None], k: int) -> list[list[Hit]]:
-        """The hits of each query from FAISS's (distances, rows), their items read in one query."""
-        wanted = sorted({int(r) for r in rows.ravel() if r >= 0})
-        found = {}
-        for start in range(0, len(wanted), 30_000):  # SQLite's limit on parameters is 32,766
-            chunk = wanted[start : start + 30_000]
-            query = f"SELECT row, id, label, metadata FROM items WHERE row IN ({','.join('?' * len(chunk))})"
-            found.update({r: (i, label, m) for r, i, label, m in self._db.execute(query, chunk)})
-        metadata = {}  # parsed once per item
-        hits = []
-        for query_distances, query_rows, exclude_id in zip(distances, rows, exclude_ids):
-            kept = [(found[r], float(d)) for r, d in zip(query_rows.tolist(), query_distances.tolist()) if r in found and found[r][0] != exclude_id]
-            hits.append([Hit(item_id, d, label, metadata.setdefault(item_id, json.loads(m))) for (item_id, label, m), d in kept[:k]])
+        """The hits of each query from FAISS's (distances, rows), where missing hits (-1) come last."""
+        found = rows >= 0
+        items = self._table.hits(rows[found])
+        hits, start = [], 0
+        for count, query_distances, exclude_id in zip(found.sum(1).tolist(), distances.tolist(), exclude_ids):
+            query_items, start = items[start : start + count], start + count
+            hits.append([Hit(item_id, distance, label, metadata) for (item_id, label, metadata), distance in zip(query_items, query_distances) if item_id != exclude_id][:k])
         return hits
+
+    def _load_table(self) -> ItemTable:
+        table = ItemTable()
+        stored = self._db.execute("SELECT row, id, label, metadata FROM items ORDER BY row")
+        while batch := stored.fetchmany(LOAD_BATCH):
+            rows, ids, labels, metadata = zip(*batch)
+            table.add(list(rows), list(ids), list(labels), [json.loads(text) for text in metadata])
+        return table
 
 
 def lock_directory(directory: Path) -> TextIO:

@@ -305,10 +305,13 @@ def _item_message(item: StoredItem, num_bits: int, with_image: bool) -> search_p
     return message
 
 
-def _hits_message(hits: list[Hit]) -> search_pb2.SearchResponse:
-    return search_pb2.SearchResponse(hits=[
-        search_pb2.Hit(id=hit.id, distance=hit.distance, label=hit.label, metadata=hit.metadata) for hit in hits
-    ])
+def _hits_message(hits: list[Hit], response: search_pb2.SearchResponse) -> search_pb2.SearchResponse:
+    """`response` with `hits` added, built in place: a message passed to a constructor is copied."""
+    for hit in hits:
+        added = response.hits.add(id=hit.id, distance=hit.distance, label=hit.label)
+        if hit.metadata:
+            added.metadata.update(hit.metadata)
+    return response
 
 
 INDEX_KINDS = {"exact": search_pb2.INDEX_KIND_EXACT, "ivf": search_pb2.INDEX_KIND_IVF, "hnsw": search_pb2.INDEX_KIND_HNSW}
@@ -407,7 +410,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
     async def Search(self, request, context):
         (hits,) = await self._search(request, [request], [""], "image", context)
-        return _hits_message(hits)
+        return _hits_message(hits, search_pb2.SearchResponse())
 
     async def SearchBatch(self, request, context):
         settings = self.settings
@@ -419,7 +422,10 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         if len(queries) * k > settings.max_k:
             raise ResourceExhausted(f"{len(queries)} queries of {k} hits; the limit is {settings.max_k} hits a response (max_k)", "k")
         results = await self._search(request, list(queries), [f"queries[{i}]." for i in range(len(queries))], "queries", context)
-        return search_pb2.SearchBatchResponse(results=[_hits_message(hits) for hits in results])
+        response = search_pb2.SearchBatchResponse()
+        for hits in results:
+            _hits_message(hits, response.results.add())
+        return response
 
     async def _store(self, request, replace: bool, context) -> tuple[int, int]:
         """Checks and stores the request's items; (added, replaced)."""

@@ -236,3 +236,45 @@ def test_a_repeated_filter_sees_every_write_made_since(tmp_path):
     index.delete(["item-1"])
     assert "item-1" not in {h.id for h in nearest(index, query, 20, where=odd)}
     assert index.delete_where(odd) == 5 and nearest(index, query, 20, where=odd) == []
+
+
+def test_filters_select_the_stored_items_through_churn_and_a_reopen(tmp_path):
+    # enough deletes that the item table drops its stale postings; then reopened, it is read from SQLite
+    index = CodeIndex(tmp_path, BINDING)
+    stored = {}  # id -> (label, metadata)
+    for start in range(0, 3000, 500):
+        batch = [NewItem(f"item-{i}", item(i).code, item(i).bits, i % 5 if i % 7 else None, {"shard": str(i % 4)} if i % 3 else {}) for i in range(start, start + 500)]
+        index.add(batch)
+        stored.update({it.id: (it.label, it.metadata) for it in batch})
+    index.delete([f"item-{i}" for i in range(0, 3000, 2)] + [f"item-{i}" for i in range(1, 1000, 2)])
+    index.add([NewItem(f"item-{i}", item(i).code, item(i).bits, 9, {"shard": "new"}) for i in range(1001, 1101, 2)], replace=True)
+    for i in range(0, 3000, 2):
+        del stored[f"item-{i}"]
+    for i in range(1, 1000, 2):
+        del stored[f"item-{i}"]
+    stored.update({f"item-{i}": (9, {"shard": "new"}) for i in range(1001, 1101, 2)})
+    assert index.delete_where(parse('metadata["shard"] == "3" and label == 1', 100, 10, 5)) > 0
+    stored = {k: v for k, v in stored.items() if not (v[1].get("shard") == "3" and v[0] == 1)}
+
+    filters = {  # text -> what it selects, by its definition
+        "label == 9": lambda label, metadata: label == 9,
+        'label in [1, 2] and metadata["shard"] != "0"': lambda label, metadata: label in (1, 2) and metadata.get("shard", "0") != "0",
+        'not (metadata["shard"] in ["1", "new"])': lambda label, metadata: "shard" in metadata and metadata["shard"] not in ("1", "new"),
+        "label != 4 or label == 4": lambda label, metadata: label is not None,
+    }
+    for reopened in (False, True):
+        if reopened:
+            index.close()
+            index = CodeIndex(tmp_path, None)
+        for text, selects in filters.items():
+            where = parse(text, 200, 10, 5)
+            expected = {item_id for item_id, (label, metadata) in stored.items() if selects(label, metadata)}
+            hits = nearest(index, np.zeros(4, np.float32), len(stored), where=where)
+            assert {h.id for h in hits} == expected, (text, reopened)
+            assert all(h.label == stored[h.id][0] and h.metadata == stored[h.id][1] for h in hits)
+            listed, token = [], ""
+            while page := index.page(token, 100, where):
+                listed += [it.id for it in page]
+                token = page[-1].cursor
+            assert sorted(listed) == sorted(expected) and len(listed) == len(expected)
+    index.close()
