@@ -424,7 +424,7 @@ BENCHES = {
     "fuzz": ("benchmarks.fuzz", "main", ("requests",)),
     "crash": ("benchmarks.crash", "main", ("trials",)),
     "stopping": ("benchmarks.stopping", "main", ()),
-    "search-scale": ("benchmarks.search_scale", "main", ("items",)),
+    "search-scale": ("benchmarks.search_scale", "main", ("items", "faiss_only")),
     "reindex": ("benchmarks.reindex", "main", ("items",)),
 }
 
@@ -502,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--requests", type=int, default=100_000, help="requests the fuzz sends")
     bench.add_argument("--trials", type=int, default=100, help="kills the crash benchmark makes")
     bench.add_argument("--items", type=int, help="items the search-scale (default 1,000,000) or reindex (100,000) benchmark indexes")
+    bench.add_argument("--faiss-only", action="store_true", help="search-scale: FAISS's own figures only, no collection or gateway")
     bench.set_defaults(func=cmd_bench)
 
     evaluate = verbs.add_parser("eval", help="measure the shipped models' quality (docs/benchmarks.md)")
