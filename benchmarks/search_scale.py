@@ -245,8 +245,10 @@ def print_space(space: str, rows: list[Row]) -> None:
               f"{r.per_s_batch:,.0f} ({r.per_s_batch / exact.per_s_batch:.0f}x) | {r.build_s:.2f} | {r.resident_bytes:.0f} | {r.faiss_bytes:.0f} |")
 
 
-def fill(directory: Path, binding: Binding, options: IndexOptions, items: Codes) -> float:
-    """Seconds to add every item to a new CodeIndex in `directory`, ADD_BATCH at a time; left closed."""
+def fill(directory: Path, binding: Binding, options: IndexOptions, items: Codes) -> tuple[float, float]:
+    """(seconds, growth of resident bytes per item) to add every item to a new CodeIndex in `directory`,
+    ADD_BATCH at a time; left closed."""
+    before = resident_bytes()
     index = CodeIndex(directory, binding, options)
     start = time.perf_counter()
     for first in range(0, len(items.labels), ADD_BATCH):
@@ -255,8 +257,9 @@ def fill(directory: Path, binding: Binding, options: IndexOptions, items: Codes)
             for i in range(first, min(first + ADD_BATCH, len(items.labels)))
         ])
     seconds = time.perf_counter() - start
+    grown = resident_bytes() - before
     index.close()
-    return seconds
+    return seconds, grown / len(items.labels)
 
 
 def latencies_ms(index: CodeIndex, queries: np.ndarray, hashed: bool, where) -> np.ndarray:
@@ -347,8 +350,9 @@ def main(repository_root: Path, items: int | None, faiss_only: bool = False) -> 
         print()
         for options in SERVED:
             name = index_name(options)
-            seconds = fill(data_dirs[name] / "index", binding, options, stored)  # data_dir/index: the default collection
-            print(f"CodeIndex ({name}) of {items:,} items built in {seconds:.0f} s ({items / seconds:,.0f} items/s, {ADD_BATCH:,} a call)", flush=True)
+            seconds, resident = fill(data_dirs[name] / "index", binding, options, stored)  # data_dir/index: the default collection
+            print(f"CodeIndex ({name}) of {items:,} items built in {seconds:.0f} s ({items / seconds:,.0f} items/s, {ADD_BATCH:,} a call), "
+                  f"resident {resident:.0f} bytes/item", flush=True)
         print_filtered({name: data_dir / "index" for name, data_dir in data_dirs.items()}, stored, queries)
         faiss_per_s = {(r.name, space): r.per_s_batch for space in SPACES for r in rows[space]}
         print_end_to_end(repository_root, data_dirs, faiss_per_s, queries, binding.num_bits)

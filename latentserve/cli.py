@@ -426,6 +426,7 @@ BENCHES = {
     "stopping": ("benchmarks.stopping", "main", ()),
     "search-scale": ("benchmarks.search_scale", "main", ("items", "faiss_only")),
     "reindex": ("benchmarks.reindex", "main", ("items",)),
+    "search-backends": ("benchmarks.search_backends", "main", ("items",)),
 }
 
 
@@ -496,12 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "requests to every call; crash: SIGKILL during writes, then what survived; stopping: cancellation to idle, SIGTERM drain; "
                             "search-scale: recall and speed of exact, IVF and HNSW search over --items distorted MNIST codes, filtered and through the gateway; "
                             "reindex: re-embedding --items kept images while clients search and write; "
+                            "search-backends: one workload of --items codes on the embedded backend and on Milvus Lite; "
                             "layout: import cycles and lines of Python per folder)")
     bench.add_argument("--repository", type=Path, default=Path("model_repository"), help="the model repository to measure")
     bench.add_argument("--duration", type=float, default=5.0, help="seconds per serving measurement")
     bench.add_argument("--requests", type=int, default=100_000, help="requests the fuzz sends")
     bench.add_argument("--trials", type=int, default=100, help="kills the crash benchmark makes")
-    bench.add_argument("--items", type=int, help="items the search-scale (default 1,000,000) or reindex (100,000) benchmark indexes")
+    bench.add_argument("--items", type=int, help="items the search-scale (default 1,000,000), reindex or search-backends (100,000) benchmark indexes")
     bench.add_argument("--faiss-only", action="store_true", help="search-scale: FAISS's own figures only, no collection or gateway")
     bench.set_defaults(func=cmd_bench)
 
