@@ -7,9 +7,9 @@ the gateway dies at a random moment (deleting rather than adding while over KEEP
 the stored ids (every hit of a Search of max_k) must hold every acknowledged add, none of the acknowledged
 deletes, and the call in flight at the kill wholly or not at all.
 """
+import os
 import random
-import subprocess
-import sys
+import signal
 import tempfile
 import threading
 import time
@@ -17,30 +17,12 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.gateway import gateway_process
 from latentserve.v1 import common_pb2, search_pb2, search_pb2_grpc
-from serving.triton_server import free_ports
 
 KEEP = 300  # items, so that one Search of max_k (1000) lists them all
 IMAGE = common_pb2.Image(tensor=common_pb2.Tensor(shape=[28, 28], dtype=common_pb2.DATA_TYPE_UINT8, data=np.zeros(784, np.uint8).tobytes()))
-
-
-def start_gateway(repository_root: Path, data_dir: Path) -> tuple[subprocess.Popen, str]:
-    """`latentserve serve` on `data_dir` with an empty gallery, once its Search service is SERVING."""
-    port, = free_ports(1)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "latentserve.cli", "serve", "--port", str(port), "--metrics-port", "0", "--data-dir", str(data_dir),
-         "--model-repository", str(repository_root), "--gallery", "none"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    target = f"127.0.0.1:{port}"
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        request = health_pb2.HealthCheckRequest(service="latentserve.v1.Search")
-        while health.Check(request, timeout=60, wait_for_ready=True).status != health_pb2.HealthCheckResponse.SERVING:
-            time.sleep(0.05)
-    return process, target
 
 
 def stored_ids(stub: search_pb2_grpc.SearchStub) -> set[str]:
@@ -88,8 +70,8 @@ def main(repository_root: Path, trials: int, seed: int = 0) -> None:
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as data_dir:
         for trial in range(trials + 1):  # the last start only checks what the last kill left
-            process, target = start_gateway(repository_root, Path(data_dir))
-            with grpc.insecure_channel(target) as channel:
+            with gateway_process(repository_root, "--gallery", "none", data_dir=Path(data_dir)) as (target, pid), \
+                    grpc.insecure_channel(target) as channel:
                 stub = search_pb2_grpc.SearchStub(channel)
                 found = stored_ids(stub)
                 if trial:
@@ -100,13 +82,11 @@ def main(repository_root: Path, trials: int, seed: int = 0) -> None:
                     counts["resurrected"] += len(found - stored - in_flight)
                 stored = found
                 if trial == trials:
-                    process.kill()
                     break
                 writer = Writer(stub, stored, trial, rng)
                 writer.start()
                 time.sleep(rng.uniform(0.05, 1.0))
-                process.kill()  # SIGKILL
-                process.wait()
+                os.kill(pid, signal.SIGKILL)
                 writer.join()
                 counts["acknowledged adds"] += writer.added
                 counts["acknowledged deletes"] += writer.deleted

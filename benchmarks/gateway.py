@@ -150,14 +150,15 @@ async def search_latency(target: str, images: np.ndarray, duration: float) -> di
 
 
 @contextlib.contextmanager
-def gateway_process(repository_root: Path, *flags: str, ca_file: Path | None = None):
-    """`latentserve serve` in its own process on a free loopback port, default gallery, stopped on exit;
-    with `ca_file`, a TLS gateway whose certificate that CA signed."""
+def gateway_process(repository_root: Path, *flags: str, ca_file: Path | None = None, data_dir: Path | None = None):
+    """`latentserve serve` in its own process on a free loopback port, on `data_dir` (a temporary one if
+    none), once its Search service is SERVING; stopped on exit. With `ca_file`, a TLS gateway whose
+    certificate that CA signed."""
     port, = free_ports(1)
-    with tempfile.TemporaryDirectory() as data_dir:
+    with tempfile.TemporaryDirectory() as scratch:
         server = subprocess.Popen(
             [sys.executable, "-m", "latentserve.cli", "serve", "--port", str(port), "--metrics-port", "0",
-             "--data-dir", data_dir, "--model-repository", str(repository_root), *flags],
+             "--data-dir", str(data_dir or scratch), "--model-repository", str(repository_root), *flags],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:

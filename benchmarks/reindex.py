@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from benchmarks.crash import start_gateway
+from benchmarks.gateway import gateway_process
 from latentserve.datasets import load_mnist
 from latentserve.v1 import common_pb2, search_pb2, search_pb2_grpc
 
@@ -87,43 +87,38 @@ def main(repository_root: Path, items: int | None) -> None:
     queries = (mnist.test.images * 255).round().astype(np.uint8)
 
     with tempfile.TemporaryDirectory() as data_dir:
-        process, target = start_gateway(repository_root, Path(data_dir))
-        try:
-            with grpc.insecure_channel(target) as channel:
-                stub = search_pb2_grpc.SearchStub(channel)
-                stub.CreateCollection(search_pb2.CreateCollectionRequest(
-                    name=COLLECTION, keep_images=True, model=common_pb2.ModelRef(name="autoencoder", version=1)))
-                began = time.perf_counter()
-                for start in range(0, items, ADD_BATCH):
-                    stub.AddItems(search_pb2.AddItemsRequest(collection=COLLECTION, items=[
-                        search_pb2.Item(id=f"item-{i}", image=image(pixels[i % len(pixels)]), label=int(mnist.train.labels[i % len(pixels)]))
-                        for i in range(start, min(start + ADD_BATCH, items))
-                    ]), timeout=60)
-                print(f"{items:,} items added in {time.perf_counter() - began:.0f} s (autoencoder v1, {ADD_BATCH} a call)\n")
+        with gateway_process(repository_root, "--gallery", "none", data_dir=Path(data_dir)) as (target, _), grpc.insecure_channel(target) as channel:
+            stub = search_pb2_grpc.SearchStub(channel)
+            stub.CreateCollection(search_pb2.CreateCollectionRequest(
+                name=COLLECTION, keep_images=True, model=common_pb2.ModelRef(name="autoencoder", version=1)))
+            began = time.perf_counter()
+            for start in range(0, items, ADD_BATCH):
+                stub.AddItems(search_pb2.AddItemsRequest(collection=COLLECTION, items=[
+                    search_pb2.Item(id=f"item-{i}", image=image(pixels[i % len(pixels)]), label=int(mnist.train.labels[i % len(pixels)]))
+                    for i in range(start, min(start + ADD_BATCH, items))
+                ]), timeout=60)
+            print(f"{items:,} items added in {time.perf_counter() - began:.0f} s (autoencoder v1, {ADD_BATCH} a call)\n")
 
-                baseline = Clients(stub, queries, pixels[:0])
-                baseline.run()
-                time.sleep(BASELINE_SECONDS)
-                baseline.end()
+            baseline = Clients(stub, queries, pixels[:0])
+            baseline.run()
+            time.sleep(BASELINE_SECONDS)
+            baseline.end()
 
-                during = Clients(stub, queries, pixels[: 1 << 20])
-                during.run()
-                began = time.perf_counter()
-                started = stub.ReindexCollection(search_pb2.ReindexCollectionRequest(collection=COLLECTION))
-                while (stats := stub.GetIndexStats(search_pb2.GetIndexStatsRequest(collection=COLLECTION))).HasField("reindex"):
-                    if stats.reindex.error:
-                        raise SystemExit(f"the reindex failed: {stats.reindex.error}")
-                    time.sleep(0.2)
-                took = time.perf_counter() - began
-                during.end()
-                written = sum(code == grpc.StatusCode.OK for code, _ in during.writes)
-                print(f"Reindex autoencoder v1 -> v{started.reindex.model.version}: {took:.1f} s ({items / took:,.0f} items/s); "
-                      f"the collection holds {stats.items:,} items at the end (expected {items + written:,}: every item and every acknowledged write), "
-                      f"model version {stats.model.version}\n")
-                print("| calls | phase | calls made | failed | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
-                print(f"| Search, {SEARCHERS} clients | before | {summary(baseline.searches)} |")
-                print(f"| Search, {SEARCHERS} clients | during the reindex | {summary(during.searches)} |")
-                print(f"| AddItems, 1 item every {WRITE_EVERY:g} s | during the reindex | {summary(during.writes)} |")
-        finally:
-            process.terminate()
-            process.wait(60)
+            during = Clients(stub, queries, pixels[: 1 << 20])
+            during.run()
+            began = time.perf_counter()
+            started = stub.ReindexCollection(search_pb2.ReindexCollectionRequest(collection=COLLECTION))
+            while (stats := stub.GetIndexStats(search_pb2.GetIndexStatsRequest(collection=COLLECTION))).HasField("reindex"):
+                if stats.reindex.error:
+                    raise SystemExit(f"the reindex failed: {stats.reindex.error}")
+                time.sleep(0.2)
+            took = time.perf_counter() - began
+            during.end()
+            written = sum(code == grpc.StatusCode.OK for code, _ in during.writes)
+            print(f"Reindex autoencoder v1 -> v{started.reindex.model.version}: {took:.1f} s ({items / took:,.0f} items/s); "
+                  f"the collection holds {stats.items:,} items at the end (expected {items + written:,}: every item and every acknowledged write), "
+                  f"model version {stats.model.version}\n")
+            print("| calls | phase | calls made | failed | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
+            print(f"| Search, {SEARCHERS} clients | before | {summary(baseline.searches)} |")
+            print(f"| Search, {SEARCHERS} clients | during the reindex | {summary(during.searches)} |")
+            print(f"| AddItems, 1 item every {WRITE_EVERY:g} s | during the reindex | {summary(during.writes)} |")

@@ -43,8 +43,7 @@ import onnxruntime
 import torch
 import torch.nn.functional as F
 
-from benchmarks.crash import start_gateway
-from benchmarks.gateway import drive, process_cpu_seconds
+from benchmarks.gateway import drive, gateway_process, process_cpu_seconds
 from latentserve import repository
 from latentserve.contract import BINARY_CODE, CODE, ENCODE
 from latentserve.datasets import load_mnist
@@ -312,17 +311,13 @@ def print_end_to_end(repository_root: Path, data_dirs: dict[str, Path], faiss_pe
     print(f"\nEnd to end: SearchBatch of {BATCH} codes, k={K}, {CLIENTS} concurrent clients, vs FAISS alone at batch {BATCH}\n")
     print("| index | space | gateway queries/s | FAISS queries/s | gateway / FAISS | gateway CPU ms / call |\n|---|---|---|---|---|---|")
     for name, data_dir in data_dirs.items():
-        process, target = start_gateway(repository_root, data_dir)
-        try:
+        with gateway_process(repository_root, "--gallery", "none", data_dir=data_dir) as (target, pid):
             for space in SPACES:
-                cpu_before = process_cpu_seconds(process.pid)
+                cpu_before = process_cpu_seconds(pid)
                 ours, theirs = asyncio.run(gateway_per_s(target, queries, num_bits, space == "Hamming")), faiss_per_s[name, space]
                 calls = ours * GATEWAY_SECONDS / BATCH
-                cpu_ms = (process_cpu_seconds(process.pid) - cpu_before) * 1000 / calls
+                cpu_ms = (process_cpu_seconds(pid) - cpu_before) * 1000 / calls
                 print(f"| {name} | {space} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.0%} | {cpu_ms:.1f} |", flush=True)
-        finally:
-            process.terminate()
-            process.wait(60)
 
 
 def main(repository_root: Path, items: int | None, faiss_only: bool = False) -> None:
