@@ -7,12 +7,14 @@ from contextlib import contextmanager
 import grpc
 import numpy as np
 import pytest
+from milvus_lite.server import Server
 from pymilvus import MilvusClient
 
 from latentserve.v1 import common_pb2, search_pb2, search_pb2_grpc
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from serving.index import Binding, IndexLocked, IndexOptions, NewItem
 from serving.milvus_index import MAX_IMAGE_BYTES, MilvusCollections
+from serving.triton_server import free_ports
 from serving.settings import Settings
 from tests.conftest import RunningGateway, assert_refused
 
@@ -412,3 +414,45 @@ def test_milvus_refuses_what_it_cannot_hold(tmp_path):
         assert collections.names() == ["default", "kept"]
     finally:
         collections.close()
+
+
+@pytest.fixture
+def milvus_server(tmp_path):
+    """Milvus Lite serving on a loopback TCP port, which pymilvus reaches as it reaches Milvus standalone
+    (an http:// URI, none of the Lite-only paths)."""
+    (port,) = free_ports(1)
+    server = Server(str(tmp_path / "served.db"), address=f"127.0.0.1:{port}")
+    assert server.init() and server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def test_two_gateways_on_one_milvus_server_see_each_others_collections_and_switches(milvus_server):
+    first, second = MilvusCollections(milvus_server), MilvusCollections(milvus_server)
+    first.open(BINDING)
+    second.open(BINDING)  # the catalog and the default collection exist: it finds them
+    try:
+        first.create("shared", BINDING, IndexOptions()).add([new_item("a", 1), new_item("b", 2)])
+        assert second.names() == ["default", "shared"]
+        seen = second.get("shared")
+        assert seen.ids() == {"a", "b"}
+        seen.add([new_item("c", 1, {"from": "second"})])
+        assert [item.metadata for item in first.get("shared").get_items(["c"])] == [{"from": "second"}]
+
+        collection, rebuilt = first.build("shared", BINDING, IndexOptions())  # as a reindex does
+        rebuilt.add([new_item("a", 1), new_item("b", 2), new_item("c", 1), new_item("d", 3)])
+        first.switch("shared", collection, rebuilt)
+        with pytest.raises(NotFound):  # the second gateway's handle is of the dropped collection
+            seen.ids()
+        assert second.get("shared").ids() == {"a", "b", "c", "d"}
+        hits = second.get("shared").search(new_item("d").code[None], False, 1, [None])
+        assert [hit.id for hit in hits[0]] == ["d"]
+
+        first.drop("shared")
+        with pytest.raises(NotFound):
+            second.get("shared").ids()
+        with pytest.raises(NotFound):
+            second.get("shared")
+    finally:
+        first.close()
+        second.close()
