@@ -19,11 +19,11 @@ import faiss
 import numpy as np
 import torch
 
-from benchmarks.search_scale import BATCH, CELL_SECONDS, ITEM_SEED, QUERIES, QUERY_SEED, SHARDS, SINGLE_QUERIES, THREADS, encoded, encoder
+from benchmarks.search_scale import BATCH, CELL_SECONDS, ITEM_SEED, QUERIES, QUERY_SEED, SINGLE_QUERIES, THREADS, add_items, encoded, encoder
 from latentserve.datasets import load_mnist
 from serving.collections import Collections
 from serving.filters import parse
-from serving.index import IndexOptions, NewItem
+from serving.index import IndexOptions
 from serving.milvus_index import MilvusCollections
 
 ITEMS = 100_000  # without --items
@@ -48,13 +48,7 @@ def measure(collections, binding, items, queries) -> dict[str, str]:
     """The workload on one backend's collections: each figure as printed."""
     figures = {}
     index = collections.create(NAME, binding, IndexOptions())
-    start = time.perf_counter()
-    for first in range(0, len(items.labels), ADD_BATCH):
-        index.add([
-            NewItem(f"item-{i:07d}", items.values[i], items.bits[i], int(items.labels[i]), {"shard": str(i % SHARDS)})
-            for i in range(first, min(first + ADD_BATCH, len(items.labels)))
-        ])
-    seconds = time.perf_counter() - start
+    seconds = add_items(index, items, ADD_BATCH)
     figures["add, items/s"] = f"{len(items.labels) / seconds:,.0f}"
     for space in ("L2", "Hamming"):
         vectors, hashed = queries.vectors(space), space == "Hamming"

@@ -249,16 +249,22 @@ def fill(directory: Path, binding: Binding, options: IndexOptions, items: Codes)
     ADD_BATCH at a time; left closed."""
     before = resident_bytes()
     index = CodeIndex(directory, binding, options)
-    start = time.perf_counter()
-    for first in range(0, len(items.labels), ADD_BATCH):
-        index.add([
-            NewItem(f"item-{i:07d}", items.values[i], items.bits[i], int(items.labels[i]), {"shard": str(i % SHARDS)})
-            for i in range(first, min(first + ADD_BATCH, len(items.labels)))
-        ])
-    seconds = time.perf_counter() - start
+    seconds = add_items(index, items, ADD_BATCH)
     grown = resident_bytes() - before
     index.close()
     return seconds, grown / len(items.labels)
+
+
+def add_items(index, items: Codes, batch: int) -> float:
+    """Seconds to add every item to `index` (a CodeIndex or MilvusIndex), `batch` a call: item i has id
+    item-<i>, its source image's label and metadata {"shard": str(i mod SHARDS)}."""
+    start = time.perf_counter()
+    for first in range(0, len(items.labels), batch):
+        index.add([
+            NewItem(f"item-{i:07d}", items.values[i], items.bits[i], int(items.labels[i]), {"shard": str(i % SHARDS)})
+            for i in range(first, min(first + batch, len(items.labels)))
+        ])
+    return time.perf_counter() - start
 
 
 def latencies_ms(index: CodeIndex, queries: np.ndarray, hashed: bool, where) -> np.ndarray:
