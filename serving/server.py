@@ -123,7 +123,8 @@ class Server:
                 settings.triton_tls_ca_file, settings.triton_tls_cert_file, settings.triton_tls_key_file,
             )
         return await asyncio.to_thread(
-            EmbeddedRuntime, settings.model_repository, settings.intra_op_threads, settings.inference_workers, settings.inference_niceness
+            EmbeddedRuntime, settings.model_repository, settings.intra_op_threads, settings.inference_workers, settings.inference_niceness,
+            settings.batch_max_images, settings.batch_max_delay_ms,
         )
 
     async def _load(self) -> None:

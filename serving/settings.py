@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     )
     intra_op_threads: int = Field(1, ge=1, description="onnxruntime threads per inference")
     inference_workers: int = Field(2, ge=1, description="inferences running at once (embedded runtime)")
+    batch_max_images: int = Field(64, ge=1, description="images in one merged run of queued requests (embedded runtime); a request this large runs alone")
+    batch_max_delay_ms: float = Field(0, ge=0, description="how long a free worker waits for more requests to merge (embedded runtime); 0: only those already queued")
     reflection: bool = Field(True, description="serve gRPC server reflection (grpcurl list)")
     tokens_file: Path | None = Field(None, description="bearer tokens (`latentserve token`); unset: no authentication, no quotas")
     quota_read_requests_per_second: float = Field(100, ge=0, description="per token, calls of scope read; 0: unlimited")
