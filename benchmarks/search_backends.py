@@ -10,17 +10,13 @@ filtered searches at 1% and 51% selectivity, one query a call; GetItems of 100 i
 filter. Queries/s and latencies are medians over passes repeated for about CELL_SECONDS.
 """
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
-import torch
 
-from benchmarks.search_scale import BATCH, CELL_SECONDS, ITEM_SEED, QUERIES, QUERY_SEED, SINGLE_QUERIES, THREADS, add_items, encoded, encoder
-from latentserve.datasets import load_mnist
+from benchmarks.search_scale import BATCH, CELL_SECONDS, QUERIES, SINGLE_QUERIES, add_items, current_commit, workload
 from serving.collections import Collections
 from serving.filters import parse
 from serving.index import IndexOptions
@@ -69,13 +65,8 @@ def measure(collections, binding, items, queries) -> dict[str, str]:
 
 def main(repository_root: Path, items: int | None) -> None:
     items = items or ITEMS
-    torch.set_num_threads(THREADS)
-    faiss.omp_set_num_threads(THREADS)
-    session, binding = encoder(repository_root)
-    mnist = load_mnist()
-    stored = encoded(session, mnist.train.images, mnist.train.labels, items, ITEM_SEED)
-    queries = encoded(session, mnist.test.images, mnist.test.labels, QUERIES, QUERY_SEED)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    binding, stored, queries = workload(repository_root, items)
+    commit = current_commit()
     print(f"{items:,} items of {binding.model} v{binding.version} codes, an exact collection on each backend; {os.cpu_count()} cores; commit {commit}\n", flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as scratch:

@@ -326,16 +326,26 @@ def print_end_to_end(repository_root: Path, data_dirs: dict[str, Path], faiss_pe
                 print(f"| {name} | {space} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.0%} | {cpu_ms:.1f} |", flush=True)
 
 
-def main(repository_root: Path, items: int | None, faiss_only: bool = False) -> None:
-    items = items or ITEMS
-    began = time.perf_counter()
+def workload(repository_root: Path, items: int) -> tuple[Binding, Codes, Codes]:
+    """The binding of the index model's codes, `items` distorted training images' codes and the QUERIES
+    test images' codes, with torch, onnxruntime and FAISS on THREADS threads."""
     torch.set_num_threads(THREADS)
     faiss.omp_set_num_threads(THREADS)
     session, binding = encoder(repository_root)
     mnist = load_mnist()
     stored = encoded(session, mnist.train.images, mnist.train.labels, items, ITEM_SEED)
-    queries = encoded(session, mnist.test.images, mnist.test.labels, QUERIES, QUERY_SEED)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    return binding, stored, encoded(session, mnist.test.images, mnist.test.labels, QUERIES, QUERY_SEED)
+
+
+def current_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+
+
+def main(repository_root: Path, items: int | None, faiss_only: bool = False) -> None:
+    items = items or ITEMS
+    began = time.perf_counter()
+    binding, stored, queries = workload(repository_root, items)
+    commit = current_commit()
     print(f"{items:,} items, {QUERIES:,} queries of {binding.model} v{binding.version} ({binding.code_dim} floats, {binding.num_bits} bits); "
           f"made and encoded in {time.perf_counter() - began:.0f} s; {os.cpu_count()} cores; commit {commit}\n", flush=True)
 
