@@ -30,8 +30,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 import faiss
 import numpy as np
@@ -81,6 +80,27 @@ class Binding:
     def packed_bytes(self) -> int:
         """Bytes of one binary code, packed 8 bits to a byte."""
         return -(-self.num_bits // 8)
+
+    def stacked(self, items: list["NewItem"]) -> tuple[np.ndarray, np.ndarray]:
+        """The items' codes (float32) and packed bits (uint8), one row each; FailedPrecondition if their
+        sizes are not this binding's."""
+        codes = np.stack([item.code for item in items]).astype(np.float32)
+        bits = np.stack([item.bits for item in items]).astype(np.uint8)
+        if codes.shape[1] != self.code_dim or bits.shape[1] != self.packed_bytes:
+            raise FailedPrecondition(f"codes of shape {codes.shape[1:]} do not fit this index ({self})")
+        return codes, bits
+
+
+def already_stored(ids: list[str], stored) -> AlreadyExists:
+    """The error of an add without replace that found the ids in `stored` (a set or dict of ids)."""
+    first = next(i for i, item_id in enumerate(ids) if item_id in stored)
+    return AlreadyExists(f"{len(stored)} already stored, the first items[{first}].id", "items.id")
+
+
+def not_stored(ids: list[str], stored) -> NotFound:
+    """The error of a delete whose `ids` are not all in `stored` (a set or dict of ids)."""
+    missing = [i for i, item_id in enumerate(ids) if item_id not in stored]
+    return NotFound(f"{len(missing)} not stored, the first ids[{missing[0]}]", "ids")
 
 
 @dataclass(frozen=True)
@@ -236,29 +256,26 @@ class CodeIndex:
         item is replaced (a new row: it moves to the end of the store's order). `mark` is set in the
         same transaction. Returns how many items were replaced."""
         ids = [item.id for item in items]
-        codes = np.stack([item.code for item in items]).astype(np.float32)
-        bits = np.stack([item.bits for item in items]).astype(np.uint8)
-        if codes.shape[1] != self.binding.code_dim or bits.shape[1] != self.binding.packed_bytes:
-            raise FailedPrecondition(f"codes of shape {codes.shape[1:]} do not fit this index ({self.binding})")
+        codes, bits = self.binding.stacked(items)
+        texts = [json.dumps(item.metadata) for item in items]
         with self._locked():
             existing = self._existing(ids)
             if existing and not replace:
-                first = next(i for i, item_id in enumerate(ids) if item_id in existing)
-                raise AlreadyExists(f"{len(existing)} already stored, the first items[{first}].id", "items.id")
+                raise already_stored(ids, existing)
             with self._transaction():
                 replaced = [self._db.execute("DELETE FROM items WHERE id = ? RETURNING row", (i,)).fetchone()[0] for i in existing]
                 rows = [
                     self._db.execute(
                         "INSERT INTO items (id, label, metadata, code, bits, image) VALUES (?, ?, ?, ?, ?, ?) RETURNING row",
-                        (item.id, item.label, json.dumps(item.metadata), code.tobytes(), packed.tobytes(), item.image if self.keep_images else None),
+                        (item.id, item.label, text, code.tobytes(), packed.tobytes(), item.image if self.keep_images else None),
                     ).fetchone()[0]
-                    for item, code, packed in zip(items, codes, bits)
+                    for item, text, code, packed in zip(items, texts, codes, bits)
                 ]
                 if mark:
                     self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (mark,))
             self._remove_rows(replaced)
             self._index_rows(np.asarray(rows, dtype=np.int64), codes, bits)
-            self._table.add(rows, ids, [item.label for item in items], [item.metadata for item in items])
+            self._table.add(rows, ids, [item.label for item in items], texts)
             if self.options.kind == "ivf" and not self.approximate and len(self) >= TRAIN_PER_LIST * self.options.nlist:
                 self._train_ivf()
             return len(replaced)
@@ -266,10 +283,9 @@ class CodeIndex:
     def delete(self, ids: list[str]) -> None:
         """All or nothing: an unknown id deletes nothing."""
         with self._locked():
-            missing = set(ids) - self._existing(ids)
-            if missing:
-                first = next(i for i, item_id in enumerate(ids) if item_id in missing)
-                raise NotFound(f"{len(missing)} not stored, the first ids[{first}]", "ids")
+            existing = self._existing(ids)
+            if len(existing) < len(set(ids)):
+                raise not_stored(ids, existing)
             with self._transaction():
                 rows = [self._db.execute("DELETE FROM items WHERE id = ? RETURNING row", (i,)).fetchone()[0] for i in ids]
             self._remove_rows(rows)
@@ -440,8 +456,8 @@ class CodeIndex:
         table = ItemTable()
         stored = self._db.execute("SELECT row, id, label, metadata FROM items ORDER BY row")
         while batch := stored.fetchmany(LOAD_BATCH):
-            rows, ids, labels, metadata = zip(*batch)
-            table.add(list(rows), list(ids), list(labels), [json.loads(text) for text in metadata])
+            rows, ids, labels, texts = zip(*batch)
+            table.add(list(rows), list(ids), list(labels), list(texts))
         return table
 
 

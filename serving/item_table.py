@@ -30,12 +30,13 @@ class ItemTable:
     def __len__(self) -> int:
         return self._count
 
-    def add(self, rows: list[int], ids: list[str], labels: list[int | None], metadata: list[dict[str, str]]) -> None:
+    def add(self, rows: list[int], ids: list[str], labels: list[int | None], metadata: list[str]) -> None:
+        """Items stored at `rows`, each `metadata` the JSON text of its object as SQLite holds it."""
         self._grow(max(rows, default=0) + 1)
-        for row, item_id, label, values in zip(rows, ids, labels, metadata):
+        for row, item_id, label, text in zip(rows, ids, labels, metadata):
             self._ids[row], self._labels[row], self._live[row] = item_id, NO_LABEL if label is None else label, True
+            values = json.loads(text)
             if values:
-                text = json.dumps(values, sort_keys=True)
                 self._metadata[row] = self._texts.setdefault(text, text)
                 for key, value in values.items():
                     self._keyed.setdefault(key, array("q")).append(row)

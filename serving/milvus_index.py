@@ -45,7 +45,9 @@ from pymilvus.exceptions import ErrorCode, MilvusException
 from serving.collections import DEFAULT
 from serving.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from serving.filters import NO_LABEL, Filter, milvus_string, to_milvus
-from serving.index import HNSW_EF_CONSTRUCTION, Binding, Closed, Hit, IndexLocked, IndexOptions, NewItem, StoredItem, lock_directory
+from serving.index import (
+    HNSW_EF_CONSTRUCTION, Binding, Closed, Hit, IndexLocked, IndexOptions, NewItem, StoredItem, already_stored, lock_directory, not_stored,
+)
 
 log = logging.getLogger(__name__)
 PREFIX = "ls_"
@@ -128,10 +130,7 @@ class MilvusIndex:
         """As CodeIndex.add, but not all or nothing (see the module's notes); an add with a `mark` replaces
         what it finds. Returns how many items were replaced."""
         ids = [item.id for item in items]
-        codes = np.stack([item.code for item in items]).astype(np.float32)
-        bits = np.stack([item.bits for item in items]).astype(np.uint8)
-        if codes.shape[1] != self.binding.code_dim or bits.shape[1] != self.binding.packed_bytes:
-            raise FailedPrecondition(f"codes of shape {codes.shape[1:]} do not fit this index ({self.binding})")
+        codes, bits = self.binding.stacked(items)
         if len(set(ids)) < len(ids):
             raise InvalidArgument("an id is given twice", "items")
         unnameable = [i for i, item_id in enumerate(ids) if not _nameable(item_id)]
@@ -145,8 +144,7 @@ class MilvusIndex:
         with self._writing:
             stored = self._rows(ids)
             if stored and not (replace or mark):
-                first = next(i for i, item_id in enumerate(ids) if item_id in stored)
-                raise AlreadyExists(f"{len(stored)} already stored, the first items[{first}].id", "items.id")
+                raise already_stored(ids, stored)
             for chunk in _chunks(rows, ROWS_WITH_IMAGES):
                 self._call(self._client.insert, self.collection, data=chunk)
             self._delete_rows([row for item_rows in stored.values() for row in item_rows])
@@ -158,9 +156,8 @@ class MilvusIndex:
         """All or nothing: an unknown id deletes nothing."""
         with self._writing:
             stored = self._rows(ids)
-            missing = [i for i, item_id in enumerate(ids) if item_id not in stored]
-            if missing:
-                raise NotFound(f"{len(missing)} not stored, the first ids[{missing[0]}]", "ids")
+            if len(stored) < len(set(ids)):
+                raise not_stored(ids, stored)
             self._delete_rows([row for item_rows in stored.values() for row in item_rows])
 
     def delete_where(self, where: Filter) -> int:

@@ -1,5 +1,7 @@
 """Filters: what any text parses to, the rows the item table selects against three-valued logic evaluated
 here item by item, the limits, the messages, and the Milvus text."""
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -40,10 +42,10 @@ def parse_default(text: str):
 @pytest.fixture(scope="module")
 def table():
     table = ItemTable()
-    table.add([0, 99], ["removed-0", "removed-99"], [3, 3], [{"source": "upload"}, {"source": "upload"}])
+    table.add([0, 99], ["removed-0", "removed-99"], [3, 3], [json.dumps({"source": "upload"})] * 2)
     table.remove([0, 99])  # rows the table no longer holds select nothing
     rows = list(range(1, len(ITEMS) + 1))
-    table.add(rows, [f"item-{row}" for row in rows], [label for label, _ in ITEMS], [metadata for _, metadata in ITEMS])
+    table.add(rows, [f"item-{row}" for row in rows], [label for label, _ in ITEMS], [json.dumps(metadata) for _, metadata in ITEMS])
     return table
 
 
