@@ -150,16 +150,30 @@ async def search_latency(target: str, images: np.ndarray, duration: float) -> di
 
 
 @contextlib.contextmanager
-def gateway_process(repository_root: Path, *flags: str, ca_file: Path | None = None, data_dir: Path | None = None):
+def source_tree(revision: str):
+    """The project's tree at git `revision`, checked out in a temporary directory (a git worktree)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        tree = Path(scratch) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), revision], check=True, capture_output=True)
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=True, capture_output=True)
+
+
+@contextlib.contextmanager
+def gateway_process(
+    repository_root: Path, *flags: str, ca_file: Path | None = None, data_dir: Path | None = None, source: Path | None = None
+):
     """`latentserve serve` in its own process on a free loopback port, on `data_dir` (a temporary one if
     none), once its Search service is SERVING; stopped on exit. With `ca_file`, a TLS gateway whose
-    certificate that CA signed."""
+    certificate that CA signed; with `source`, the gateway's code comes from that tree (`source_tree`)."""
     port, = free_ports(1)
     with tempfile.TemporaryDirectory() as scratch:
         server = subprocess.Popen(
             [sys.executable, "-m", "latentserve.cli", "serve", "--port", str(port), "--metrics-port", "0",
-             "--data-dir", str(data_dir or scratch), "--model-repository", str(repository_root), *flags],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+             "--data-dir", str(data_dir or scratch), "--model-repository", str(repository_root.resolve()), *flags],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=source,  # `-m` imports from the working directory first
         )
         try:
             target = f"127.0.0.1:{port}"
@@ -170,14 +184,14 @@ def gateway_process(repository_root: Path, *flags: str, ca_file: Path | None = N
             server.wait(30)
 
 
-def _wait_serving(target: str, ca_file: Path | None, timeout: float = 120) -> None:
+def _wait_serving(target: str, ca_file: Path | None, timeout: float = 120, service: str = "latentserve.v1.Search") -> None:
     deadline = time.time() + timeout
     credentials = grpc.ssl_channel_credentials(ca_file.read_bytes()) if ca_file else None
     with grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.time() < deadline:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(service="latentserve.v1.Search")).status == health_pb2.HealthCheckResponse.SERVING:
+                if stub.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
                 pass
@@ -185,33 +199,45 @@ def _wait_serving(target: str, ca_file: Path | None, timeout: float = 120) -> No
     raise TimeoutError(f"gateway at {target} did not become ready")
 
 
-def compare(target: str, pid: int, method: str, entry: repository.Entry, duration: float, batches=BATCHES) -> None:
-    """The table of one call on one model: gateway vs direct, for each batch size and concurrency."""
+def compare(gateways: dict[str, tuple[str, int]], method: str, entry: repository.Entry, duration: float, batches=BATCHES) -> None:
+    """The table of one call on one model: each gateway (by label: its target and pid) vs direct, for each
+    batch size and concurrency. Ratios are to direct onnxruntime, and to the first gateway where there
+    are several."""
     model_path = entry.version_path(entry.versions[0]) / repository.ONNX_FILE
     test_images = (load_mnist().test.images * 255).round().astype(np.uint8)
+    first = next(iter(gateways))
     print(f"{method}, {entry.name} v{entry.versions[0]}, {duration:.0f} s per cell, {os.cpu_count()} cores\n")
-    print("| batch | concurrency | path | requests/s | images/s | p50 ms | p99 ms | CPU ms / request | throughput gateway / direct |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| batch | concurrency | path | requests/s | images/s | p50 ms | p99 ms | CPU ms / request | throughput / direct |"
+          + (f" {first} / this row |" if len(gateways) > 1 else ""))
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if len(gateways) > 1 else ""))
     for batch in batches:
         for concurrency in CONCURRENCY:
             images = test_images[:batch]
-            ours = asyncio.run(through_gateway(target, pid, method, entry, images, concurrency, duration))
+            rows = {label: asyncio.run(through_gateway(target, pid, method, entry, images, concurrency, duration))
+                    for label, (target, pid) in gateways.items()}
             base = direct(model_path, method, images, concurrency, duration)
-            ratio = ours["images_per_s"] / base["images_per_s"]
-            for path, r in (("gateway", ours), ("onnxruntime direct", base)):
+            for path, r in (*rows.items(), ("onnxruntime direct", base)):
+                ours = path in rows
+                to_direct = f"{r['images_per_s'] / base['images_per_s']:.0%}" if ours else ""
+                to_first = f" {rows[first]['requests_per_s'] / r['requests_per_s']:.2f}x |" if ours else " |"
                 print(f"| {batch} | {concurrency} | {path} | {r['requests_per_s']:.0f} | {r['images_per_s']:.0f} | "
-                      f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_ms_per_request']:.2f} | "
-                      f"{f'{ratio:.0%}' if path == 'gateway' else ''} |", flush=True)
+                      f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_ms_per_request']:.2f} | {to_direct} |"
+                      f"{to_first if len(rows) > 1 else ''}", flush=True)
 
 
-def main(repository_root: Path, duration: float) -> None:
+def main(repository_root: Path, duration: float, against: str | None = None) -> None:
+    """Encode and Search; with `against` (a git revision), the gateway of that revision beside this one."""
     entry = repository.read_repository(repository_root)["autoencoder_encoder"]
     test_images = (load_mnist().test.images * 255).round().astype(np.uint8)
-    with gateway_process(repository_root) as (target, pid):
-        compare(target, pid, "Encode", entry, duration)
+    with contextlib.ExitStack() as stack:
+        gateways = {"gateway": stack.enter_context(gateway_process(repository_root))}
+        if against:
+            tree = stack.enter_context(source_tree(against))
+            gateways[f"gateway at {against}"] = stack.enter_context(gateway_process(repository_root, source=tree))
+        compare(gateways, "Encode", entry, duration)
         print("\nSearch on the default gallery (10,000 MNIST test images), k=10, one client\n")
         print("| query | requests/s | p50 ms | p99 ms |\n|---|---|---|---|")
-        for name, r in asyncio.run(search_latency(target, test_images, duration)).items():
+        for name, r in asyncio.run(search_latency(gateways["gateway"][0], test_images, duration)).items():
             print(f"| {name} | {r['requests_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
 
 
@@ -221,8 +247,8 @@ def main_classification(repository_root: Path, duration: float) -> None:
         e for e in repository.read_repository(repository_root).values()
         if e.model == Settings().default_classifier and e.capability == "classify"
     )
-    with gateway_process(repository_root) as (target, pid):
-        compare(target, pid, "Classify", entry, duration)
+    with gateway_process(repository_root) as gateway:
+        compare({"gateway": gateway}, "Classify", entry, duration)
 
 
 def main_translation(repository_root: Path, duration: float) -> None:
@@ -230,7 +256,7 @@ def main_translation(repository_root: Path, duration: float) -> None:
     entries = [e for e in repository.read_repository(repository_root).values() if e.capability == "translate"]
     if not entries:
         raise SystemExit(f"no translate graphs in {repository_root}")
-    with gateway_process(repository_root) as (target, pid):
+    with gateway_process(repository_root) as gateway:
         for entry in entries:
-            compare(target, pid, "Translate", entry, duration)
+            compare({"gateway": gateway}, "Translate", entry, duration)
             print()

@@ -414,7 +414,8 @@ def cmd_eval(args) -> None:
 # model repository. `layout` measures the checkout itself.
 BENCHES = {
     "retrieval": ("benchmarks.retrieval", "main", ()),
-    "serving": ("benchmarks.gateway", "main", ("duration",)),
+    "serving": ("benchmarks.gateway", "main", ("duration", "against")),
+    "callpath": ("benchmarks.callpath", "main", ("duration",)),
     "classification": ("benchmarks.gateway", "main_classification", ("duration",)),
     "translation": ("benchmarks.gateway", "main_translation", ("duration",)),
     "generation": ("benchmarks.generation_stream", "main", ("duration",)),
@@ -504,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--requests", type=int, default=100_000, help="requests the fuzz sends")
     bench.add_argument("--trials", type=int, default=100, help="kills the crash benchmark makes")
     bench.add_argument("--items", type=int, help="items the search-scale (default 1,000,000), reindex or search-backends (100,000) benchmark indexes")
+    bench.add_argument("--against", metavar="REVISION", help="serving: the gateway of this git revision too, in the same run")
     bench.add_argument("--faiss-only", action="store_true", help="search-scale: FAISS's own figures only, no collection or gateway")
     bench.set_defaults(func=cmd_bench)
 

@@ -81,10 +81,6 @@ def _failure(method: str, error: Exception) -> grpc.Status:
     return _status(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
 
-async def _once(response):
-    yield await response
-
-
 class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
     """Wraps unary calls and our server-streaming ones; the health Watch and reflection streams pass through.
     Before a call runs, `guard` checks its token, scope and quotas; after it, the guard audits writes.
@@ -109,58 +105,85 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
         unread = {"request_deserializer": lambda _: None}
         self._shed = grpc.unary_unary_rpc_method_handler(refuse, **unread)
         self._shed_stream = grpc.unary_stream_rpc_method_handler(refuse_stream, **unread)
+        # by method: our handler around the servicer's, built on its first call (grpc's lookup and our
+        # wrapping, once per method rather than per call)
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._counted: dict[tuple[str, grpc.StatusCode], tuple] = {}
 
-    async def _run(self, method: str, details, parsed, context, responses):
-        """Checks, then the responses of `responses(request)`, each failure answered as a status, the call
-        counted, measured and audited."""
-        start = time.perf_counter()
-        token, (request, unparsable) = None, parsed
-        self.calls += 1
-        try:
-            token = self.guard.authenticate(method, details.invocation_metadata)
-            _refuse_unparsable(request, unparsable)
-            self.guard.authorize(method, token, request)
-            async for response in responses(request):
-                yield response
-        except Exception as error:  # noqa: BLE001 - every failure becomes a status, the server goes on
-            status = _failure(method, error)
-        else:
-            self._finish(method, token, request, grpc.StatusCode.OK, start)
-            return
-        finally:
-            self.calls -= 1
+    def _check(self, method: str, token: Token | None, parsed) -> None:
+        """The checks before a call runs, once its token is known: its body, its scope and quotas."""
+        request, unparsable = parsed
+        _refuse_unparsable(request, unparsable)
+        self.guard.authorize(method, token, request)
+
+    async def _fail(self, method: str, token: Token | None, request, context, error: Exception, start: float) -> None:
+        status = _failure(method, error)
         self._finish(method, token, request, status.code, start)  # before abort: the client may read /metrics as soon as it has the status
         await context.abort(status.code, status.details, status.trailing_metadata)
 
     def _finish(self, method: str, token: Token | None, request, code: grpc.StatusCode, start: float) -> None:
-        REQUESTS.labels(method, code.name).inc()
-        LATENCY.labels(method).observe(time.perf_counter() - start)
+        counted = self._counted.get((method, code))
+        if counted is None:  # a labelled child looked up once: labels() takes a lock and builds a key every time
+            counted = self._counted[method, code] = (REQUESTS.labels(method, code.name), LATENCY.labels(method))
+        counted[0].inc()
+        counted[1].observe(time.perf_counter() - start)
         self.guard.audit(method, token, request, code)
+
+    def _unary(self, method: str, handler):
+        inner = handler.unary_unary
+
+        async def call(parsed, context):
+            start, token, request = time.perf_counter(), None, parsed[0]
+            self.calls += 1
+            try:
+                token = self.guard.authenticate(method, context.invocation_metadata())
+                self._check(method, token, parsed)
+                response = await inner(request, context)
+            except Exception as error:  # noqa: BLE001 - every failure becomes a status, the server goes on
+                failure = error
+            else:
+                self._finish(method, token, request, grpc.StatusCode.OK, start)
+                return response
+            finally:
+                self.calls -= 1
+            await self._fail(method, token, request, context, failure, start)
+
+        return grpc.unary_unary_rpc_method_handler(
+            call, request_deserializer=_lenient(handler.request_deserializer), response_serializer=handler.response_serializer
+        )
+
+    def _stream(self, method: str, handler):
+        inner = handler.unary_stream
+
+        async def stream(parsed, context):
+            start, token, request = time.perf_counter(), None, parsed[0]
+            self.calls += 1
+            try:
+                token = self.guard.authenticate(method, context.invocation_metadata())
+                self._check(method, token, parsed)
+                async for response in inner(request, context):
+                    yield response
+            except Exception as error:  # noqa: BLE001 - every failure becomes a status, the server goes on
+                failure = error
+            else:
+                self._finish(method, token, request, grpc.StatusCode.OK, start)
+                return
+            finally:
+                self.calls -= 1
+            await self._fail(method, token, request, context, failure, start)
+
+        return grpc.unary_stream_rpc_method_handler(
+            stream, request_deserializer=_lenient(handler.request_deserializer), response_serializer=handler.response_serializer
+        )
 
     async def intercept_service(self, continuation, details):
         method = details.method
-        ours = method.startswith("/latentserve.")
-        handler = await continuation(details)
-        if ours and handler is not None and self.calls >= self.max_calls:
-            return self._shed if handler.unary_stream is None else self._shed_stream
-        if handler is not None and handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            async def call(parsed, context):
-                responses = [r async for r in self._run(method, details, parsed, context, lambda request: _once(inner(request, context)))]
-                return responses[0]
-
-            return grpc.unary_unary_rpc_method_handler(
-                call, request_deserializer=_lenient(handler.request_deserializer), response_serializer=handler.response_serializer
-            )
-        if handler is not None and handler.unary_stream is not None and ours:
-            inner = handler.unary_stream
-
-            async def stream(parsed, context):
-                async for response in self._run(method, details, parsed, context, lambda request: inner(request, context)):
-                    yield response
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=_lenient(handler.request_deserializer), response_serializer=handler.response_serializer
-            )
-        return handler
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(details)
+            if handler is None or not method.startswith("/latentserve."):
+                return handler  # unknown methods, health and reflection pass through
+            wrapped = self._wrapped[method] = self._unary(method, handler) if handler.unary_stream is None else self._stream(method, handler)
+        if self.calls >= self.max_calls:
+            return self._shed if wrapped.unary_stream is None else self._shed_stream
+        return wrapped

@@ -124,7 +124,7 @@ class Server:
             )
         return await asyncio.to_thread(
             EmbeddedRuntime, settings.model_repository, settings.intra_op_threads, settings.inference_workers, settings.inference_niceness,
-            settings.batch_max_images, settings.batch_max_delay_ms,
+            settings.batch_max_images, settings.batch_max_delay_ms, settings.inline_max_ms,
         )
 
     async def _load(self) -> None:

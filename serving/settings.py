@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     inference_workers: int = Field(2, ge=1, description="inferences running at once (embedded runtime)")
     batch_max_images: int = Field(64, ge=1, description="images in one merged run of queued requests (embedded runtime); a request this large runs alone")
     batch_max_delay_ms: float = Field(0, ge=0, description="how long a free worker waits for more requests to merge (embedded runtime); 0: only those already queued")
+    inline_max_ms: float = Field(
+        0.5, ge=0, description="a request the model's recent runs say takes at most this long runs on the event loop, without queue or executor hop (embedded runtime); 0: never"
+    )
     reflection: bool = Field(True, description="serve gRPC server reflection (grpcurl list)")
     tokens_file: Path | None = Field(None, description="bearer tokens (`latentserve token`); unset: no authentication, no quotas")
     quota_read_requests_per_second: float = Field(100, ge=0, description="per token, calls of scope read; 0: unlimited")

@@ -11,6 +11,10 @@ the batch dimension). A worker that comes free runs the oldest queued request to
 behind it, up to `batch_max_images` images, as one `session.run`, and splits the outputs back by rows.
 A request cancelled or past its deadline while queued never runs; if a merged run fails, each of its
 requests runs alone, so an error stays with the request that caused it.
+
+Inline runs: a request that the model's recent runs say takes at most `inline_max_ms` runs at once on the
+calling thread (the event loop), without queue or executor: for a small model at batch 1, handing the
+run to a worker and waking the loop for its answer costs more CPU than the run itself.
 """
 import asyncio
 import collections
@@ -65,9 +69,12 @@ def _settle(future: asyncio.Future, outputs: dict[str, np.ndarray] | None, error
 class EmbeddedRuntime:
     def __init__(
         self, repository_root: Path, intra_op_threads: int = 1, workers: int = 2, niceness: int = 0,
-        batch_max_images: int = 64, batch_max_delay_ms: float = 0.0,
+        batch_max_images: int = 64, batch_max_delay_ms: float = 0.0, inline_max_ms: float = 0.0,
     ):
         self._root = repository_root
+        self._inline_max = inline_max_ms / 1000
+        # by (entry name, version): wall seconds per image of its recent runs (a moving average)
+        self._seconds_per_image: dict[tuple[str, int], float] = {}
         self._batch_max_images = batch_max_images
         self._batch_max_delay = batch_max_delay_ms / 1000
         # A queue per (entry name, session, input signature), all under this lock; a worker waiting for a
@@ -118,6 +125,7 @@ class EmbeddedRuntime:
             entries[entry.name] = dataclasses.replace(entry, versions=loaded, skipped=skipped)
             log.info("serving %s versions %s", entry.name, list(loaded))
         self._sessions, self._entries = sessions, entries  # swapped whole: a call sees the old set or the new
+        self._seconds_per_image = {key: cost for key, cost in self._seconds_per_image.items() if key in sessions}
 
     async def refresh(self) -> None:
         fingerprint = await asyncio.to_thread(self._repository_fingerprint)
@@ -133,8 +141,13 @@ class EmbeddedRuntime:
             raise NotFound(f"{entry.name} version {version} is not loaded", "model.version")
         if timeout is not None and timeout <= 0:
             raise DeadlineExceeded(f"{entry.name}: the deadline passed before inference")
-        loop, now = asyncio.get_running_loop(), time.monotonic()
+        if self._closed:
+            raise Unavailable(f"{entry.name}: the runtime is closing")
         images = len(next(iter(inputs.values())))
+        names = [output.name for output in entry.outputs]
+        if images * self._seconds_per_image.get((entry.name, version), math.inf) <= self._inline_max:
+            return dict(zip(names, self._timed_run((entry.name, version), session, names, inputs, images)))
+        loop, now = asyncio.get_running_loop(), time.monotonic()
         request = _Request(inputs, images, now + (math.inf if timeout is None else timeout), now, loop, loop.create_future())
         key = (entry.name, session, tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items())))
         with self._arrived:
@@ -143,7 +156,7 @@ class EmbeddedRuntime:
             self._queues[key].append(request)
             self._arrived.notify_all()
             # One job per request: it runs this request, or finds it already taken by an earlier job
-            self._executor.submit(self._run_queued, key, [output.name for output in entry.outputs])
+            self._executor.submit(self._run_queued, key, version, names)
         try:
             async with asyncio.timeout(timeout):
                 return await request.future
@@ -160,7 +173,16 @@ class EmbeddedRuntime:
                 if not queue:
                     del self._queues[key]  # an empty queue must not keep a dropped session alive
 
-    def _run_queued(self, key: tuple, names: list[str]) -> None:
+    def _timed_run(self, cost_key: tuple[str, int], session, names: list[str], inputs: dict[str, np.ndarray], images: int) -> list[np.ndarray]:
+        """`session.run`, its wall time per image folded into the model's moving average."""
+        BATCH_IMAGES.labels(cost_key[0]).observe(images)
+        start = time.perf_counter()
+        outputs = session.run(names, inputs)
+        cost = (time.perf_counter() - start) / images
+        self._seconds_per_image[cost_key] = 0.8 * self._seconds_per_image.get(cost_key, cost) + 0.2 * cost
+        return outputs
+
+    def _run_queued(self, key: tuple, version: int, names: list[str]) -> None:
         """In a worker: take the oldest queued requests of `key`, up to `batch_max_images` images (after
         waiting up to `batch_max_delay_ms` from the oldest's arrival for the batch to fill), and run them."""
         batch, expired = [], []
@@ -183,17 +205,16 @@ class EmbeddedRuntime:
         for request in expired:
             request.answer(error=DeadlineExceeded(f"{key[0]}: the deadline passed before inference"))
         if batch:
-            self._run(key, names, batch)
+            self._run(key, version, names, batch)
 
-    def _run(self, key: tuple, names: list[str], batch: list[_Request]) -> None:
+    def _run(self, key: tuple, version: int, names: list[str], batch: list[_Request]) -> None:
         """One `session.run` over `batch`; if it fails, each request runs alone."""
         model, session = key[:2]
         inputs = batch[0].inputs  # a request alone goes as it came, not copied
         try:
             if len(batch) > 1:
                 inputs = {name: np.concatenate([r.inputs[name] for r in batch]) for name in inputs}
-            BATCH_IMAGES.labels(model).observe(sum(r.images for r in batch))
-            outputs = session.run(names, inputs)
+            outputs = self._timed_run((model, version), session, names, inputs, sum(r.images for r in batch))
             rows = np.cumsum([r.images for r in batch])[:-1]
             parts = [np.split(output, rows) for output in outputs]
         except Exception as error:  # noqa: BLE001 - it goes back to the caller
@@ -201,7 +222,7 @@ class EmbeddedRuntime:
                 batch[0].answer(error=error)
             else:
                 for request in batch:
-                    self._run(key, names, [request])
+                    self._run(key, version, names, [request])
             return
         for request, *pieces in zip(batch, *parts):
             request.answer(dict(zip(names, pieces)))

@@ -1,4 +1,5 @@
-"""Dynamic batching in the embedded runtime: queued requests merge into one onnxruntime run, bit for bit.
+"""Dynamic batching in the embedded runtime: queued requests merge into one onnxruntime run, bit for bit;
+and inline runs, on the calling thread, of requests the model's recent runs say are quick.
 
 Most tests hold the runtime's one worker in a run (a session that records each run and waits until
 released), queue requests behind it, then release it and look at the runs that followed.
@@ -22,14 +23,17 @@ class Recorder:
     run holding a NaN (a bad request whose bad rows only onnxruntime's caller can see)."""
 
     def __init__(self, session):
-        self.session, self.runs = session, []
+        self.session, self.runs, self.threads = session, [], []
         self.running, self.release = threading.Event(), threading.Event()
         self.release.set()
+        self.delay = 0.0  # seconds each run takes beyond the session's own
 
     def run(self, names, inputs):
         self.runs.append(inputs)
+        self.threads.append(threading.get_ident())
         self.running.set()
         assert self.release.wait(30)
+        time.sleep(self.delay)
         if any(np.isnan(array).any() for array in inputs.values() if array.dtype.kind == "f"):
             raise ValueError("a NaN")
         return self.session.run(names, inputs)
@@ -46,7 +50,7 @@ def make_runtime():
     made = []
 
     def make(name: str, **settings):
-        made.append(EmbeddedRuntime(MODEL_REPOSITORY, workers=1, **settings))
+        made.append(EmbeddedRuntime(MODEL_REPOSITORY, workers=1, **{"inline_max_ms": 0, **settings}))
         entry = made[-1].entries()[name]
         key = (name, entry.versions[0])
         recorder = made[-1]._sessions[key] = Recorder(made[-1]._sessions[key])
@@ -227,6 +231,33 @@ def test_requests_queued_at_close_are_refused_and_the_running_one_finishes(make_
 
     asyncio.run(scenario())
     assert recorder.rows == [1]
+
+
+def test_a_request_the_model_runs_quickly_runs_inline_on_the_calling_thread(make_runtime):
+    runtime, entry, recorder = make_runtime("autoencoder_encoder", inline_max_ms=1000)
+    requests = [images(1, seed) for seed in range(3)]
+
+    async def scenario():
+        return [await runtime.infer(entry, entry.versions[0], inputs) for inputs in requests]
+
+    results = asyncio.run(scenario())
+    # the first run has no estimate yet: a worker runs it; the next two take well under a second
+    assert recorder.threads[0] != threading.get_ident() and recorder.threads[1:] == [threading.get_ident()] * 2
+    for inputs, result in zip(requests, results):
+        assert np.array_equal(result["code"], recorder.session.run(["code"], inputs)[0])
+
+
+def test_a_request_over_inline_max_ms_goes_to_a_worker(make_runtime):
+    runtime, entry, recorder = make_runtime("autoencoder_encoder", inline_max_ms=20)
+    recorder.delay = 0.005  # 5 ms a run: one image runs inline, eight go to a worker
+
+    async def scenario():
+        for count in (1, 1, 8, 1):
+            await runtime.infer(entry, entry.versions[0], images(count, count))
+
+    asyncio.run(scenario())
+    assert recorder.rows == [1, 1, 8, 1]
+    assert [thread == threading.get_ident() for thread in recorder.threads] == [False, True, False, True]
 
 
 def test_concurrent_encode_calls_through_the_gateway_run_as_one_batch(start_gateway, tmp_path):
