@@ -219,7 +219,4 @@ def main(repository_root: Path, duration: float, repetitions: int = 3) -> None:
 
 
 if __name__ == "__main__":
-    if os.environ.get("UVLOOP"):
-        import uvloop
-        uvloop.install()
     serve_layer(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))

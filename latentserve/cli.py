@@ -61,21 +61,28 @@ def cmd_serve(args) -> None:
     from serving.server import serve
     from serving.settings import Settings
     from serving.tokens import TokenError
+    from serving.workers import WorkerExited, serve_workers
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flags = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "model_repository": args.model_repository,
              "metrics_port": args.metrics_port, "gallery": args.gallery, "runtime": args.runtime, "triton_url": args.triton_url,
              "tls_cert_file": args.tls_cert, "tls_key_file": args.tls_key, "tls_client_ca_file": args.tls_client_ca,
              "insecure": args.insecure, "metrics_host": args.metrics_host, "tokens_file": args.tokens_file,
-             "reflection": args.reflection, "health_port": args.health_port}
+             "reflection": args.reflection, "health_port": args.health_port, "workers": args.workers,
+             "index_backend": args.index_backend, "milvus_uri": args.milvus_uri}
     try:
         settings = Settings(**{key: value for key, value in flags.items() if value is not None})
     except ValidationError as error:  # a refused setting: say which and why, no traceback
         raise InputError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}" for e in error.errors())) from None
     try:
-        asyncio.run(serve(settings))
+        if settings.workers > 1:
+            serve_workers(settings)
+        else:
+            asyncio.run(serve(settings))
     except TokenError as error:  # a missing or malformed tokens file
         raise InputError(str(error)) from None
+    except WorkerExited as error:
+        raise ServeFailed(str(error)) from None
 
 
 def cmd_triton(args) -> None:
@@ -97,6 +104,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 class InputError(Exception):
     """A problem with the files a command names, found before any call: printed as `error: ...`, exit status 2."""
+
+
+class ServeFailed(Exception):
+    """The gateway stopped on its own (a worker of `serve --workers` exited): `error: ...`, exit status 1."""
 
 
 def _image_files(arguments: list[str]) -> list[Path]:
@@ -416,6 +427,7 @@ BENCHES = {
     "retrieval": ("benchmarks.retrieval", "main", ()),
     "serving": ("benchmarks.gateway", "main", ("duration", "against")),
     "callpath": ("benchmarks.callpath", "main", ("duration",)),
+    "workers": ("benchmarks.workers", "main", ("duration",)),
     "classification": ("benchmarks.gateway", "main_classification", ("duration",)),
     "translation": ("benchmarks.gateway", "main_translation", ("duration",)),
     "generation": ("benchmarks.generation_stream", "main", ("duration",)),
@@ -478,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-host", help="address of /metrics and --health-port (default: 127.0.0.1)")
     serve.add_argument("--health-port", type=int, help="also answer gRPC health on this plaintext port, from a thread of its own (default: off)")
     serve.add_argument("--tokens-file", type=Path, help="require bearer tokens from this file (`latentserve token`); re-read when it changes")
+    serve.add_argument("--workers", type=int, help="gateway processes sharing the port (default: 1; more need --index-backend milvus on a Milvus server)")
+    serve.add_argument("--index-backend", choices=["embedded", "milvus"], help="the search collections: FAISS + SQLite in --data-dir (default), or Milvus")
+    serve.add_argument("--milvus-uri", help="with --index-backend milvus: http://HOST:19530, or a Milvus Lite file ending .db (default: DATA_DIR/milvus.db)")
     serve.add_argument("--no-reflection", dest="reflection", action="store_false", default=None, help="turn gRPC server reflection off")
     serve.set_defaults(func=cmd_serve)
 
@@ -643,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"UNAVAILABLE: no gateway at {args.target} (none answered within {args.connect_timeout:g} s)", 1)
     except (InputError, OSError) as error:
         return _fail(str(error), 2)
+    except ServeFailed as error:
+        return _fail(str(error), 1)
     return 0
 
 

@@ -181,11 +181,14 @@ class Server:
             await self.inference.runtime.close()
 
 
-async def serve(settings: Settings) -> None:
-    """Serve until SIGINT or SIGTERM. Raises IndexLocked, after stopping, when another process holds the
-    data directory; other loading failures leave their services NOT_SERVING (and say so in the log)."""
+async def serve(settings: Settings, ready=None) -> None:
+    """Serve until SIGINT or SIGTERM; `ready` (an Event, as `serve --workers` passes) is set once everything
+    has loaded. Raises IndexLocked, after stopping, when another process holds the data directory; other
+    loading failures leave their services NOT_SERVING (and say so in the log)."""
     server = Server(settings)
     await server.start()
+    if ready is not None:
+        server.loaded.add_done_callback(lambda loaded: loaded.cancelled() or loaded.exception() or ready.set())
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

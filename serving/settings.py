@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="where the search index lives")
     index_backend: Literal["embedded", "milvus"] = Field("embedded", description="the search collections: FAISS + SQLite in data_dir, or Milvus (milvus_uri)")
     milvus_uri: str = Field("", description="Milvus standalone or cluster (http://host:19530), or a Milvus Lite file ending .db; empty: data_dir/milvus.db")
+    workers: int = Field(1, ge=1, description="gateway processes sharing the port (serve --workers); more than 1 needs a Milvus server (index_backend milvus, milvus_uri http://...)")
     runtime: Literal["embedded", "triton"] = Field("embedded", description="in-process onnxruntime, or Triton")
     triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC address (runtime triton)")
     triton_tls_ca_file: Path | None = Field(None, description="reach Triton over TLS, trusting this CA (PEM)")
@@ -108,6 +109,21 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"listening on {self.host!r}, beyond loopback, needs TLS (tls_cert_file, tls_key_file) and tokens "
                 "(tokens_file); set insecure (`serve --insecure`) to serve anyone who reaches the port, in the clear"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_share_a_port_and_a_milvus_server(self) -> "Settings":
+        if self.workers > 1 and self.port == 0:
+            raise ValueError("workers share one port: set port (0 would give each worker its own)")
+        ranges = [range(start, start + self.workers) for start in (self.metrics_port, self.health_port) if start]
+        taken = [port for ports in ranges for port in ports] + [self.port]
+        if self.workers > 1 and len(set(taken)) < len(taken):
+            raise ValueError(f"worker i serves /metrics on metrics_port + i and health on health_port + i: with {self.workers} workers these overlap each other or port")
+        if self.workers > 1 and (self.index_backend != "milvus" or not self.milvus_uri or self.milvus_uri.endswith(".db")):
+            raise ValueError(
+                "workers share their collections through a Milvus server: set index_backend milvus and milvus_uri "
+                "http://HOST:19530 (a FAISS index or a Milvus Lite file belongs to one process)"
             )
         return self
 

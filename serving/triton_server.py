@@ -43,6 +43,23 @@ def free_ports(count: int) -> list[int]:
             probe.close()
 
 
+def free_port_run(count: int) -> int:
+    """The first of `count` consecutive loopback ports that are free now (for `serve --workers`, whose
+    worker i takes a base port + i)."""
+    while True:
+        first, = free_ports(1)
+        probes = [socket.socket() for _ in range(count)]
+        try:
+            for port, probe in zip(range(first, first + count), probes):
+                probe.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+
+
 def _wheel_dir() -> Path:
     spec = importlib.util.find_spec("pytriton")  # locate without importing pytriton's Python API
     if spec is None or not spec.submodule_search_locations:

@@ -16,6 +16,7 @@ from latentserve.datasets import Mnist, Split, load_mnist
 from serving.server import Server
 from serving import tokens
 from serving.settings import Settings
+from serving.triton_server import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = ROOT / "model_repository"
@@ -139,6 +140,19 @@ class RunningGateway:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+@pytest.fixture
+def milvus_server(tmp_path):
+    """Milvus Lite serving on a loopback TCP port, which pymilvus reaches as it reaches Milvus standalone
+    (an http:// URI, none of the Lite-only paths)."""
+    from milvus_lite.server import Server  # the milvus extra
+
+    (port,) = free_ports(1)
+    server = Server(str(tmp_path / "served.db"), address=f"127.0.0.1:{port}")
+    assert server.init() and server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
 
 
 @pytest.fixture

@@ -7,14 +7,12 @@ from contextlib import contextmanager
 import grpc
 import numpy as np
 import pytest
-from milvus_lite.server import Server
 from pymilvus import MilvusClient
 
 from latentserve.v1 import common_pb2, search_pb2, search_pb2_grpc
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from serving.index import Binding, IndexLocked, IndexOptions, NewItem
 from serving.milvus_index import MAX_IMAGE_BYTES, MilvusCollections
-from serving.triton_server import free_ports
 from serving.settings import Settings
 from tests.conftest import RunningGateway, assert_refused
 
@@ -414,17 +412,6 @@ def test_milvus_refuses_what_it_cannot_hold(tmp_path):
         assert collections.names() == ["default", "kept"]
     finally:
         collections.close()
-
-
-@pytest.fixture
-def milvus_server(tmp_path):
-    """Milvus Lite serving on a loopback TCP port, which pymilvus reaches as it reaches Milvus standalone
-    (an http:// URI, none of the Lite-only paths)."""
-    (port,) = free_ports(1)
-    server = Server(str(tmp_path / "served.db"), address=f"127.0.0.1:{port}")
-    assert server.init() and server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 def test_two_gateways_on_one_milvus_server_see_each_others_collections_and_switches(milvus_server):
