@@ -121,6 +121,7 @@ class Server:
             return TritonRuntime(  # its aio client needs this loop
                 settings.triton_url, settings.model_repository,
                 settings.triton_tls_ca_file, settings.triton_tls_cert_file, settings.triton_tls_key_file,
+                settings.triton_calls_per_model, settings.batch_max_images,
             )
         return await asyncio.to_thread(
             EmbeddedRuntime, settings.model_repository, settings.intra_op_threads, settings.inference_workers, settings.inference_niceness,

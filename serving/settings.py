@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, description="gateway processes sharing the port (serve --workers); more than 1 needs a Milvus server (index_backend milvus, milvus_uri http://...)")
     runtime: Literal["embedded", "triton"] = Field("embedded", description="in-process onnxruntime, or Triton")
     triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC address (runtime triton)")
+    triton_calls_per_model: int = Field(2, ge=1, description="Triton calls in flight per model version for requests under batch_max_images; later ones wait and go merged in the next call")
     triton_tls_ca_file: Path | None = Field(None, description="reach Triton over TLS, trusting this CA (PEM)")
     triton_tls_cert_file: Path | None = Field(None, description="the gateway's client certificate for Triton's mutual TLS")
     triton_tls_key_file: Path | None = Field(None, description="its private key")
@@ -88,7 +89,7 @@ class Settings(BaseSettings):
     )
     intra_op_threads: int = Field(1, ge=1, description="onnxruntime threads per inference")
     inference_workers: int = Field(2, ge=1, description="inferences running at once (embedded runtime)")
-    batch_max_images: int = Field(64, ge=1, description="images in one merged run of queued requests (embedded runtime); a request this large runs alone")
+    batch_max_images: int = Field(64, ge=1, description="images in one merged run (embedded runtime) or Triton call (triton runtime) of queued requests; a request this large goes alone")
     batch_max_delay_ms: float = Field(0, ge=0, description="how long a free worker waits for more requests to merge (embedded runtime); 0: only those already queued")
     inline_max_ms: float = Field(
         0.5, ge=0, description="a request the model's recent runs say takes at most this long runs on the event loop, without queue or executor hop (embedded runtime); 0: never"
