@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast setup proto train export bench clean
+PEERS := .venv-peers
+PEERS_STAMP := $(PEERS)/.installed
+
+.PHONY: run test test-fast setup peers proto train export bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +17,20 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# MLServer, for `latentserve bench peers`, in a virtual environment of its own (its pins are not ours);
+# onnxruntime at our version, so both run the same kernels.
+$(PEERS_STAMP): constraints.txt
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet --upgrade pip
+	$(PEERS)/bin/pip install --quiet mlserver==1.7.1 "$$(grep '^onnxruntime==' constraints.txt)"
+	touch $(PEERS_STAMP)
+
+peers: $(PEERS_STAMP)
+
 run: $(STAMP)
 	$(BIN)/latentserve serve
 
-test: $(STAMP)
+test: $(STAMP) $(PEERS_STAMP)
 	$(BIN)/python -m pytest -q
 
 # The tests without the slow ones (training, export, tritonserver): about 2 minutes on 2 cores.
@@ -55,4 +68,4 @@ bench: $(STAMP)
 	$(BIN)/latentserve bench translation
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(PEERS)

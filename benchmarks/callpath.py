@@ -13,9 +13,12 @@ layer adds one part of the real call path to the one before, so the differences 
   session answering from arrays computed once;
 - inference: the gateway as it serves (`latentserve serve`).
 
-A last row gives onnxruntime's own CPU per call, the session run directly in this process.
+Then the gateway on Triton (`serve --runtime triton`, the wheel's tritonserver over the same repository),
+with the CPU of the gateway process and of tritonserver apart; its gateway row adds to "checks and
+conversions". A last row gives onnxruntime's own CPU per call, the session run directly in this process.
 """
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -27,19 +30,26 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from benchmarks.gateway import _wait_serving, drive, gateway_session, process_cpu_seconds, summary
+from benchmarks.gateway import _wait_serving, drive, gateway_session, tree_cpu_seconds, summary
 from latentserve import repository
 from latentserve.contract import ENCODE, IMAGE
 from latentserve.datasets import load_mnist
 from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 from serving.server import Server, add_servicer
 from serving.settings import Settings
-from serving.triton_server import free_ports
+from serving.triton_server import TritonServer, free_ports
 
 LAYERS = ("grpc floor", "interceptor", "checks and conversions", "runtime", "inference")
+TRITON = "gateway on Triton"
 MODEL = "autoencoder_encoder"
 BATCHES = (1, 64)
 CONCURRENCY = 8
+
+
+def _newest_model_path(repository_root: Path) -> Path:
+    """The ONNX file of the version Encode runs by default."""
+    entry = repository.read_repository(repository_root)[MODEL]
+    return entry.version_path(entry.versions[0]) / repository.ONNX_FILE
 
 
 class _AnswersOnce:
@@ -55,9 +65,12 @@ class _AnswersOnce:
     def run(self, names, inputs):
         size = len(next(iter(inputs.values())))
         if size not in self.answers:
-            start = time.perf_counter()
-            outputs = self.session.run(names, inputs)
-            self.answers[size] = outputs, time.perf_counter() - start
+            seconds = []
+            for _ in range(3):  # the first run of a session is slow: the fastest of three is what runs cost
+                start = time.perf_counter()
+                outputs = self.session.run(names, inputs)
+                seconds.append(time.perf_counter() - start)
+            self.answers[size] = outputs, min(seconds)
         outputs, seconds = self.answers[size]
         if self.wait and threading.current_thread() is not threading.main_thread():
             time.sleep(seconds)
@@ -109,7 +122,7 @@ def _request(images: np.ndarray) -> encoder_pb2.EncodeRequest:
 
 async def _bare_server(settings: Settings, intercepted: bool) -> None:
     """A grpc.aio server whose Encode answers with a response built once per batch size, from the model."""
-    session = gateway_session(repository.read_repository(settings.model_repository)[MODEL].version_path(1) / repository.ONNX_FILE)
+    session = gateway_session(_newest_model_path(settings.model_repository))
     responses = {}
 
     class Cached(encoder_pb2_grpc.EncoderServicer):
@@ -149,36 +162,40 @@ async def _layered_server(settings: Settings, layer: str) -> None:
     await server.grpc.wait_for_termination()
 
 
-def serve_layer(layer: str, port: int, repository_root: Path, data_dir: Path) -> None:
+def serve_layer(layer: str, port: int, repository_root: Path, data_dir: Path, triton_url: str = "") -> None:
     """The server of one layer, until killed (this module run as a program)."""
-    settings = Settings(port=port, model_repository=repository_root, data_dir=data_dir, metrics_port=0, gallery="none")
+    settings = Settings(port=port, model_repository=repository_root, data_dir=data_dir, metrics_port=0, gallery="none",
+                        **({"runtime": "triton", "triton_url": triton_url} if layer == TRITON else {}))
     if layer in ("grpc floor", "interceptor"):
         asyncio.run(_bare_server(settings, intercepted=layer == "interceptor"))
     else:
         asyncio.run(_layered_server(settings, layer))
 
 
-async def _load(target: str, pid: int, request, batch: int, duration: float) -> dict[str, float]:
+async def _load(target: str, pids: list[int], request, batch: int, duration: float) -> list[dict[str, float]]:
+    """The load on `target`, with CPU per call of each of `pids` (the server, and Triton behind it)."""
     async with grpc.aio.insecure_channel(target) as channel:
         call = encoder_pb2_grpc.EncoderStub(channel).Encode
         await call(request)  # the layers that answer from arrays computed once compute them now
-        cpu = process_cpu_seconds(pid)
+        cpu = [tree_cpu_seconds(pid) for pid in pids]
         latencies, elapsed = await drive(lambda: call(request), CONCURRENCY, duration)
-        cpu = process_cpu_seconds(pid) - cpu
-    return summary(latencies, elapsed, batch, cpu)
+        cpu = [tree_cpu_seconds(pid) - before for pid, before in zip(pids, cpu)]
+    return [summary(latencies, elapsed, batch, seconds) for seconds in cpu]
 
 
-def _measure_layer(layer: str, repository_root: Path, requests: dict[int, encoder_pb2.EncodeRequest], duration: float) -> dict[int, dict]:
+def _measure_layer(layer: str, repository_root: Path, requests: dict[int, encoder_pb2.EncodeRequest], duration: float) -> dict[int, list[dict]]:
     port, = free_ports(1)
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
+        triton = stack.enter_context(TritonServer(repository_root)) if layer == TRITON else None
         server = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.callpath", layer, str(port), str(repository_root), scratch],
+            [sys.executable, "-m", "benchmarks.callpath", layer, str(port), str(repository_root), scratch, *([triton.grpc_url] if triton else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+        pids = [server.pid, *([triton.process.pid] if triton else [])]
         try:
             target = f"127.0.0.1:{port}"
             _wait_serving(target, None, service="")  # every service SERVING
-            return {batch: asyncio.run(_load(target, server.pid, request, batch, duration)) for batch, request in requests.items()}
+            return {batch: asyncio.run(_load(target, pids, request, batch, duration)) for batch, request in requests.items()}
         finally:
             server.terminate()
             server.wait(30)
@@ -186,7 +203,7 @@ def _measure_layer(layer: str, repository_root: Path, requests: dict[int, encode
 
 def _inference_cpu(repository_root: Path, images: np.ndarray, duration: float) -> float:
     """onnxruntime's CPU ms per run of `images`, one thread calling, with the gateway's session options."""
-    session = gateway_session(repository.read_repository(repository_root)[MODEL].version_path(1) / repository.ONNX_FILE)
+    session = gateway_session(_newest_model_path(repository_root))
     inputs = {IMAGE: images[:, None] / np.float32(255)}
     runs, stop_at, cpu = 0, time.perf_counter() + duration, time.process_time()
     while time.perf_counter() < stop_at:
@@ -202,21 +219,29 @@ def main(repository_root: Path, duration: float, repetitions: int = 3) -> None:
           f"median of {repetitions} runs (CPU range in brackets), {os.cpu_count()} cores\n")
     print("| batch | layer | requests/s | p50 ms | p99 ms | server CPU ms / call | added by the layer |")
     print("|---|---|---|---|---|---|---|")
-    runs = {layer: [] for layer in LAYERS}
+    runs = {layer: [] for layer in (*LAYERS, TRITON)}
     for _ in range(repetitions):
-        for layer in LAYERS:
+        for layer in runs:
             runs[layer].append(_measure_layer(layer, repository_root, requests, duration))
+
+    def row(batch: int, label: str, layer: str, process: int, previous: float | None) -> float:
+        cells = [run[batch][process] for run in runs[layer]]
+        median = {key: float(np.median([cell[key] for cell in cells])) for key in cells[0]}
+        cpu, cpus = median["cpu_ms_per_request"], [cell["cpu_ms_per_request"] for cell in cells]
+        added = f"{cpu - previous:+.3f}" if previous is not None else ""
+        print(f"| {batch} | {label} | {median['requests_per_s']:.0f} | {median['p50_ms']:.2f} | {median['p99_ms']:.2f} | "
+              f"{cpu:.3f} [{min(cpus):.3f}-{max(cpus):.3f}] | {added} |")
+        return cpu
+
     for batch in BATCHES:
         previous = 0.0
         for layer in LAYERS:
-            median = {key: float(np.median([run[batch][key] for run in runs[layer]])) for key in runs[layer][0][batch]}
-            cpus = [run[batch]["cpu_ms_per_request"] for run in runs[layer]]
-            cpu = median["cpu_ms_per_request"]
-            print(f"| {batch} | {layer} | {median['requests_per_s']:.0f} | {median['p50_ms']:.2f} | {median['p99_ms']:.2f} | "
-                  f"{cpu:.3f} [{min(cpus):.3f}-{max(cpus):.3f}] | {cpu - previous:+.3f} |")
-            previous = cpu
+            previous = row(batch, layer, layer, 0, previous)
+        checked = float(np.median([run[batch][0]["cpu_ms_per_request"] for run in runs["checks and conversions"]]))
+        row(batch, f"{TRITON}: the gateway", TRITON, 0, checked)
+        row(batch, f"{TRITON}: tritonserver", TRITON, 1, None)
         print(f"| {batch} | onnxruntime alone, in this process | | | | {_inference_cpu(repository_root, images[:batch], duration):.3f} | |")
 
 
 if __name__ == "__main__":
-    serve_layer(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
+    serve_layer(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), *sys.argv[5:])

@@ -9,14 +9,13 @@ multiprocessing's resource tracker.
 import asyncio
 import contextlib
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
 import grpc
 import numpy as np
 
-from benchmarks.gateway import _wait_serving, direct, drive, gateway_process, summary
+from benchmarks.gateway import _wait_serving, direct, drive, gateway_process, summary, tree_cpu_seconds
 from latentserve import repository
 from latentserve.datasets import load_mnist
 from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
@@ -42,16 +41,6 @@ def milvus_lite_server():
             yield f"http://127.0.0.1:{port}"
         finally:
             server.stop()
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of `pid` and its children, while they run."""
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    total = 0.0
-    for each in (pid, *map(int, children)):
-        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 async def _load(target: str, pid: int, images: np.ndarray, duration: float) -> dict[str, float]:

@@ -428,6 +428,7 @@ BENCHES = {
     "serving": ("benchmarks.gateway", "main", ("duration", "against")),
     "callpath": ("benchmarks.callpath", "main", ("duration",)),
     "workers": ("benchmarks.workers", "main", ("duration",)),
+    "peers": ("benchmarks.peers", "main", ("duration",)),
     "classification": ("benchmarks.gateway", "main_classification", ("duration",)),
     "translation": ("benchmarks.gateway", "main_translation", ("duration",)),
     "generation": ("benchmarks.generation_stream", "main", ("duration",)),

@@ -11,6 +11,7 @@ collection and seeds the gallery. A worker that exits on its own stops the other
 restarting is the process supervisor's work (systemd, Kubernetes), which sees one failed service.
 """
 import asyncio
+import ctypes
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -23,6 +24,7 @@ from serving.settings import Settings
 
 log = logging.getLogger(__name__)
 STOP_MARGIN_SECONDS = 10  # past shutdown_grace_seconds, a worker still running is killed
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class WorkerExited(Exception):
@@ -39,8 +41,11 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     })
 
 
-def _run_worker(settings: Settings, ready) -> None:
+def _run_worker(settings: Settings, ready, parent: int) -> None:
     os.setpgrp()  # a terminal's Ctrl-C reaches the parent alone, which asks each worker once
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # a parent killed outright takes its workers along
+    if os.getppid() != parent:  # it died before that took effect
+        return
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker {os.getpid()} %(name)s: %(message)s")
     asyncio.run(serve(settings, ready))
 
@@ -55,7 +60,7 @@ def serve_workers(settings: Settings) -> None:
 
     def start(index: int) -> None:
         ready.append(context.Event())
-        worker = context.Process(target=_run_worker, args=(worker_settings(settings, index), ready[-1]), name=f"latentserve-worker-{index}")
+        worker = context.Process(target=_run_worker, args=(worker_settings(settings, index), ready[-1], os.getpid()), name=f"latentserve-worker-{index}")
         worker.start()
         workers.append(worker)
         log.info("worker %d started (pid %d)", index, worker.pid)

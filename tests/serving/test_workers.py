@@ -111,6 +111,14 @@ def test_workers_share_the_port_and_the_collections(workers):
     wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in pids))
 
 
+def test_workers_stop_when_serve_is_killed_outright(workers):
+    process, _, _ = workers
+    pids = _workers(process.pid)
+    process.kill()
+    process.wait()
+    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in pids))
+
+
 def test_a_worker_that_dies_stops_the_others_and_serve_fails(workers):
     process, port, metrics_port = workers
     pids = _workers(process.pid)
