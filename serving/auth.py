@@ -26,7 +26,9 @@ from serving.tokens import Scope, Token, TokenError, hash_token, read_tokens
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("latentserve.audit")
 
-GUARDED = "/latentserve."  # every method under it needs a rule in RULES; grpc's health and reflection do not
+# every method under these needs a rule in RULES (ours, and the Open Inference Protocol's); grpc's health
+# and reflection do not
+GUARDED = ("/latentserve.", "/inference.GRPCInferenceService/")
 NO_VALID_TOKEN = "a valid bearer token is required (metadata 'authorization: Bearer TOKEN')"
 
 
@@ -34,6 +36,11 @@ def _batch(images: common_pb2.Images) -> int:
     if images.HasField("encoded"):
         return len(images.encoded.images)
     return images.tensor.shape[0] if images.tensor.shape else 0
+
+
+def _infer_batch(request) -> int:
+    """A ModelInfer's images: its first input's batch size."""
+    return request.inputs[0].shape[0] if request.inputs and request.inputs[0].shape else 0
 
 
 def _none(request) -> int:
@@ -74,6 +81,17 @@ RULES: dict[str, Rule] = {
     "/latentserve.v1.Classifier/Classify": Rule("read", images=lambda request: _batch(request.images)),
     "/latentserve.v1.Translator/Translate": Rule("read", images=lambda request: _batch(request.images)),
     "/latentserve.v1.Translator/ListDirections": Rule("read"),
+    # The Open Inference Protocol (serving/open_inference.py): the methods it does not serve answer UNIMPLEMENTED
+    **{f"/inference.GRPCInferenceService/{method}": Rule("read") for method in (
+        "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig", "ModelStatistics",
+        "RepositoryIndex", "SystemSharedMemoryStatus", "CudaSharedMemoryStatus", "TraceSetting", "LogSettings",
+    )},
+    "/inference.GRPCInferenceService/ModelInfer": Rule("read", images=lambda request: _infer_batch(request)),
+    **{f"/inference.GRPCInferenceService/{method}": Rule("admin") for method in (
+        "RepositoryModelLoad", "RepositoryModelUnload", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
+        "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister",
+    )},
+    "/inference.GRPCInferenceService/ModelStreamInfer": Rule("read"),
 }
 
 

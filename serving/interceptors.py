@@ -15,7 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
-from serving.auth import Guard
+from serving.auth import GUARDED, Guard
 from serving.errors import InvalidArgument, ResourceExhausted, ServingError
 from serving.tokens import Token
 
@@ -102,6 +102,13 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
             return
             yield  # an async generator that sends no message
 
+        async def unimplemented(_, context):
+            context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+            context.set_details("streaming requests are not served; send unary calls")
+            return
+            yield  # an async generator that sends no message
+
+        self._unimplemented_stream = grpc.stream_stream_rpc_method_handler(unimplemented)
         unread = {"request_deserializer": lambda _: None}
         self._shed = grpc.unary_unary_rpc_method_handler(refuse, **unread)
         self._shed_stream = grpc.unary_stream_rpc_method_handler(refuse_stream, **unread)
@@ -181,8 +188,10 @@ class ErrorsAndMetrics(grpc.aio.ServerInterceptor):
         wrapped = self._wrapped.get(method)
         if wrapped is None:
             handler = await continuation(details)
-            if handler is None or not method.startswith("/latentserve."):
+            if handler is None or not method.startswith(GUARDED):
                 return handler  # unknown methods, health and reflection pass through
+            if handler.request_streaming:  # the Open Inference Protocol's ModelStreamInfer: not served, its stream never read
+                return self._unimplemented_stream
             wrapped = self._wrapped[method] = self._unary(method, handler) if handler.unary_stream is None else self._stream(method, handler)
         if self.calls >= self.max_calls:
             return self._shed if wrapped.unary_stream is None else self._shed_stream

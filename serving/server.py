@@ -23,6 +23,7 @@ from serving.generation import Generation
 from serving.index import IndexLocked
 from serving.interceptors import ErrorsAndMetrics
 from serving.models import Models
+from serving.open_inference import OpenInference
 from serving.runtime import InflightLimit
 from serving.runtime.embedded import EmbeddedRuntime
 from serving.runtime.triton import TritonRuntime
@@ -47,6 +48,7 @@ def capabilities(settings: Settings, inference: Inference) -> list[Capability]:
         Generation(settings, inference),
         Classification(settings, inference),
         Translation(settings, inference),
+        OpenInference(settings, inference),
     ]
 
 
