@@ -173,17 +173,20 @@ def source_tree(revision: str):
 
 @contextlib.contextmanager
 def gateway_process(
-    repository_root: Path, *flags: str, ca_file: Path | None = None, data_dir: Path | None = None, source: Path | None = None
+    repository_root: Path, *flags: str, ca_file: Path | None = None, data_dir: Path | None = None, source: Path | None = None,
+    settings: dict[str, str] | None = None,
 ):
     """`latentserve serve` in its own process on a free loopback port, on `data_dir` (a temporary one if
     none), once its Search service is SERVING; stopped on exit. With `ca_file`, a TLS gateway whose
-    certificate that CA signed; with `source`, the gateway's code comes from that tree (`source_tree`)."""
+    certificate that CA signed; with `source`, the gateway's code comes from that tree (`source_tree`);
+    `settings` are more, by name, passed as LATENTSERVE_ variables."""
     port, = free_ports(1)
     with tempfile.TemporaryDirectory() as scratch:
         server = subprocess.Popen(
             [sys.executable, "-m", "latentserve.cli", "serve", "--port", str(port), "--metrics-port", "0",
              "--data-dir", str(data_dir or scratch), "--model-repository", str(repository_root.resolve()), *flags],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=source,  # `-m` imports from the working directory first
+            env={**os.environ, **{f"LATENTSERVE_{name.upper()}": value for name, value in (settings or {}).items()}},
         )
         try:
             target = f"127.0.0.1:{port}"

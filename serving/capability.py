@@ -13,7 +13,7 @@ from PIL import Image as PILImage
 
 from latentserve.repository import Entry
 from latentserve.v1 import common_pb2
-from serving import convert, validation
+from serving import convert, tracing, validation
 from serving.errors import ResourceExhausted, Unavailable
 from serving.runtime import InflightLimit, Runtime, resolve
 from serving.settings import Settings
@@ -52,7 +52,8 @@ class Inference:
 
     async def run(self, entry: Entry, version: int, inputs: dict[str, np.ndarray], timeout: float | None) -> dict[str, np.ndarray]:
         images = len(next(iter(inputs.values())))
-        with self.inflight.admit(entry, images, sum(array.nbytes for array in inputs.values())):
+        tracing.annotate(capability=entry.capability, model=entry.model, graph=entry.graph, version=version, images=images)
+        with self.inflight.admit(entry, images, sum(array.nbytes for array in inputs.values())), tracing.span("inference", model=entry.name, version=version, images=images):
             return await self.runtime.infer(entry, version, inputs, timeout)
 
 
@@ -99,7 +100,8 @@ async def _off_the_loop(decode, files: list[bytes], field: str, settings: Settin
     pixels = sum(map(_declared_pixels, files))
     if pixels > settings.max_request_pixels:
         raise ResourceExhausted(f"{pixels} pixels in all; the limit per request is {settings.max_request_pixels}", field)
-    return await asyncio.to_thread(decode)
+    with tracing.span("decode", files=len(files), pixels=pixels):
+        return await asyncio.to_thread(decode)
 
 
 async def decode_images(images: common_pb2.Images, field: str, settings: Settings, resize: bool = True) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 from latentserve.contract import ENCODE
 from latentserve.datasets import load_mnist
 from latentserve.v1 import common_pb2, search_pb2, search_pb2_grpc
-from serving import validation
+from serving import tracing, validation
 from serving.capability import Capability, Inference, decode_image_list
 from serving.encoding import Encoding
 from serving.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
@@ -155,7 +155,8 @@ class Search(Capability):
             codes = await self.encode(index, images, timeout)
             async with self._gate(name):
                 if self.collections.get(name) is index:  # else a reindex switched it meanwhile: encode again
-                    return await asyncio.to_thread(index.add, self._new_items(index, items, codes), None, replace)
+                    with tracing.span("index", operation="add", collection=name, items=len(items)):
+                        return await asyncio.to_thread(index.add, self._new_items(index, items, codes), None, replace)
 
     @staticmethod
     def _new_items(index: CodeIndex, items: list, codes) -> list[NewItem]:
@@ -169,10 +170,11 @@ class Search(Capability):
         """Delete `ids` (all or nothing) or, with `where`, what it selects; how many."""
         async with self._gate(name):
             index = self.collections.get(name)
-            if where is not None:
-                return await asyncio.to_thread(index.delete_where, where)
-            await asyncio.to_thread(index.delete, ids)
-            return len(ids)
+            with tracing.span("index", operation="delete", collection=name):
+                if where is not None:
+                    return await asyncio.to_thread(index.delete_where, where)
+                await asyncio.to_thread(index.delete, ids)
+                return len(ids)
 
     async def reindex(self, name: str, model: str, version: int) -> None:
         """Start building collection `name` again from its kept images with encoder (`model`, `version`)."""
@@ -239,7 +241,8 @@ class Search(Capability):
         for i, (kind, value, _) in enumerate(queries):
             if kind == "code":
                 vectors[i] = value
-        return await asyncio.to_thread(index.search, np.stack(vectors), hashed, k, exclude, where)
+        with tracing.span("index", operation="search", queries=len(queries), k=k, space="hash" if hashed else "code"):
+            return await asyncio.to_thread(index.search, np.stack(vectors), hashed, k, exclude, where)
 
     async def propagate_labels(
         self, index: CodeIndex, labels: dict[str, int], neighbours: int, method: Method, max_items: int, timeout: float | None = None

@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Gauge, start_http_server
 
+from serving import tracing
 from serving.auth import Guard
 from serving.capability import Capability, Inference
 from serving.classification import Classification
@@ -86,7 +87,9 @@ class Server:
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ]
         self.interceptor = ErrorsAndMetrics(Guard(settings), settings.max_concurrent_calls)
-        self.grpc = grpc.aio.server(interceptors=[self.interceptor], options=limits)
+        # the span outermost: it is current while our interceptor and the servicers run, and sees their statuses
+        interceptors = [tracing.server_interceptor(settings), self.interceptor] if settings.tracing else [self.interceptor]
+        self.grpc = grpc.aio.server(interceptors=interceptors, options=limits)
         self.services = {add_servicer(capability.servicer(), self.grpc): capability for capability in self.capabilities}
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         if settings.reflection:
@@ -182,6 +185,8 @@ class Server:
             await capability.close()
         if self.inference.loaded:
             await self.inference.runtime.close()
+        if self.settings.tracing:
+            tracing.flush()
 
 
 async def serve(settings: Settings, ready=None) -> None:

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     inline_max_ms: float = Field(
         0.5, ge=0, description="a request the model's recent runs say takes at most this long runs on the event loop, without queue or executor hop (embedded runtime); 0: never"
     )
+    tracing: bool = Field(False, description="OpenTelemetry spans for every call to our services, continuing the client's W3C trace context and passing it to Triton")
+    tracing_otlp_endpoint: str = Field("", description="with tracing: the OTLP/gRPC collector spans go to (http://collector:4317); empty: none")
+    tracing_service_name: str = Field("latentserve", description="service.name of the spans")
     reflection: bool = Field(True, description="serve gRPC server reflection (grpcurl list)")
     tokens_file: Path | None = Field(None, description="bearer tokens (`latentserve token`); unset: no authentication, no quotas")
     quota_read_requests_per_second: float = Field(100, ge=0, description="per token, calls of scope read; 0: unlimited")

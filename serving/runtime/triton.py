@@ -25,6 +25,7 @@ import numpy as np
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from serving import tracing
 from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, ServingError, Unavailable
 from latentserve.repository import Entry, is_version_name, read_repository
 
@@ -200,7 +201,8 @@ class TritonRuntime:
         outputs = [triton.InferRequestedOutput(output.name) for output in entry.outputs]
         try:
             result = await self._client.infer(
-                entry.name, request, model_version=str(version), outputs=outputs, client_timeout=timeout
+                entry.name, request, model_version=str(version), outputs=outputs, client_timeout=timeout,
+                headers=tracing.context_headers(),
             )
         except InferenceServerException as error:
             raise _error(error, entry) from None
