@@ -14,11 +14,10 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 from tqdm import tqdm
 
-from latentserve.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from latentserve.client import Client, Images, ServiceError
 from latentserve.grid import save_grid
 
 GRID_IMAGES = 100
@@ -81,32 +80,24 @@ def _open(directory: Path, asked: Job, resume: bool) -> Job:
     return asked
 
 
-def run(channel: grpc.Channel, directory: Path, asked: Job, resume: bool, grid: bool) -> Job:
+def run(client: Client, directory: Path, asked: Job, resume: bool, grid: bool) -> Job:
     """Run or resume the job in `directory`; the job as run, its model version pinned."""
     job = _open(directory, asked, resume)
     done = _done(directory, job)
     progress = tqdm(total=job.count, initial=done, unit="img", desc=f"{job.model} seed {job.seed}", smoothing=0.1)
     if done < job.count:
-        sampling = generator_pb2.Sampling(seed=job.seed, start_index=done, labels=[] if job.label is None else [job.label])
-        if job.truncation is not None:
-            sampling.truncation = job.truncation
-        request = generator_pb2.GenerateStreamRequest(
-            model=common_pb2.ModelRef(name=job.model, version=job.version),
-            count=job.count - done,
-            sampling=sampling,
-            chunk_size=job.chunk_size,
-            format=common_pb2.IMAGE_FORMAT_PNG if job.format == "png" else common_pb2.IMAGE_FORMAT_TENSOR,
-        )
+        chunks = client.generate_stream(job.count - done, job.model, job.version, job.seed, done, job.label, job.truncation,
+                                        job.chunk_size, png=job.format == "png")
         try:
-            for chunk in generator_pb2_grpc.GeneratorStub(channel).GenerateStream(request):
+            for chunk in chunks:
                 if job.version == 0:  # pin the version that runs, so a resumed job uses the same one
                     job = Job(**{**asdict(job), "version": chunk.model.version})
                     _write_atomically(directory / "job.json", json.dumps(asdict(job), indent=2).encode())
                 _save_chunk(directory, job, chunk)
-                progress.update(len(chunk.png) or chunk.images.shape[0])
-        except grpc.RpcError as error:
+                progress.update(len(chunk.png) or len(chunk.images))
+        except ServiceError as error:
             progress.close()
-            raise SystemExit(f"error: {error.code().name}: {error.details()}; generation stopped: "
+            raise SystemExit(f"error: {error}; generation stopped: "
                              f"{progress.n} of {job.count} images are in {directory}; continue with --resume") from None
     progress.close()
     if grid:
@@ -114,15 +105,14 @@ def run(channel: grpc.Channel, directory: Path, asked: Job, resume: bool, grid: 
     return job
 
 
-def _save_chunk(directory: Path, job: Job, chunk: generator_pb2.GenerateChunk) -> None:
+def _save_chunk(directory: Path, job: Job, chunk: Images) -> None:
     if job.format == "png":
         for offset, data in enumerate(chunk.png):
             _write_atomically(_png_path(directory, chunk.start_index + offset), data)
         return
-    images = np.frombuffer(chunk.images.data, "<f4").reshape(chunk.images.shape)
-    stop = chunk.start_index + len(images)
+    stop = chunk.start_index + len(chunk.images)
     buffer = _npz_bytes(
-        images=images, indices=np.arange(chunk.start_index, stop, dtype=np.int64), labels=np.asarray(chunk.labels, np.int64)
+        images=chunk.images, indices=np.arange(chunk.start_index, stop, dtype=np.int64), labels=np.asarray(chunk.labels, np.int64)
     )
     _write_atomically(_chunk_path(directory, chunk.start_index, stop), buffer)
 

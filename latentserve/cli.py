@@ -7,9 +7,8 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
 
-import grpc
+from latentserve.client import ServiceError
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
@@ -131,62 +130,18 @@ def _image_files(arguments: list[str]) -> list[Path]:
     return files
 
 
-def _encoded(paths: list[Path]):
-    from latentserve.v1 import common_pb2
+def _client(args):
+    """A client of the gateway at --target (TLS with --tls-ca, mutual TLS with --tls-cert and --tls-key
+    too; the bearer token of --token, else $LATENTSERVE_TOKEN), once it answers."""
+    from latentserve.client import Client
 
-    return common_pb2.Images(encoded=common_pb2.EncodedImages(images=[path.read_bytes() for path in paths]))
-
-
-def _read(path: Path | None) -> bytes | None:
-    return None if path is None else path.read_bytes()
-
-
-def _channel(args) -> grpc.Channel:
-    """A channel to the gateway (TLS with --tls-ca, mutual TLS with --tls-cert and --tls-key too), once it
-    answers; grpc.FutureTimeoutError if none does within --connect-timeout."""
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise InputError("give --tls-cert and --tls-key together (mutual TLS)")
-    if args.tls_ca or args.tls_cert:
-        credentials = grpc.ssl_channel_credentials(_read(args.tls_ca), _read(args.tls_key), _read(args.tls_cert))
-        channel = grpc.secure_channel(args.target, credentials)
-    else:
-        channel = grpc.insecure_channel(args.target)
-    grpc.channel_ready_future(channel).result(timeout=args.connect_timeout)
-    return _with_token(channel, args.token)
-
-
-class _CallDetails(NamedTuple):
-    """grpc.ClientCallDetails with other metadata."""
-    method: str
-    timeout: float | None
-    metadata: tuple | None
-    credentials: grpc.CallCredentials | None
-    wait_for_ready: bool | None
-    compression: grpc.Compression | None
-
-
-class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
-    """Adds `authorization: Bearer TOKEN` to the metadata of every call."""
-
-    def __init__(self, token: str):
-        self.header = ("authorization", f"Bearer {token}")
-
-    def _with_header(self, details: grpc.ClientCallDetails) -> _CallDetails:
-        return _CallDetails(details.method, details.timeout, (*(details.metadata or ()), self.header), details.credentials,
-                            details.wait_for_ready, details.compression)
-
-    def intercept_unary_unary(self, continuation, details, request):
-        return continuation(self._with_header(details), request)
-
-    def intercept_unary_stream(self, continuation, details, request):
-        return continuation(self._with_header(details), request)
-
-
-def _with_token(channel: grpc.Channel, token: str | None) -> grpc.Channel:
-    """`channel`, sending the bearer token (--token, else $LATENTSERVE_TOKEN) with every call if there is one;
-    the same over plaintext and TLS."""
-    token = token or os.environ.get("LATENTSERVE_TOKEN")
-    return grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
+    try:
+        client = Client(args.target, token=args.token or os.environ.get("LATENTSERVE_TOKEN"), tls_ca=args.tls_ca,
+                        tls_cert=args.tls_cert, tls_key=args.tls_key)
+    except ValueError as error:
+        raise InputError(str(error).replace("tls_cert and tls_key", "--tls-cert and --tls-key")) from None
+    client.wait_ready(args.connect_timeout)
+    return client
 
 
 def _cell(value) -> str:
@@ -194,19 +149,18 @@ def _cell(value) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return " ".join(map(_cell, value))
     if isinstance(value, dict):
         return ",".join(f"{key}={item}" for key, item in value.items()) or "-"
     return str(value)
 
 
-def _show(args, rows: list[dict], records: list[dict] | None = None) -> None:
-    """With --json, each record (by default each row) as JSON on a line of its own; otherwise the rows as
-    aligned columns under a header."""
+def _show(args, rows: list[dict]) -> None:
+    """With --json, each row as JSON on a line of its own; otherwise the rows as aligned columns under a header."""
     if args.json:
-        for record in rows if records is None else records:
-            print(json.dumps(record))
+        for row in rows:
+            print(json.dumps(row))
     elif rows:
         table = [list(rows[0]), *([_cell(value) for value in row.values()] for row in rows)]
         widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
@@ -214,15 +168,8 @@ def _show(args, rows: list[dict], records: list[dict] | None = None) -> None:
             print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
 
 
-def _as_dict(message) -> dict:
-    from google.protobuf import json_format
-
-    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True, preserving_proto_field_name=True)
-
-
-def _show_message(args, message) -> None:
-    """A response message: with --json as JSON on one line, otherwise as `field: value` lines."""
-    fields = _as_dict(message)
+def _show_fields(args, fields: dict) -> None:
+    """One result: with --json as JSON on one line, otherwise as `field: value` lines."""
     if args.json:
         print(json.dumps(fields))
     else:
@@ -231,142 +178,102 @@ def _show_message(args, message) -> None:
 
 
 def cmd_models(args) -> None:
-    from latentserve.v1 import models_pb2, models_pb2_grpc
-
-    stub = models_pb2_grpc.ModelsStub(_channel(args))
-    if args.name:
-        models = [stub.GetModel(models_pb2.GetModelRequest(name=args.name))]
-    else:
-        models = stub.ListModels(models_pb2.ListModelsRequest()).models
-    rows = [
-        {"model": model.name, "graph": graph.name, "capability": graph.capability, "versions": [v.version for v in graph.versions]}
-        for model in models
-        for graph in model.graphs
-    ]
-    _show(args, rows, [_as_dict(model) for model in models])
+    with _client(args) as client:
+        graphs = client.model(args.name) if args.name else client.models()
+    _show(args, [{"model": g.model, "graph": g.name, "capability": g.capability, "versions": list(g.versions), "skipped": g.skipped} for g in graphs])
 
 
 def cmd_encode(args) -> None:
-    import numpy as np
-
-    from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
-
     paths = _image_files(args.images)
-    stub = encoder_pb2_grpc.EncoderStub(_channel(args))
-    response = stub.Encode(encoder_pb2.EncodeRequest(model=common_pb2.ModelRef(name=args.model, version=args.version), images=_encoded(paths)))
-    codes = np.frombuffer(response.codes.data, "<f4").reshape(response.codes.shape)
-    bits = np.frombuffer(response.bits.data, np.uint8).reshape(response.bits.shape)
+    with _client(args) as client:
+        codes = client.encode(paths, args.model, args.version)
     _show(args, [
-        {"image": str(path), "model": response.model.name, "version": response.model.version,
-         "bits": packed.tobytes().hex(), "num_bits": response.num_bits, "code": values.tolist()}
-        for path, values, packed in zip(paths, codes, bits)
+        {"image": str(path), "model": codes.model.name, "version": codes.model.version,
+         "bits": packed.tobytes().hex(), "num_bits": codes.num_bits, "code": values.tolist()}
+        for path, values, packed in zip(paths, codes.values, codes.bits)
     ])
 
 
 def cmd_classify(args) -> None:
-    from latentserve.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
-
     paths = _image_files(args.images)
-    stub = classifier_pb2_grpc.ClassifierStub(_channel(args))
-    response = stub.Classify(classifier_pb2.ClassifyRequest(model=common_pb2.ModelRef(name=args.model, version=args.version), images=_encoded(paths)))
+    with _client(args) as client:
+        classes = client.classify(paths, args.model, args.version)
     _show(args, [
-        {"image": str(path), "model": response.model.name, "version": response.model.version,
-         "label": label, "confidence": confidence, "entropy": entropy}
-        for path, label, confidence, entropy in zip(paths, response.labels, response.confidences, response.entropies)
+        {"image": str(path), "model": classes.model.name, "version": classes.model.version,
+         "label": int(label), "confidence": float(confidence), "entropy": float(entropy)}
+        for path, label, confidence, entropy in zip(paths, classes.labels, classes.confidences, classes.entropies)
     ])
 
 
 def cmd_translate(args) -> None:
-    from latentserve.v1 import common_pb2, translator_pb2, translator_pb2_grpc
-
     paths = _image_files(args.images)
     if len({path.stem for path in paths}) < len(paths):
         raise InputError("two images share a file name stem; their outputs would overwrite each other")
-    stub = translator_pb2_grpc.TranslatorStub(_channel(args))
-    response = stub.Translate(translator_pb2.TranslateRequest(
-        direction=args.direction, model=common_pb2.ModelRef(name=args.model, version=args.version), images=_encoded(paths),
-        format=common_pb2.IMAGE_FORMAT_PNG,
-    ))
+    with _client(args) as client:
+        translated = client.translate(paths, args.direction, args.model, args.version, png=True)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for path, png in zip(paths, response.png):
+    for path, png in zip(paths, translated.png):
         out = args.out / f"{path.stem}.png"
         out.write_bytes(png)
-        rows.append({"image": str(path), "model": response.model.name, "version": response.model.version,
-                     "direction": response.direction, "out": str(out)})
+        rows.append({"image": str(path), "model": translated.model.name, "version": translated.model.version,
+                     "direction": translated.direction, "out": str(out)})
     _show(args, rows)
 
 
 def cmd_search(args) -> None:
-    from latentserve.v1 import common_pb2, search_pb2, search_pb2_grpc
+    with _client(args) as client:
+        hits = client.search(args.image, id=None if args.image else args.id, k=args.k, space="hash" if args.hash else "code",
+                             collection=args.collection, filter=args.filter)
+    _show(args, [{"id": hit.id, "distance": hit.distance, "label": hit.label, "metadata": hit.metadata} for hit in hits])
 
-    request = search_pb2.SearchRequest(
-        k=args.k, space=search_pb2.SPACE_HASH if args.hash else search_pb2.SPACE_CODE, collection=args.collection, filter=args.filter
-    )
-    if args.image:
-        request.image.CopyFrom(common_pb2.Image(encoded=args.image.read_bytes()))
-    else:
-        request.id = args.id
-    hits = search_pb2_grpc.SearchStub(_channel(args)).Search(request).hits
-    _show(args, [
-        {"id": hit.id, "distance": hit.distance, "label": hit.label if hit.HasField("label") else None, "metadata": dict(hit.metadata)}
-        for hit in hits
-    ])
+
+def _collection_fields(collection) -> dict:
+    from dataclasses import asdict
+
+    return asdict(collection)
 
 
 def cmd_index(args) -> None:
-    from latentserve.v1 import common_pb2, search_pb2, search_pb2_grpc
+    from latentserve.client import Item
 
-    stub = search_pb2_grpc.SearchStub(_channel(args))
-    if args.action == "add":
-        items = [
-            search_pb2.Item(id=path.stem, image=common_pb2.Image(encoded=path.read_bytes()), label=args.label, metadata=dict(args.meta))
-            for path in _image_files(args.images)
-        ]
-        response = stub.AddItems(search_pb2.AddItemsRequest(items=items, collection=args.collection))
-    elif args.action == "delete":
-        response = stub.DeleteItems(search_pb2.DeleteItemsRequest(ids=args.ids, collection=args.collection))
-    elif args.action == "create":
-        spec = None
-        if args.ivf:
-            spec = search_pb2.IndexSpec(kind=search_pb2.INDEX_KIND_IVF, nlist=args.nlist, nprobe=args.nprobe)
-        elif args.hnsw:
-            spec = search_pb2.IndexSpec(kind=search_pb2.INDEX_KIND_HNSW, m=args.m, ef_search=args.ef_search)
-        response = stub.CreateCollection(search_pb2.CreateCollectionRequest(
-            name=args.name, model=common_pb2.ModelRef(name=args.model, version=args.version), keep_images=args.keep_images, index=spec))
-    elif args.action == "collections":
-        _show(args, [
-            {"collection": c.collection, "items": c.items, "model": c.model.name, "version": c.model.version,
-             "index": search_pb2.IndexKind.Name(c.index.kind).removeprefix("INDEX_KIND_").lower(), "keep_images": c.keep_images}
-            for c in stub.ListCollections(search_pb2.ListCollectionsRequest()).collections
-        ])
-        return
-    elif args.action == "drop":
-        response = stub.DropCollection(search_pb2.DropCollectionRequest(name=args.name))
-    elif args.action == "reindex":
-        model = common_pb2.ModelRef(name=args.model, version=args.version)
-        response = stub.ReindexCollection(search_pb2.ReindexCollectionRequest(collection=args.collection, model=model))
-        if args.wait:
-            response = _follow_reindex(stub, args.collection, response)
-    else:
-        response = stub.GetIndexStats(search_pb2.GetIndexStatsRequest(collection=args.collection))
-    _show_message(args, response)
+    with _client(args) as client:
+        if args.action == "add":
+            items = [Item(path.stem, path, args.label, dict(args.meta)) for path in _image_files(args.images)]
+            _show_fields(args, {"added": client.add_items(items, args.collection)})
+        elif args.action == "delete":
+            _show_fields(args, {"deleted": client.delete_items(args.ids, args.collection)})
+        elif args.action == "create":
+            kind = "ivf" if args.ivf else "hnsw" if args.hnsw else "exact"
+            created = client.create_collection(args.name, args.model, args.version, args.keep_images, kind, args.nlist, args.nprobe, args.m, args.ef_search)
+            _show_fields(args, _collection_fields(created))
+        elif args.action == "collections":
+            _show(args, [
+                {"collection": c.name, "items": c.items, "model": c.model.name, "version": c.model.version, "index": c.index["kind"],
+                 "keep_images": c.keep_images}
+                for c in client.collections()
+            ])
+        elif args.action == "drop":
+            client.drop_collection(args.name)
+        elif args.action == "reindex":
+            started = client.reindex(args.collection, args.model, args.version)
+            _show_fields(args, _collection_fields(_follow_reindex(client, args.collection, started) if args.wait else started))
+        else:
+            _show_fields(args, _collection_fields(client.collection(args.collection)))
 
 
-def _follow_reindex(stub, collection: str, stats):
+def _follow_reindex(client, collection: str, stats):
     """Progress of a reindex until it ends; the collection's stats then (exits 1 if it failed)."""
     from tqdm import tqdm
 
-    from latentserve.v1 import search_pb2
-
-    with tqdm(total=stats.reindex.total, unit="item", desc=f"reindex {collection or 'default'}", file=sys.stderr) as bar:
-        while stats.HasField("reindex") and not stats.reindex.error:
-            bar.total = max(bar.total, stats.reindex.done)
-            bar.update(stats.reindex.done - bar.n)
+    with tqdm(total=stats.reindex["total"] if stats.reindex else 0, unit="item", desc=f"reindex {collection or 'default'}", file=sys.stderr) as bar:
+        while stats.reindex and not stats.reindex["error"]:
+            bar.total = max(bar.total, stats.reindex["done"])
+            bar.update(stats.reindex["done"] - bar.n)
             time.sleep(0.5)
-            stats = stub.GetIndexStats(search_pb2.GetIndexStatsRequest(collection=collection))
-    if stats.reindex.error:
-        raise SystemExit(f"error: reindex failed: {stats.reindex.error}")
+            stats = client.collection(collection)
+    if stats.reindex:
+        raise SystemExit(f"error: reindex failed: {stats.reindex['error']}")
     return stats
 
 
@@ -377,7 +284,8 @@ def cmd_generate(args) -> None:
 
     job = Job(model=args.model, version=args.version, count=args.count, seed=args.seed, label=args.label,
               truncation=args.truncation, format=args.format, chunk_size=args.chunk_size)
-    job = run(_channel(args), args.out, job, args.resume, args.grid)
+    with _client(args) as client:
+        job = run(client, args.out, job, args.resume, args.grid)
     _show(args, [{"out": str(args.out), **asdict(job)}])
 
 
@@ -429,6 +337,7 @@ BENCHES = {
     "callpath": ("benchmarks.callpath", "main", ("duration",)),
     "workers": ("benchmarks.workers", "main", ("duration",)),
     "peers": ("benchmarks.peers", "main", ("duration",)),
+    "tracing": ("benchmarks.tracing", "main", ("duration",)),
     "classification": ("benchmarks.gateway", "main_classification", ("duration",)),
     "translation": ("benchmarks.gateway", "main_translation", ("duration",)),
     "generation": ("benchmarks.generation_stream", "main", ("duration",)),
@@ -653,10 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except grpc.RpcError as error:
-        return _fail(f"{error.code().name}: {error.details()}", 1)
-    except grpc.FutureTimeoutError:
-        return _fail(f"UNAVAILABLE: no gateway at {args.target} (none answered within {args.connect_timeout:g} s)", 1)
+    except ServiceError as error:
+        return _fail(str(error), 1)
     except (InputError, OSError) as error:
         return _fail(str(error), 2)
     except ServeFailed as error:

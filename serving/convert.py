@@ -98,7 +98,7 @@ def _pixels(tensor: common_pb2.Tensor, field: str, count: int) -> np.ndarray:
         raise InvalidArgument(f"{len(tensor.data)} bytes; shape and dtype need {size}", f"{field}.data")
     values = np.frombuffer(tensor.data, dtype=dtype).reshape(count, 1, HEIGHT, WIDTH)
     if dtype == np.uint8:
-        return values * np.float32(1 / 255)
+        return values / np.float32(255)  # as an encoded image's pixels are scaled: the same image either way, bit for bit
     if not np.isfinite(values).all():
         raise InvalidArgument("holds NaN or infinity", f"{field}.data")
     if values.min() < 0 or values.max() > 1:

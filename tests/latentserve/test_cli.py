@@ -84,9 +84,9 @@ def test_every_client_verb_prints_a_table_or_with_json_one_object_per_line(gatew
         assert result.returncode == 0, result.stderr
         return [json.loads(line) for line in result.stdout.splitlines()]
 
-    assert human("models")[0].split() == ["model", "graph", "capability", "versions"]
-    assert "acgan" in {model["name"] for model in records("models")}
-    assert [model["name"] for model in records("models", "acgan")] == ["acgan"]
+    assert human("models")[0].split() == ["model", "graph", "capability", "versions", "skipped"]
+    assert "acgan" in {graph["model"] for graph in records("models")}
+    assert {graph["model"] for graph in records("models", "acgan")} == {"acgan"}
 
     assert human("encode", str(tmp_path / "digits"))[0].split() == ["image", "model", "version", "bits", "num_bits", "code"]
     assert all(len(code["code"]) == 32 and code["model"] == "autoencoder" for code in records("encode", str(tmp_path / "digits")))
@@ -102,8 +102,8 @@ def test_every_client_verb_prints_a_table_or_with_json_one_object_per_line(gatew
 
     assert human("index", "add", str(paths[0]), "--label", "3", "--meta", "who=cli") == ["added: 1"]
     assert records("index", "add", *map(str, paths[1:])) == [{"added": 2}]
-    assert human("index", "stats")[:1] == ["items: 3"]
-    assert records("index", "stats")[0]["items"] == "3"  # int64 in proto3 JSON is a string
+    assert "items: 3" in human("index", "stats")
+    assert records("index", "stats")[0]["items"] == 3
     assert human("search", "--id", "digit-1", "-k", "5")[0].split() == ["id", "distance", "label", "metadata"]
     hits = {hit["id"]: hit for hit in records("search", "--image", str(paths[0]), "-k", "5")}
     assert hits["digit-0"]["label"] == 3 and hits["digit-0"]["metadata"] == {"who": "cli"} and len(hits) == 3
@@ -111,14 +111,14 @@ def test_every_client_verb_prints_a_table_or_with_json_one_object_per_line(gatew
     assert human("index", "delete", "digit-0") == ["deleted: 1"]
     assert records("index", "delete", "digit-1", "digit-2") == [{"deleted": 2}]
 
-    assert records("index", "create", "kept", "--keep-images", "--version", "1")[0]["model"]["version"] == "1"
+    assert records("index", "create", "kept", "--keep-images", "--version", "1")[0]["model"]["version"] == 1
     human("index", "add", *map(str, paths), "--collection", "kept")
     assert {"collection": "kept", "items": 3, "model": "autoencoder", "version": 1, "index": "exact", "keep_images": True} in records("index", "collections")
     rebuilt = records("index", "reindex", "--collection", "kept")[0]  # waits for the end
-    assert int(rebuilt["model"]["version"]) > 1 and rebuilt["items"] == "3" and "reindex" not in rebuilt
+    assert rebuilt["model"]["version"] > 1 and rebuilt["items"] == 3 and rebuilt["reindex"] is None
     assert human("index", "drop", "kept") == []
     graph = records("index", "create", "graph", "--hnsw", "--m", "8")[0]
-    assert graph["index"] == {"kind": "INDEX_KIND_HNSW", "m": 8, "ef_search": 64, "nlist": 0, "nprobe": 0} and graph["approximate"] is True
+    assert graph["index"] == {"kind": "hnsw", "m": 8, "ef_search": 64, "nlist": 0, "nprobe": 0} and graph["approximate"] is True
     human("index", "drop", "graph")
     assert [c["collection"] for c in records("index", "collections")] == ["default"]
 
