@@ -2,7 +2,8 @@
 one run, at batch 1 and 64 and concurrency 1 and 8:
 
 - onnxruntime called directly in this process, from as many threads as the concurrency (the limit);
-- latentserve on its embedded runtime (`latentserve serve`);
+- latentserve on its embedded runtime (`latentserve serve`): its own Encode, and the same graph through
+  its Open Inference Protocol service (ModelInfer);
 - latentserve on Triton (`serve --runtime triton`, on the Triton below);
 - Triton called directly with tritonclient (the wheel's tritonserver with the repository's config: the
   Python backend running the version's model.py, which runs onnxruntime; dynamic batching on, one CPU
@@ -129,6 +130,7 @@ def main(repository_root: Path, duration: float, batches=BATCHES, concurrencies=
         ml = stack.enter_context(mlserver(model_path, mlserver_executable))
         paths = {
             "latentserve, embedded": lambda pixels, c: _latentserve(embedded[0], [embedded[1]], pixels, c, duration),
+            "latentserve, Open Inference Protocol": lambda pixels, c: _open_inference(embedded[0], [embedded[1]], pixels, c, duration),
             "latentserve -> Triton": lambda pixels, c: _latentserve(on_triton[0], [on_triton[1], triton.process.pid], pixels, c, duration),
             "Triton, tritonclient": lambda pixels, c: _open_inference(triton.grpc_url, [triton.process.pid], pixels, c, duration),
             "MLServer, custom runtime": lambda pixels, c: _open_inference(ml[0], [ml[1]], pixels, c, duration),
