@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PEERS := .venv-peers
 PEERS_STAMP := $(PEERS)/.installed
 
-.PHONY: run test test-fast setup peers proto train export bench clean
+.PHONY: run test test-fast setup peers browser proto train export bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,14 @@ $(PEERS_STAMP): constraints.txt
 
 peers: $(PEERS_STAMP)
 
+# Debian's Chromium and its driver, for the page's tests (tests/serving/test_browser.py), when missing.
+browser:
+	command -v chromedriver >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
+
 run: $(STAMP)
 	$(BIN)/latentserve serve
 
-test: $(STAMP) $(PEERS_STAMP)
+test: $(STAMP) $(PEERS_STAMP) browser
 	$(BIN)/python -m pytest -q
 
 # The tests without the slow ones (training, export, tritonserver): about 2 minutes on 2 cores.

@@ -68,7 +68,7 @@ def cmd_serve(args) -> None:
              "tls_cert_file": args.tls_cert, "tls_key_file": args.tls_key, "tls_client_ca_file": args.tls_client_ca,
              "insecure": args.insecure, "metrics_host": args.metrics_host, "tokens_file": args.tokens_file,
              "reflection": args.reflection, "health_port": args.health_port, "workers": args.workers,
-             "index_backend": args.index_backend, "milvus_uri": args.milvus_uri}
+             "index_backend": args.index_backend, "milvus_uri": args.milvus_uri, "ui_port": args.ui}
     try:
         settings = Settings(**{key: value for key, value in flags.items() if value is not None})
     except ValidationError as error:  # a refused setting: say which and why, no traceback
@@ -338,6 +338,7 @@ BENCHES = {
     "workers": ("benchmarks.workers", "main", ("duration",)),
     "peers": ("benchmarks.peers", "main", ("duration",)),
     "tracing": ("benchmarks.tracing", "main", ("duration",)),
+    "screenshots": ("benchmarks.screenshots", "main", ()),
     "classification": ("benchmarks.gateway", "main_classification", ("duration",)),
     "translation": ("benchmarks.gateway", "main_translation", ("duration",)),
     "generation": ("benchmarks.generation_stream", "main", ("duration",)),
@@ -400,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-host", help="address of /metrics and --health-port (default: 127.0.0.1)")
     serve.add_argument("--health-port", type=int, help="also answer gRPC health on this plaintext port, from a thread of its own (default: off)")
     serve.add_argument("--tokens-file", type=Path, help="require bearer tokens from this file (`latentserve token`); re-read when it changes")
+    serve.add_argument("--ui", type=int, nargs="?", const=8080, metavar="PORT",
+                       help="serve the page to look at what the models do on this port (default 8080), on --metrics-host")
     serve.add_argument("--workers", type=int, help="gateway processes sharing the port (default: 1; more need --index-backend milvus on a Milvus server)")
     serve.add_argument("--index-backend", choices=["embedded", "milvus"], help="the search collections: FAISS + SQLite in --data-dir (default), or Milvus")
     serve.add_argument("--milvus-uri", help="with --index-backend milvus: http://HOST:19530, or a Milvus Lite file ending .db (default: DATA_DIR/milvus.db)")

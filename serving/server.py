@@ -17,6 +17,7 @@ from prometheus_client import Gauge, start_http_server
 
 from serving import tracing
 from serving.auth import Guard
+from serving.browser import UiServer
 from serving.capability import Capability, Inference
 from serving.classification import Classification
 from serving.encoding import Encoding
@@ -104,6 +105,7 @@ class Server:
         self.loaded: asyncio.Task | None = None
         self.watch: asyncio.Task | None = None
         self.metrics = None  # (HTTP server, thread) of /metrics
+        self.ui: UiServer | None = None  # the page (ui_port)
         INFLIGHT.set_function(self.inference.inflight.total)
 
     def capability(self, kind: type[Capability]) -> Capability:
@@ -117,6 +119,10 @@ class Server:
         await self.grpc.start()
         if self.settings.metrics_port:
             self.metrics = start_http_server(self.settings.metrics_port, addr=self.settings.metrics_host)
+        if self.settings.ui_port:
+            host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::", "") else self.settings.host
+            self.ui = UiServer(self.settings.metrics_host, self.settings.ui_port, f"{host}:{self.port}").start()
+            log.info("the page: http://%s:%d/", self.settings.metrics_host, self.ui.port)
         log.info("listening on %s:%d (%s)", self.settings.host, self.port, "mutual TLS" if self.settings.tls_client_ca_file else "TLS" if self.settings.tls else "plaintext")
         self.loaded = asyncio.create_task(self._load())
 
@@ -176,6 +182,8 @@ class Server:
         await self.grpc.stop(grace)
         if self.metrics:
             self.metrics[0].shutdown()
+        if self.ui:
+            self.ui.stop()
         if self.health_side:
             self.health_side[0].stop(None)
         for task in (self.loaded, self.watch):

@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     tls_client_ca_file: Path | None = Field(None, description="mutual TLS: only clients with a certificate this CA signed connect")
     metrics_host: str = Field("127.0.0.1", description="where /metrics listens")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0: off")
+    ui_port: int = Field(0, ge=0, le=65535, description="the page to look at what the models do (serve --ui), plain HTTP on metrics_host; 0: off")
     health_port: int = Field(0, ge=0, le=65535, description="gRPC health alone, plaintext, on metrics_host, answered by its own thread under any load; 0: off")
     model_repository: Path = Path("model_repository")
     data_dir: Path = Field(Path("data"), description="where the search index lives")
@@ -120,10 +121,10 @@ class Settings(BaseSettings):
     def _workers_share_a_port_and_a_milvus_server(self) -> "Settings":
         if self.workers > 1 and self.port == 0:
             raise ValueError("workers share one port: set port (0 would give each worker its own)")
-        ranges = [range(start, start + self.workers) for start in (self.metrics_port, self.health_port) if start]
+        ranges = [range(start, start + self.workers) for start in (self.metrics_port, self.health_port, self.ui_port) if start]
         taken = [port for ports in ranges for port in ports] + [self.port]
         if self.workers > 1 and len(set(taken)) < len(taken):
-            raise ValueError(f"worker i serves /metrics on metrics_port + i and health on health_port + i: with {self.workers} workers these overlap each other or port")
+            raise ValueError(f"worker i serves /metrics, health and the page on metrics_port, health_port and ui_port + i: with {self.workers} workers these overlap each other or port")
         if self.workers > 1 and (self.index_backend != "milvus" or not self.milvus_uri or self.milvus_uri.endswith(".db")):
             raise ValueError(
                 "workers share their collections through a Milvus server: set index_backend milvus and milvus_uri "
@@ -139,6 +140,14 @@ class Settings(BaseSettings):
             raise ValueError("max_id_bytes over 65535, the most a Milvus VARCHAR holds")
         if self.milvus_uri.endswith(".db") and not re.fullmatch(r"[A-Za-z0-9._-]{1,36}", Path(self.milvus_uri).name):
             raise ValueError("a Milvus Lite file's name is 1 to 36 letters, digits, '.', '_' or '-' (milvus_lite's rule)")
+        return self
+
+    @model_validator(mode="after")
+    def _ui_calls_a_plaintext_gateway(self) -> "Settings":
+        if self.ui_port and self.tls:
+            raise ValueError("the page (ui_port) calls the gateway over plaintext loopback gRPC; it does not run beside TLS yet")
+        if self.ui_port and self.ui_port in (self.port, self.metrics_port, self.health_port):
+            raise ValueError(f"ui_port {self.ui_port} is taken by port, metrics_port or health_port")
         return self
 
     @model_validator(mode="after")

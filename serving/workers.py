@@ -3,8 +3,8 @@
 grpc sets SO_REUSEPORT on Linux, so each worker binds the same address and the kernel spreads new
 connections over them (a connection, and every call on it, stays with one worker). Each worker is a whole
 gateway, with its own runtime, limits and metrics; they share state only through the index backend, which
-is why N > 1 needs a Milvus server (Settings says so). Worker i serves /metrics on metrics_port + i and
-health on health_port + i.
+is why N > 1 needs a Milvus server (Settings says so). Worker i serves /metrics on metrics_port + i,
+health on health_port + i and the page on ui_port + i.
 
 The first worker starts alone and the others once it is ready, so that one worker creates the default
 collection and seeds the gallery. A worker that exits on its own stops the others and `serve` fails:
@@ -38,6 +38,7 @@ def worker_settings(settings: Settings, index: int) -> Settings:
 
     return settings.model_copy(update={
         "workers": 1, "metrics_port": offset(settings.metrics_port), "health_port": offset(settings.health_port),
+        "ui_port": offset(settings.ui_port),
     })
 
 
