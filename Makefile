@@ -29,7 +29,7 @@ peers: $(PEERS_STAMP)
 
 # Debian's Chromium and its driver, for the page's tests (tests/serving/test_browser.py), when missing.
 browser:
-	command -v chromedriver >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
+	command -v chromedriver >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
 
 run: $(STAMP)
 	$(BIN)/latentserve serve

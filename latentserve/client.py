@@ -207,11 +207,14 @@ def _tensor(array: np.ndarray) -> common_pb2.Tensor:
 
 
 def images_message(images) -> common_pb2.Images:
-    """A batch: a numpy array ((28, 28), (n, 28, 28) or (n, 1, 28, 28); uint8 0..255 or floats in [0, 1])
-    goes as one tensor; a PIL image, bytes, a Path, or a sequence of them, as files."""
+    """A batch: a numpy array ((28, 28), (n, 28, 28) or (n, 1, 28, 28); uint8 0..255 or floats in [0, 1]),
+    or a sequence of one-image arrays, goes as one tensor; a PIL image, bytes, a Path, or a sequence of
+    them, as files."""
     if isinstance(images, np.ndarray):
         return common_pb2.Images(tensor=_tensor(images[None] if images.ndim == 2 else images))
     files = [images] if isinstance(images, (PILImage.Image, bytes, bytearray, Path)) else list(images)
+    if files and all(isinstance(image, np.ndarray) for image in files):  # arrays of one image each
+        return common_pb2.Images(tensor=_tensor(np.stack(files)))
     return common_pb2.Images(encoded=common_pb2.EncodedImages(images=[_file(image) for image in files]))
 
 

@@ -36,6 +36,7 @@ def test_encode_takes_arrays_pil_images_and_files_alike(client, digits):
     assert as_array.values.shape == (6, 32) and as_array.bits.shape == (6, 4) and as_array.num_bits == 32
     assert np.array_equal(as_array.values, as_pictures.values) and as_array.model == as_pictures.model
     assert np.allclose(client.encode(digits[0]).values, as_array.values[:1], atol=1e-5)  # one (28, 28) image; batches differ in rounding
+    assert np.array_equal(client.encode(list(digits)).values, as_array.values)  # a list of arrays: one tensor
 
 
 def test_classify_translate_and_generate_return_arrays(client, digits):
