@@ -1,7 +1,8 @@
 """`serve --ui`: a page to look at what the models do, on its own port (`ui_port`; 0: off).
 
 A thin HTTP layer in the gateway process: it serves one page (serving/static/index.html) and turns the
-page's JSON requests into calls to the gateway through the client library, over loopback gRPC, with the
+page's JSON requests into calls to the gateway through the client library, on a Unix socket of the
+gateway's that only this user can reach (so the same whether the public port has TLS or not), with the
 bearer token the page sends. So the page has the API's tokens, scopes, quotas, limits and errors, and
 nothing of its own. Views: a digit drawn or uploaded, with its class and confidence, its nearest
 neighbours and its translations; sample grids from any generator (seed, class, truncation); and

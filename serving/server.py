@@ -7,8 +7,11 @@ loaded (the runtime's models, then the search index), and calls made before then
 import asyncio
 import importlib
 import logging
+import shutil
 import signal
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -106,6 +109,11 @@ class Server:
         self.watch: asyncio.Task | None = None
         self.metrics = None  # (HTTP server, thread) of /metrics
         self.ui: UiServer | None = None  # the page (ui_port)
+        # The page reaches the gateway on a Unix socket in a directory only this user can enter: plaintext
+        # beside a TLS port, still through the interceptor (its tokens, scopes and quotas)
+        self.ui_socket = Path(tempfile.mkdtemp(prefix="latentserve-ui-")) / "gateway.sock" if settings.ui_port else None
+        if self.ui_socket:
+            self.grpc.add_insecure_port(f"unix:{self.ui_socket}")
         INFLIGHT.set_function(self.inference.inflight.total)
 
     def capability(self, kind: type[Capability]) -> Capability:
@@ -119,9 +127,8 @@ class Server:
         await self.grpc.start()
         if self.settings.metrics_port:
             self.metrics = start_http_server(self.settings.metrics_port, addr=self.settings.metrics_host)
-        if self.settings.ui_port:
-            host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::", "") else self.settings.host
-            self.ui = UiServer(self.settings.metrics_host, self.settings.ui_port, f"{host}:{self.port}").start()
+        if self.ui_socket:
+            self.ui = UiServer(self.settings.metrics_host, self.settings.ui_port, f"unix:{self.ui_socket}").start()
             log.info("the page: http://%s:%d/", self.settings.metrics_host, self.ui.port)
         log.info("listening on %s:%d (%s)", self.settings.host, self.port, "mutual TLS" if self.settings.tls_client_ca_file else "TLS" if self.settings.tls else "plaintext")
         self.loaded = asyncio.create_task(self._load())
@@ -184,6 +191,8 @@ class Server:
             self.metrics[0].shutdown()
         if self.ui:
             self.ui.stop()
+        if self.ui_socket:
+            shutil.rmtree(self.ui_socket.parent, ignore_errors=True)
         if self.health_side:
             self.health_side[0].stop(None)
         for task in (self.loaded, self.watch):

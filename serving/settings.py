@@ -143,9 +143,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _ui_calls_a_plaintext_gateway(self) -> "Settings":
-        if self.ui_port and self.tls:
-            raise ValueError("the page (ui_port) calls the gateway over plaintext loopback gRPC; it does not run beside TLS yet")
+    def _ui_port_is_its_own(self) -> "Settings":
         if self.ui_port and self.ui_port in (self.port, self.metrics_port, self.health_port):
             raise ValueError(f"ui_port {self.ui_port} is taken by port, metrics_port or health_port")
         return self

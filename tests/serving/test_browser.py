@@ -1,5 +1,5 @@
 """The page (`serve --ui`) in headless Chromium, driven by Selenium: each view, a search by an uploaded
-image, and the same tokens as the API. Debian's chromium and chromium-driver (`make test` installs them)."""
+image, and the same tokens as the API, beside TLS too. Debian's chromium and chromium-driver (`make test` installs them)."""
 import json
 import urllib.error
 import urllib.request
@@ -10,6 +10,7 @@ from PIL import Image
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from benchmarks.certificates import CertificateAuthority
 from benchmarks.screenshots import headless_chromium
 from serving import tokens
 from serving.triton_server import free_ports
@@ -68,11 +69,13 @@ def test_the_samples_and_interpolation_views_show_images(browser, page):
     assert browser.find_element(By.ID, "path-error").text == ""
 
 
-def test_the_page_asks_for_the_apis_token(tmp_path):
+def test_beside_tls_the_page_asks_for_the_apis_token(tmp_path):
     tokens_file = tmp_path / "tokens.json"
     token = tokens.create(tokens_file, "viewer", ["read"])
+    server = CertificateAuthority(tmp_path, "ca").issue("gateway", server=True)
     (ui_port,) = free_ports(1)
-    gateway = RunningGateway(data_dir=tmp_path / "data", gallery="none", tokens_file=tokens_file, ui_port=ui_port).start()
+    gateway = RunningGateway(data_dir=tmp_path / "data", gallery="none", tokens_file=tokens_file, ui_port=ui_port,
+                             tls_cert_file=server.cert_file, tls_key_file=server.key_file).start()
     url = f"http://127.0.0.1:{ui_port}/api/models"
     try:
         with pytest.raises(urllib.error.HTTPError) as refused:
