@@ -77,6 +77,7 @@ def serve_workers(settings: Settings) -> None:
             exited = multiprocessing.connection.wait([worker.sentinel for worker in workers], timeout=0.2)
             if exited:
                 worker = next(w for w in workers if w.sentinel in exited)
+                worker.join()  # reaped: its exit code is known only now
                 raise WorkerExited(f"{worker.name} (pid {worker.pid}) exited with status {worker.exitcode}; the other workers were stopped")
     finally:
         _stop(workers, settings.shutdown_grace_seconds + STOP_MARGIN_SECONDS)
