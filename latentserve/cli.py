@@ -228,13 +228,9 @@ def cmd_search(args) -> None:
     _show(args, [{"id": hit.id, "distance": hit.distance, "label": hit.label, "metadata": hit.metadata} for hit in hits])
 
 
-def _collection_fields(collection) -> dict:
+def cmd_index(args) -> None:
     from dataclasses import asdict
 
-    return asdict(collection)
-
-
-def cmd_index(args) -> None:
     from latentserve.client import Item
 
     with _client(args) as client:
@@ -246,7 +242,7 @@ def cmd_index(args) -> None:
         elif args.action == "create":
             kind = "ivf" if args.ivf else "hnsw" if args.hnsw else "exact"
             created = client.create_collection(args.name, args.model, args.version, args.keep_images, kind, args.nlist, args.nprobe, args.m, args.ef_search)
-            _show_fields(args, _collection_fields(created))
+            _show_fields(args, asdict(created))
         elif args.action == "collections":
             _show(args, [
                 {"collection": c.name, "items": c.items, "model": c.model.name, "version": c.model.version, "index": c.index["kind"],
@@ -257,9 +253,9 @@ def cmd_index(args) -> None:
             client.drop_collection(args.name)
         elif args.action == "reindex":
             started = client.reindex(args.collection, args.model, args.version)
-            _show_fields(args, _collection_fields(_follow_reindex(client, args.collection, started) if args.wait else started))
+            _show_fields(args, asdict(_follow_reindex(client, args.collection, started) if args.wait else started))
         else:
-            _show_fields(args, _collection_fields(client.collection(args.collection)))
+            _show_fields(args, asdict(client.collection(args.collection)))
 
 
 def _follow_reindex(client, collection: str, stats):
