@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from latentserve.datasets import CLASSES
 
 # capabilities: a graph's `capability` parameter in config.pbtxt
-ENCODE, GENERATE, CLASSIFY, TRANSLATE = "encode", "generate", "classify", "translate"
-CAPABILITIES = (ENCODE, GENERATE, CLASSIFY, TRANSLATE)
+ENCODE, GENERATE, CLASSIFY, TRANSLATE, DENSITY = "encode", "generate", "classify", "translate", "density"
+CAPABILITIES = (ENCODE, GENERATE, CLASSIFY, TRANSLATE, DENSITY)
 
 # tensor names (ONNX names each value of a graph once, so a translator's output is not `image`)
 IMAGE = "image"  # float32 (1, 28, 28) in [0, 1]: every image input, and a generator's output
@@ -18,6 +18,7 @@ CODE, BINARY_CODE = "code", "binary_code"  # encode: float32 (code_dim,), uint8 
 LATENT, LABEL = "latent", "label"  # generate: float32 (latent_dim,), int64 (1,) for class-conditional graphs
 PROBABILITIES, FEATURES = "probabilities", "features"  # classify: float32 (classes,), (features,)
 TRANSLATED = "translated"  # translate: float32 (1, 28, 28)
+LOG_LIKELIHOOD, PIXEL_LOGITS = "log_likelihood", "pixel_logits"  # density: float32 (1,) nats, (1, 28, 28)
 
 HEIGHT = WIDTH = 28
 
@@ -33,6 +34,8 @@ IMAGE_SPEC = TensorSpec(IMAGE, "float32", (1, HEIGHT, WIDTH))
 TRANSLATED_SPEC = TensorSpec(TRANSLATED, "float32", (1, HEIGHT, WIDTH))
 LABEL_SPEC = TensorSpec(LABEL, "int64", (1,))
 PROBABILITIES_SPEC = TensorSpec(PROBABILITIES, "float32", (CLASSES,))
+LOG_LIKELIHOOD_SPEC = TensorSpec(LOG_LIKELIHOOD, "float32", (1,))
+PIXEL_LOGITS_SPEC = TensorSpec(PIXEL_LOGITS, "float32", (1, HEIGHT, WIDTH))
 
 
 def code_spec(dim: int) -> TensorSpec:

@@ -4,6 +4,7 @@ from training.classifier import LeNet
 from training.conv_vae import ConvVAE
 from training.gan import ACGAN, DCGAN, WGANGP
 from training.kingma import M1, M1M2, M2
+from training.pixelcnn import PixelCNN
 from training.self_training import EntropyMin, FixMatch, SelfTraining
 from training.translation import CycleGAN, Pix2Pix
 from training.vae import VAE
@@ -14,6 +15,7 @@ MODELS = {
     "m1": M1, "m2": M2, "m1m2": M1M2,
     "pseudo_label": SelfTraining, "entropy_min": EntropyMin, "fixmatch": FixMatch,
     "pix2pix": Pix2Pix, "cyclegan": CycleGAN,
+    "pixelcnn": PixelCNN,
 }
 
 
