@@ -2,9 +2,11 @@
 from training.autoencoder import ConvAutoencoder
 from training.classifier import LeNet
 from training.conv_vae import ConvVAE
+from training.deep_autoencoder import DeepAutoencoder
 from training.gan import ACGAN, DCGAN, WGANGP
 from training.kingma import M1, M1M2, M2
 from training.pixelcnn import PixelCNN
+from training.rbm import DBN, RBM
 from training.self_training import EntropyMin, FixMatch, SelfTraining
 from training.translation import CycleGAN, Pix2Pix
 from training.vae import VAE
@@ -16,6 +18,7 @@ MODELS = {
     "pseudo_label": SelfTraining, "entropy_min": EntropyMin, "fixmatch": FixMatch,
     "pix2pix": Pix2Pix, "cyclegan": CycleGAN,
     "pixelcnn": PixelCNN,
+    "rbm": RBM, "dbn": DBN, "deep_autoencoder": DeepAutoencoder,
 }
 
 

@@ -27,6 +27,10 @@ SMALL = {
     "fixmatch": {"labelled_batch_size": 4},
     "pix2pix": {"channels": 4},
     "cyclegan": {"channels": 4, "residual_blocks": 1},
+    "pixelcnn": {"channels": 4, "layers": 1},
+    "rbm": {"hidden": 16, "ais_runs": 4, "ais_betas": (10, 10, 10)},
+    "dbn": {"hidden": [16, 8], "epochs_per_layer": 1},
+    "deep_autoencoder": {"hidden": [16, 8, 4], "pretrain_epochs_per_layer": 1},
 }
 
 
@@ -52,7 +56,8 @@ def labels(mnist):
 
 
 def graph_inputs(graph, images: torch.Tensor) -> list[torch.Tensor]:
-    """Inputs for a graph, by input name: the images, standard-normal latents, or class labels."""
+    """Inputs for a graph, by input name: the images, standard-normal latents, class labels, or uniforms
+    (an RBM's Gibbs step)."""
     torch.manual_seed(0)
     n, made = len(images), []
     for spec in graph.inputs:
@@ -60,6 +65,8 @@ def graph_inputs(graph, images: torch.Tensor) -> list[torch.Tensor]:
             made.append(images)
         elif spec.name == "latent":
             made.append(torch.randn(n, *spec.dims))
+        elif spec.name.endswith("_uniforms"):
+            made.append(torch.rand(n, *spec.dims))
         else:
             made.append(torch.randint(0, graph.classes, (n, *spec.dims)))
     return made
@@ -74,7 +81,9 @@ def test_graphs_give_their_declared_outputs(name, images):
     for graph in model.graphs().values():
         with torch.no_grad():
             outputs = graph.module(*graph_inputs(graph, images))
-        assert [spec.name for spec in graph.inputs] in (["image"], ["latent"], ["latent", "label"])
+        assert [spec.name for spec in graph.inputs] in (
+            ["image"], ["latent"], ["latent", "label"], ["image", "hidden_uniforms", "visible_uniforms"]
+        )
         for spec, output in zip(graph.outputs, outputs, strict=True):
             assert output.shape == (len(images), *spec.dims)
             assert output.dtype == getattr(torch, spec.dtype)
@@ -93,7 +102,7 @@ def test_generated_images_lie_in_the_data_range(name, images):
     model = build(name, SMALL[name]).eval()
     (graph,) = [g for g in model.graphs().values() if g.capability == "generate"]
     with torch.no_grad():
-        (generated,) = graph.module(*graph_inputs(graph, images))
+        generated = graph.module(*graph_inputs(graph, images))[0]  # an RBM's Gibbs step also gives probabilities
     assert generated.min() >= 0 and generated.max() <= 1
 
 
