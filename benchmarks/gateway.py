@@ -1,5 +1,7 @@
-"""`latentserve bench serving`, `bench classification` and `bench translation`: Encode (or Classify, or
-Translate) through the gateway vs onnxruntime called directly, in one run.
+"""`latentserve bench serving`, `bench classification`, `bench translation` and `bench density`: Encode (or
+Classify, Translate, Score) through the gateway vs onnxruntime called directly, in one run. The gateway's
+Score also binarises the images and codes them for the complexity term (latentserve/density.py); the
+direct figure is the graph alone.
 
 The gateway runs as its own process (`latentserve serve`, embedded runtime, default gallery) on a free
 loopback port; the load generator is a grpc.aio client in this process. The direct figures run the same
@@ -28,6 +30,8 @@ from latentserve.v1 import (
     classifier_pb2,
     classifier_pb2_grpc,
     common_pb2,
+    density_pb2,
+    density_pb2_grpc,
     encoder_pb2,
     encoder_pb2_grpc,
     search_pb2,
@@ -87,6 +91,7 @@ def _ref(entry: repository.Entry) -> common_pb2.ModelRef:
 CALLS = {
     "Encode": (encoder_pb2_grpc.EncoderStub, lambda entry: encoder_pb2.EncodeRequest(model=_ref(entry)), ["code", "binary_code"]),
     "Classify": (classifier_pb2_grpc.ClassifierStub, lambda entry: classifier_pb2.ClassifyRequest(model=_ref(entry)), ["probabilities"]),
+    "Score": (density_pb2_grpc.DensityStub, lambda entry: density_pb2.ScoreRequest(model=_ref(entry)), ["log_likelihood"]),
     "Translate": (
         translator_pb2_grpc.TranslatorStub,
         lambda entry: translator_pb2.TranslateRequest(model=_ref(entry), direction=entry.graph),
@@ -262,6 +267,16 @@ def main_classification(repository_root: Path, duration: float) -> None:
     )
     with gateway_process(repository_root) as gateway:
         compare({"gateway": gateway}, "Classify", entry, duration)
+
+
+def main_density(repository_root: Path, duration: float) -> None:
+    """Score on the default density model, at batch 64 (the issue's figure) and 1."""
+    entry = next(
+        e for e in repository.read_repository(repository_root).values()
+        if e.model == Settings().default_density_model and e.capability == "density"
+    )
+    with gateway_process(repository_root) as gateway:
+        compare({"gateway": gateway}, "Score", entry, duration)
 
 
 def main_translation(repository_root: Path, duration: float) -> None:

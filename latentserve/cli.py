@@ -102,7 +102,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class InputError(Exception):
-    """A problem with the files a command names, found before any call: printed as `error: ...`, exit status 2."""
+    """A problem with what a command was asked (its files, or more clusters than items), found by the command itself: printed as `error: ...`, exit status 2."""
 
 
 class ServeFailed(Exception):
@@ -194,14 +194,35 @@ def cmd_encode(args) -> None:
     ])
 
 
+def _verdicts(distribution, count: int) -> list[dict]:
+    """Per image, the out-of-distribution columns (none without a distribution)."""
+    if distribution is None:
+        return [{} for _ in range(count)]
+    return [{"ood_score": round(float(score), 1), "out_of_distribution": bool(flag)}
+            for score, flag in zip(distribution.scores, distribution.out_of_distribution)]
+
+
 def cmd_classify(args) -> None:
     paths = _image_files(args.images)
     with _client(args) as client:
-        classes = client.classify(paths, args.model, args.version)
+        classes = client.classify(paths, args.model, args.version, check_distribution=args.check_distribution)
     _show(args, [
         {"image": str(path), "model": classes.model.name, "version": classes.model.version,
-         "label": int(label), "confidence": float(confidence), "entropy": float(entropy)}
-        for path, label, confidence, entropy in zip(paths, classes.labels, classes.confidences, classes.entropies)
+         "label": int(label), "confidence": float(confidence), "entropy": float(entropy), **verdict}
+        for path, label, confidence, entropy, verdict in zip(
+            paths, classes.labels, classes.confidences, classes.entropies, _verdicts(classes.distribution, len(paths)))
+    ])
+
+
+def cmd_score(args) -> None:
+    paths = _image_files(args.images)
+    with _client(args) as client:
+        scored = client.score(paths, args.model, args.version)
+    _show(args, [
+        {"image": str(path), "model": scored.model.name, "version": scored.model.version,
+         "log_likelihood": round(float(log_likelihood), 2), "bits_per_dim": round(float(bits), 4), **verdict}
+        for path, log_likelihood, bits, verdict in zip(
+            paths, scored.log_likelihoods, scored.bits_per_dim, _verdicts(scored.distribution, len(paths)))
     ])
 
 
@@ -254,8 +275,40 @@ def cmd_index(args) -> None:
         elif args.action == "reindex":
             started = client.reindex(args.collection, args.model, args.version)
             _show_fields(args, asdict(_follow_reindex(client, args.collection, started) if args.wait else started))
+        elif args.action == "cluster":
+            _cluster(client, args)
         else:
             _show_fields(args, asdict(client.collection(args.collection)))
+
+
+def _cluster(client, args) -> None:
+    """K-means over the stored codes (what `filter` selects): the clusters' sizes and, over the items with
+    a label, purity and NMI; with --out, a CSV of each item's cluster."""
+    import numpy as np
+
+    from latentserve import clustering
+
+    items, token = [], ""
+    while True:
+        page, token = client.list_items(args.collection, args.filter, page_size=1000, page_token=token)
+        items += page
+        if not token:
+            break
+    if len(items) < args.clusters:
+        raise InputError(f"{len(items)} items; K-means with {args.clusters} clusters needs at least as many")
+    found = clustering.kmeans(np.stack([item.code for item in items]), args.clusters, args.iterations, args.seed)
+    labelled = np.asarray([item.label is not None for item in items])
+    summary = {"items": len(items), "clusters": args.clusters, "sizes": np.bincount(found.assignments, minlength=args.clusters).tolist(),
+               "labelled_items": int(labelled.sum())}
+    if labelled.any():
+        labels = np.asarray([item.label for item in items if item.label is not None])
+        summary["purity"] = round(clustering.purity(found.assignments[labelled], labels), 4)
+        summary["nmi"] = round(clustering.normalised_mutual_information(found.assignments[labelled], labels), 4)
+    if args.out:
+        with args.out.open("w") as file:
+            file.write("id,cluster,squared_distance\n")
+            file.writelines(f"{item.id},{cluster},{distance:.6g}\n" for item, cluster, distance in zip(items, found.assignments, found.distances))
+    _show_fields(args, summary)
 
 
 def _follow_reindex(client, collection: str, stats):
@@ -315,6 +368,10 @@ def cmd_eval(args) -> None:
         from benchmarks.translation_quality import main as evaluate
 
         evaluate(args.repository, args.checkpoints, args.grids)
+    elif args.what == "density":
+        from benchmarks.density_quality import main as evaluate
+
+        evaluate(args.repository)
     elif args.what == "propagation":
         from benchmarks.semi_supervised import propagation
 
@@ -337,6 +394,7 @@ BENCHES = {
     "screenshots": ("benchmarks.screenshots", "main", ()),
     "classification": ("benchmarks.gateway", "main_classification", ("duration",)),
     "translation": ("benchmarks.gateway", "main_translation", ("duration",)),
+    "density": ("benchmarks.gateway", "main_density", ("duration",)),
     "generation": ("benchmarks.generation_stream", "main", ("duration",)),
     "triton": ("benchmarks.triton", "main", ("duration",)),
     "security": ("benchmarks.security", "main", ("duration",)),
@@ -434,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     evaluate = verbs.add_parser("eval", help="measure the shipped models' quality (docs/benchmarks.md)")
-    evaluate.add_argument("what", choices=["generation", "propagation", "classification", "translation"], help="what to measure")
+    evaluate.add_argument("what", choices=["generation", "propagation", "classification", "translation", "density"], help="what to measure")
     evaluate.add_argument("--models", nargs="+", default=["conv_vae", "dcgan", "wgan_gp", "acgan"], help="generation: which generators")
     evaluate.add_argument("--samples", type=int, default=10_000, help="generation: samples per model")
     evaluate.add_argument("--seeds", type=int, default=3, help="propagation: data seeds 0..N-1")
@@ -472,7 +530,14 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("images", nargs="+", help=images_help)
     classify.add_argument("--model", default="", help="default: the server's default classifier")
     classify.add_argument("--version", type=int, default=0, help="0: newest")
+    classify.add_argument("--check-distribution", action="store_true", help="also say whether each image is like the training data")
     classify.set_defaults(func=cmd_classify)
+
+    score = client(verbs, "score", "log-likelihood of images under a density model, and whether each is like its training data")
+    score.add_argument("images", nargs="+", help=images_help)
+    score.add_argument("--model", default="", help="default: the server's default density model")
+    score.add_argument("--version", type=int, default=0, help="0: newest")
+    score.set_defaults(func=cmd_score)
 
     translate = client(verbs, "translate", "translate images into OUT/<stem>.png")
     translate.add_argument("images", nargs="+", help=images_help)
@@ -505,7 +570,13 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.add_argument("--model", default="", help="the encoder; default: the collection's own")
     reindex.add_argument("--version", type=int, default=0, help="0: the newest loaded")
     reindex.add_argument("--no-wait", dest="wait", action="store_false", help="start it and return (progress: `index stats`)")
-    for action in (add, delete, stats, reindex):
+    cluster = client(actions, "cluster", "K-means over the stored codes: cluster sizes, and purity and NMI against the items' labels")
+    cluster.add_argument("--clusters", type=int, default=10, help="k")
+    cluster.add_argument("--iterations", type=int, default=25, help="Lloyd iterations")
+    cluster.add_argument("--seed", type=int, default=0)
+    cluster.add_argument("--filter", default="", help="only the items it selects (docs/api.md, Filters)")
+    cluster.add_argument("--out", type=Path, help="write id,cluster,squared_distance for every item here (CSV)")
+    for action in (add, delete, stats, reindex, cluster):
         action.add_argument("--collection", default="", help="default: the default collection")
     create = client(actions, "create", "a new collection")
     create.add_argument("name", help="letters, digits, _ and -")

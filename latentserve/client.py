@@ -29,6 +29,8 @@ from latentserve.v1 import (
     classifier_pb2,
     classifier_pb2_grpc,
     common_pb2,
+    density_pb2,
+    density_pb2_grpc,
     encoder_pb2,
     encoder_pb2_grpc,
     generator_pb2,
@@ -129,12 +131,30 @@ class Codes:
 
 
 @dataclass(frozen=True)
+class Distribution:
+    """Whether each image is like the density model's training data (the Density service says how)."""
+    model: ModelVersion  # the density model that scored them
+    scores: np.ndarray  # (n,) float32, bits; higher: less like the training data
+    out_of_distribution: np.ndarray  # (n,) bool: score above the threshold
+    threshold: float
+
+
+@dataclass(frozen=True)
+class Densities:
+    model: ModelVersion
+    log_likelihoods: np.ndarray  # (n,) nats, of the images binarised at 0.5
+    bits_per_dim: np.ndarray  # (n,)
+    distribution: Distribution
+
+
+@dataclass(frozen=True)
 class Classes:
     model: ModelVersion
     probabilities: np.ndarray  # (n, classes) float32
     labels: np.ndarray  # (n,) the most probable class
     confidences: np.ndarray  # (n,) its probability
     entropies: np.ndarray  # (n,) in nats
+    distribution: Distribution | None = None  # with check_distribution
 
 
 @dataclass(frozen=True)
@@ -146,6 +166,7 @@ class Images:
     labels: tuple[int, ...] = ()  # a conditional generator's
     latents: np.ndarray | None = None  # a generator's
     direction: str = ""  # a translator's
+    distribution: Distribution | None = None  # a translation's inputs, with check_distribution
     start_index: int = 0  # a stream chunk's first sample
 
 
@@ -242,6 +263,14 @@ def _images(response, **extra) -> Images:
     return Images(_version(response.model), _array(response.images) if response.HasField("images") else None, list(response.png), **extra)
 
 
+def _distribution(message: density_pb2.Distribution) -> Distribution:
+    return Distribution(_version(message.model), np.asarray(message.scores, np.float32), np.asarray(message.out_of_distribution, bool), message.threshold)
+
+
+def _checked(response) -> Distribution | None:
+    return _distribution(response.distribution) if response.HasField("distribution") else None
+
+
 def _graphs(models) -> list[Graph]:
     return [
         Graph(model.name, graph.name, graph.capability, tuple(v.version for v in graph.versions), {s.directory: s.reason for s in graph.skipped_versions})
@@ -313,15 +342,26 @@ class _Calls:
         request = encoder_pb2.EncodeRequest(model=common_pb2.ModelRef(name=model, version=version), images=images_message(images))
         return self._call("Encoder", "Encode", request, lambda r: Codes(_version(r.model), _array(r.codes), _array(r.bits), r.num_bits))
 
-    def classify(self, images, model: str = "", version: int = 0) -> Classes:
-        request = classifier_pb2.ClassifyRequest(model=common_pb2.ModelRef(name=model, version=version), images=images_message(images))
+    def classify(self, images, model: str = "", version: int = 0, check_distribution: bool = False) -> Classes:
+        """With `check_distribution`, also whether each image is like the training data (`score`)."""
+        request = classifier_pb2.ClassifyRequest(
+            model=common_pb2.ModelRef(name=model, version=version), images=images_message(images), check_distribution=check_distribution)
         return self._call("Classifier", "Classify", request, lambda r: Classes(
-            _version(r.model), _array(r.probabilities), np.asarray(r.labels), np.asarray(r.confidences), np.asarray(r.entropies)))
+            _version(r.model), _array(r.probabilities), np.asarray(r.labels), np.asarray(r.confidences), np.asarray(r.entropies),
+            _checked(r)))
 
-    def translate(self, images, direction: str, model: str = "", version: int = 0, png: bool = False) -> Images:
+    def translate(self, images, direction: str, model: str = "", version: int = 0, png: bool = False,
+                  check_distribution: bool = False) -> Images:
         request = translator_pb2.TranslateRequest(
-            direction=direction, model=common_pb2.ModelRef(name=model, version=version), images=images_message(images), format=_format(png))
-        return self._call("Translator", "Translate", request, lambda r: _images(r, direction=r.direction))
+            direction=direction, model=common_pb2.ModelRef(name=model, version=version), images=images_message(images), format=_format(png),
+            check_distribution=check_distribution)
+        return self._call("Translator", "Translate", request, lambda r: _images(r, direction=r.direction, distribution=_checked(r)))
+
+    def score(self, images, model: str = "", version: int = 0) -> Densities:
+        """Each image's log-likelihood under a density model, and whether it is like the training data."""
+        request = density_pb2.ScoreRequest(model=common_pb2.ModelRef(name=model, version=version), images=images_message(images))
+        return self._call("Density", "Score", request, lambda r: Densities(
+            _version(r.model), np.asarray(r.log_likelihoods, np.float32), np.asarray(r.bits_per_dim, np.float32), _distribution(r.distribution)))
 
     def generate(self, count: int, model: str = "", version: int = 0, seed: int = 0, labels: Sequence[int] | None = None,
                  truncation: float | None = None, start_index: int = 0, png: bool = False) -> Images:
@@ -360,6 +400,12 @@ class _Calls:
         """Store items, replacing stored ones of the same ids: (added, replaced)."""
         request = search_pb2.UpsertItemsRequest(items=[_item(item) for item in items], collection=collection)
         return self._call("Search", "UpsertItems", request, lambda r: (r.added, r.replaced))
+
+    def list_items(self, collection: str = "", filter: str = "", page_size: int = 0, page_token: str = "") -> tuple[list[Item], str]:
+        """One page of stored items in the order they were added (codes included), and the next page's
+        token ("" after the last page)."""
+        request = search_pb2.ListItemsRequest(collection=collection, filter=filter, page_size=page_size, page_token=page_token)
+        return self._call("Search", "ListItems", request, lambda r: ([_stored(item) for item in r.items], r.next_page_token))
 
     def get_items(self, ids: Sequence[str], collection: str = "", with_images: bool = False) -> list[Item]:
         """The stored items among `ids`, in their order (the others are left out)."""
@@ -407,6 +453,7 @@ def _chunk(chunk: generator_pb2.GenerateChunk) -> Images:
 STUBS = {
     "Models": models_pb2_grpc.ModelsStub, "Encoder": encoder_pb2_grpc.EncoderStub, "Classifier": classifier_pb2_grpc.ClassifierStub,
     "Translator": translator_pb2_grpc.TranslatorStub, "Generator": generator_pb2_grpc.GeneratorStub, "Search": search_pb2_grpc.SearchStub,
+    "Density": density_pb2_grpc.DensityStub,
 }
 
 

@@ -79,6 +79,7 @@ RULES: dict[str, Rule] = {
     "/latentserve.v1.Generator/Interpolate": Rule("read", images=lambda request: request.steps),
     "/latentserve.v1.Generator/GenerateStream": Rule("read", images=lambda request: request.count),
     "/latentserve.v1.Classifier/Classify": Rule("read", images=lambda request: _batch(request.images)),
+    "/latentserve.v1.Density/Score": Rule("read", images=lambda request: _batch(request.images)),
     "/latentserve.v1.Translator/Translate": Rule("read", images=lambda request: _batch(request.images)),
     "/latentserve.v1.Translator/ListDirections": Rule("read"),
     # The Open Inference Protocol (serving/open_inference.py): the methods it does not serve answer UNIMPLEMENTED

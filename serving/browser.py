@@ -101,16 +101,19 @@ class Calls:
         return {
             "generators": sorted({g.model for g in graphs if g.capability == "generate" and g.versions}),
             "directions": sorted({g.name for g in graphs if g.capability == "translate" and g.versions}),
+            "density": any(g.capability == "density" and g.versions for g in graphs),
         }
 
     def look(self, body: dict) -> dict:
-        """A digit: its class, nearest neighbours and translations."""
+        """A digit: its class, whether it is like the training data (where a density model is served),
+        nearest neighbours and translations."""
         image = _image(body.get("image"))
         k = _integer(body, "k", 8, 1, 32)
-        classes = self.client.classify([image])
+        served = self.models({})
+        classes = self.client.classify([image], check_distribution=served["density"])
         hits = self.client.search(image, k=k)
         translations = []
-        for direction in self.models({})["directions"]:
+        for direction in served["directions"]:
             try:
                 translated = self.client.translate([image], direction, png=True)
             except ServiceError as error:  # a direction whose input is not a digit of this size
@@ -120,6 +123,10 @@ class Calls:
         return {
             "label": int(classes.labels[0]), "confidence": float(classes.confidences[0]),
             "probabilities": classes.probabilities[0].tolist(), "classifier": classes.model.name,
+            "distribution": None if classes.distribution is None else {
+                "score": float(classes.distribution.scores[0]), "threshold": classes.distribution.threshold,
+                "out_of_distribution": bool(classes.distribution.out_of_distribution[0]), "model": classes.distribution.model.name,
+            },
             "neighbours": [{"id": hit.id, "distance": hit.distance, "label": hit.label, "image": self._thumbnail(hit.id)} for hit in hits],
             "translations": translations,
         }

@@ -43,8 +43,8 @@ class Inference:
     def entries(self) -> dict[str, Entry]:
         return self.runtime.entries()
 
-    def resolve(self, model: str, capability: str, version: int, graph: str | None = None) -> tuple[Entry, int]:
-        return resolve(self.runtime, model, capability, version, graph=graph)
+    def resolve(self, model: str, capability: str, version: int, graph: str | None = None, field: str = "model") -> tuple[Entry, int]:
+        return resolve(self.runtime, model, capability, version, field=field, graph=graph)
 
     def ready(self, model: str, capability: str) -> bool:
         """Whether `model`'s graph for `capability` has a version loaded."""

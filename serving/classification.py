@@ -1,4 +1,5 @@
 """The classify capability: images -> class probabilities, the predicted class and its confidence."""
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
@@ -6,7 +7,9 @@ import numpy as np
 from latentserve.contract import CLASSIFY, IMAGE, PROBABILITIES
 from latentserve.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 from serving import convert
-from serving.capability import Capability, decode_images
+from serving.capability import Capability, Inference, decode_images
+from serving.density import DensityScoring
+from serving.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,10 @@ def summarise(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 class Classification(Capability):
+    def __init__(self, settings: Settings, inference: Inference, density: DensityScoring):
+        super().__init__(settings, inference)
+        self.density = density
+
     def servicer(self):
         return ClassifierServicer(self)
 
@@ -49,13 +56,17 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
     async def Classify(self, request, context):
         settings = self.classification.settings
         images = await decode_images(request.images, "images", settings)
-        classified = await self.classification.classify(
-            request.model.name or settings.default_classifier, request.model.version, images, context.time_remaining()
-        )
+        timeout = context.time_remaining()
+        classify = self.classification.classify(request.model.name or settings.default_classifier, request.model.version, images, timeout)
+        if request.check_distribution:
+            classified, scored = await asyncio.gather(classify, self.classification.density.check(images, timeout))
+        else:
+            classified, scored = await classify, None
         return classifier_pb2.ClassifyResponse(
             model=common_pb2.ModelRef(name=classified.model, version=classified.version),
             probabilities=convert.tensor(classified.probabilities, common_pb2.DATA_TYPE_FLOAT32),
             labels=classified.labels.tolist(),
             confidences=classified.confidences.tolist(),
             entropies=classified.entropies.tolist(),
+            distribution=scored.distribution() if scored else None,
         )

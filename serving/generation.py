@@ -1,12 +1,22 @@
 """The generate capability: images from latents drawn by (seed, index) (latentserve/latents.py), with
-truncation, explicit latents, interpolation and streams."""
+truncation, explicit latents, interpolation and streams.
+
+A density model with no generator graph (PixelCNN) samples autoregressively here: pixel by pixel in
+raster order, its density graph run once per pixel on the image so far, pixel i set where its uniform
+draw falls below p(x_i = 1 | x_<i). The uniform draws are the standard normal latent through the normal
+CDF, so such a sample too is a pure function of (version, seed, index), and truncation keeps the likely
+pixels always on and the unlikely ones always off.
+"""
 import asyncio
+import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import Counter
+from scipy.special import expit, ndtr
 
-from latentserve.contract import GENERATE, IMAGE, LABEL, LATENT
+from latentserve.contract import DENSITY, GENERATE, IMAGE, IMAGE_SPEC, LABEL, LATENT, PIXEL_LOGITS
 from latentserve.latents import sample_latents
 from latentserve.repository import Entry
 from latentserve.v1 import common_pb2, generator_pb2, generator_pb2_grpc
@@ -27,6 +37,7 @@ class Generator:
     version: int
     latent_dim: int
     classes: int  # 0: unconditional
+    autoregressive: bool = False  # a density graph sampled pixel by pixel
 
 
 @dataclass(frozen=True)
@@ -45,9 +56,19 @@ class Generation(Capability):
         return self.inference.ready(self.settings.default_generator, GENERATE)
 
     def generator(self, model: str, version: int) -> Generator:
+        if self._samples_pixels(model):
+            entry, version = self.inference.resolve(model, DENSITY, version)
+            return Generator(entry, version, math.prod(IMAGE_SPEC.dims), 0, autoregressive=True)
         entry, version = self.inference.resolve(model, GENERATE, version)
         conditional = any(tensor.name == LABEL for tensor in entry.inputs)
         return Generator(entry, version, entry.latent_dim, entry.classes if conditional else 0)
+
+    def _samples_pixels(self, model: str) -> bool:
+        """Whether `model` has a density graph with per-pixel logits and no generator graph."""
+        graphs = [e for e in self.inference.entries().values() if e.model == model]
+        return not any(e.capability == GENERATE for e in graphs) and any(
+            e.capability == DENSITY and any(t.name == PIXEL_LOGITS for t in e.outputs) for e in graphs
+        )
 
     def labels(self, generator: Generator, labels: list[int], start: int, count: int, field: str) -> np.ndarray | None:
         """Labels of samples start..start+count-1: one for all, one each, or (none given) index mod classes."""
@@ -75,12 +96,29 @@ class Generation(Capability):
         return latents
 
     async def run(self, generator: Generator, latents: np.ndarray, labels: np.ndarray | None, timeout: float | None = None) -> Generated:
+        if generator.autoregressive:
+            images = await self._sample_pixels(generator, latents, timeout)
+            GENERATED.labels(generator.entry.model).inc(len(latents))
+            return Generated(generator, images, latents, None)
         inputs = {LATENT: latents}
         if generator.classes:
             inputs[LABEL] = labels[:, None]
         outputs = await self.inference.run(generator.entry, generator.version, inputs, timeout)
         GENERATED.labels(generator.entry.model).inc(len(latents))
         return Generated(generator, np.clip(outputs[IMAGE], 0, 1), latents, labels)  # a tanh or sigmoid can round past the ends
+
+
+    async def _sample_pixels(self, generator: Generator, latents: np.ndarray, timeout: float | None) -> np.ndarray:
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        uniforms = ndtr(latents).reshape(-1, *IMAGE_SPEC.dims)
+        images = np.zeros(uniforms.shape, np.float32)
+        _, height, width = IMAGE_SPEC.dims
+        for row in range(height):
+            for column in range(width):
+                remaining = None if timeout is None else deadline - time.monotonic()
+                logits = (await self.inference.run(generator.entry, generator.version, {IMAGE: images}, remaining))[PIXEL_LOGITS]
+                images[:, 0, row, column] = uniforms[:, 0, row, column] < expit(logits[:, 0, row, column])
+        return images
 
 
 def check_indices(start: int, count: int, field: str) -> None:
@@ -147,6 +185,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
     async def Interpolate(self, request, context):
         generation = self.generation
         generator, png = self._resolve(request.model), convert.wants_png(request.format)
+        if generator.autoregressive:
+            raise InvalidArgument(f"{generator.entry.model!r} samples pixel by pixel: it has no latent space to interpolate in", "model.name")
         if request.steps < 2:
             raise InvalidArgument("must be at least 2 (the endpoints)", "steps")
         steps = validation.count(request.steps, self.settings.max_batch_images, "steps", "images")

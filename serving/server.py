@@ -23,6 +23,7 @@ from serving.auth import Guard
 from serving.browser import UiServer
 from serving.capability import Capability, Inference
 from serving.classification import Classification
+from serving.density import DensityScoring
 from serving.encoding import Encoding
 from serving.generation import Generation
 from serving.index import IndexLocked
@@ -45,14 +46,15 @@ INFLIGHT = Gauge("latentserve_inflight_requests", "inference requests running or
 
 def capabilities(settings: Settings, inference: Inference) -> list[Capability]:
     """Everything the gateway serves, in the order health and reflection list it."""
-    encoding = Encoding(settings, inference)
+    encoding, density = Encoding(settings, inference), DensityScoring(settings, inference)
     return [
         Models(settings, inference),
         encoding,
         Search(settings, inference, encoding),
         Generation(settings, inference),
-        Classification(settings, inference),
-        Translation(settings, inference),
+        Classification(settings, inference, density),
+        Translation(settings, inference, density),
+        density,
         OpenInference(settings, inference),
     ]
 

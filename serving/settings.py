@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     index_model: str = Field("autoencoder", description="the encoder whose codes the search index holds")
     default_generator: str = Field("acgan", description="the model Generator calls use when they name none")
     default_classifier: str = Field("fixmatch", description="the model Classify calls use when they name none")
+    default_density_model: str = Field("pixelcnn", description="the model Density calls and `check_distribution` use when they name none")
     gallery: Literal["mnist-test", "none"] = Field("mnist-test", description="what a new, empty index starts with")
     max_batch_images: int = Field(256, ge=1, description="images in one Encode, AddItems or Generate request, or stream chunk")
     max_stream_images: int = Field(10_000_000, ge=1, description="images in one GenerateStream job")

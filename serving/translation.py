@@ -12,8 +12,10 @@ from latentserve.contract import IMAGE, TRANSLATE, TRANSLATED
 from latentserve.repository import Entry
 from latentserve.v1 import common_pb2, translator_pb2, translator_pb2_grpc
 from serving import convert
-from serving.capability import Capability, decode_images
+from serving.capability import Capability, Inference, decode_images
+from serving.density import DensityScoring
 from serving.errors import InvalidArgument, NotFound
+from serving.settings import Settings
 from serving.validation import quoted
 
 
@@ -26,6 +28,10 @@ class Translated:
 
 
 class Translation(Capability):
+    def __init__(self, settings: Settings, inference: Inference, density: DensityScoring):
+        super().__init__(settings, inference)
+        self.density = density
+
     def servicer(self):
         return TranslatorServicer(self)
 
@@ -69,14 +75,18 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
         if request.resize not in (translator_pb2.RESIZE_UNSPECIFIED, translator_pb2.RESIZE_AREA, translator_pb2.RESIZE_NONE):
             raise InvalidArgument(f"unknown resize mode {request.resize}", "resize")
         images = await decode_images(request.images, "images", settings, resize=request.resize != translator_pb2.RESIZE_NONE)
-        translated = await self.translation.translate(
-            request.direction, request.model.name, request.model.version, images, context.time_remaining()
-        )
+        timeout = context.time_remaining()
+        translate = self.translation.translate(request.direction, request.model.name, request.model.version, images, timeout)
+        if request.check_distribution:
+            translated, scored = await asyncio.gather(translate, self.translation.density.check(images, timeout))
+        else:
+            translated, scored = await translate, None
 
         def response() -> translator_pb2.TranslateResponse:
             return translator_pb2.TranslateResponse(
                 model=common_pb2.ModelRef(name=translated.model, version=translated.version),
                 direction=translated.direction,
+                distribution=scored.distribution() if scored else None,
                 **convert.image_fields(translated.images, png),
             )
 

@@ -23,19 +23,20 @@ _sym_db = _symbol_database.Default()
 
 
 from latentserve.v1 import common_pb2 as latentserve_dot_v1_dot_common__pb2
+from latentserve.v1 import density_pb2 as latentserve_dot_v1_dot_density__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flatentserve/v1/classifier.proto\x12\x0elatentserve.v1\x1a\x1blatentserve/v1/common.proto\"b\n\x0f\x43lassifyRequest\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.latentserve.v1.ModelRef\x12&\n\x06images\x18\x02 \x01(\x0b\x32\x16.latentserve.v1.Images\"\xa2\x01\n\x10\x43lassifyResponse\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.latentserve.v1.ModelRef\x12-\n\rprobabilities\x18\x02 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12\x0e\n\x06labels\x18\x03 \x03(\x05\x12\x13\n\x0b\x63onfidences\x18\x04 \x03(\x02\x12\x11\n\tentropies\x18\x05 \x03(\x02\x32[\n\nClassifier\x12M\n\x08\x43lassify\x12\x1f.latentserve.v1.ClassifyRequest\x1a .latentserve.v1.ClassifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flatentserve/v1/classifier.proto\x12\x0elatentserve.v1\x1a\x1blatentserve/v1/common.proto\x1a\x1clatentserve/v1/density.proto\"~\n\x0f\x43lassifyRequest\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.latentserve.v1.ModelRef\x12&\n\x06images\x18\x02 \x01(\x0b\x32\x16.latentserve.v1.Images\x12\x1a\n\x12\x63heck_distribution\x18\x03 \x01(\x08\"\xd6\x01\n\x10\x43lassifyResponse\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.latentserve.v1.ModelRef\x12-\n\rprobabilities\x18\x02 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12\x0e\n\x06labels\x18\x03 \x03(\x05\x12\x13\n\x0b\x63onfidences\x18\x04 \x03(\x02\x12\x11\n\tentropies\x18\x05 \x03(\x02\x12\x32\n\x0c\x64istribution\x18\x06 \x01(\x0b\x32\x1c.latentserve.v1.Distribution2[\n\nClassifier\x12M\n\x08\x43lassify\x12\x1f.latentserve.v1.ClassifyRequest\x1a .latentserve.v1.ClassifyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'latentserve.v1.classifier_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLASSIFYREQUEST']._serialized_start=80
-  _globals['_CLASSIFYREQUEST']._serialized_end=178
-  _globals['_CLASSIFYRESPONSE']._serialized_start=181
-  _globals['_CLASSIFYRESPONSE']._serialized_end=343
-  _globals['_CLASSIFIER']._serialized_start=345
-  _globals['_CLASSIFIER']._serialized_end=436
+  _globals['_CLASSIFYREQUEST']._serialized_start=110
+  _globals['_CLASSIFYREQUEST']._serialized_end=236
+  _globals['_CLASSIFYRESPONSE']._serialized_start=239
+  _globals['_CLASSIFYRESPONSE']._serialized_end=453
+  _globals['_CLASSIFIER']._serialized_start=455
+  _globals['_CLASSIFIER']._serialized_end=546
 # @@protoc_insertion_point(module_scope)

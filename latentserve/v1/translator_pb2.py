@@ -23,27 +23,28 @@ _sym_db = _symbol_database.Default()
 
 
 from latentserve.v1 import common_pb2 as latentserve_dot_v1_dot_common__pb2
+from latentserve.v1 import density_pb2 as latentserve_dot_v1_dot_density__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flatentserve/v1/translator.proto\x12\x0elatentserve.v1\x1a\x1blatentserve/v1/common.proto\"\xcf\x01\n\x10TranslateRequest\x12\x11\n\tdirection\x18\x01 \x01(\t\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.latentserve.v1.ModelRef\x12&\n\x06images\x18\x03 \x01(\x0b\x32\x16.latentserve.v1.Images\x12*\n\x06resize\x18\x04 \x01(\x0e\x32\x1a.latentserve.v1.ResizeMode\x12+\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x1b.latentserve.v1.ImageFormat\"\x84\x01\n\x11TranslateResponse\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.latentserve.v1.ModelRef\x12\x11\n\tdirection\x18\x02 \x01(\t\x12&\n\x06images\x18\x03 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12\x0b\n\x03png\x18\x04 \x03(\x0c\"\x17\n\x15ListDirectionsRequest\"G\n\x16ListDirectionsResponse\x12-\n\ndirections\x18\x01 \x03(\x0b\x32\x19.latentserve.v1.Direction\"c\n\tDirection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\x03\x12\x12\n\ninput_dims\x18\x04 \x03(\x03\x12\x13\n\x0boutput_dims\x18\x05 \x03(\x03*F\n\nResizeMode\x12\x16\n\x12RESIZE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bRESIZE_AREA\x10\x01\x12\x0f\n\x0bRESIZE_NONE\x10\x02\x32\xbf\x01\n\nTranslator\x12P\n\tTranslate\x12 .latentserve.v1.TranslateRequest\x1a!.latentserve.v1.TranslateResponse\x12_\n\x0eListDirections\x12%.latentserve.v1.ListDirectionsRequest\x1a&.latentserve.v1.ListDirectionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flatentserve/v1/translator.proto\x12\x0elatentserve.v1\x1a\x1blatentserve/v1/common.proto\x1a\x1clatentserve/v1/density.proto\"\xeb\x01\n\x10TranslateRequest\x12\x11\n\tdirection\x18\x01 \x01(\t\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.latentserve.v1.ModelRef\x12&\n\x06images\x18\x03 \x01(\x0b\x32\x16.latentserve.v1.Images\x12*\n\x06resize\x18\x04 \x01(\x0e\x32\x1a.latentserve.v1.ResizeMode\x12+\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x1b.latentserve.v1.ImageFormat\x12\x1a\n\x12\x63heck_distribution\x18\x06 \x01(\x08\"\xb8\x01\n\x11TranslateResponse\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.latentserve.v1.ModelRef\x12\x11\n\tdirection\x18\x02 \x01(\t\x12&\n\x06images\x18\x03 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12\x0b\n\x03png\x18\x04 \x03(\x0c\x12\x32\n\x0c\x64istribution\x18\x05 \x01(\x0b\x32\x1c.latentserve.v1.Distribution\"\x17\n\x15ListDirectionsRequest\"G\n\x16ListDirectionsResponse\x12-\n\ndirections\x18\x01 \x03(\x0b\x32\x19.latentserve.v1.Direction\"c\n\tDirection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\x03\x12\x12\n\ninput_dims\x18\x04 \x03(\x03\x12\x13\n\x0boutput_dims\x18\x05 \x03(\x03*F\n\nResizeMode\x12\x16\n\x12RESIZE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bRESIZE_AREA\x10\x01\x12\x0f\n\x0bRESIZE_NONE\x10\x02\x32\xbf\x01\n\nTranslator\x12P\n\tTranslate\x12 .latentserve.v1.TranslateRequest\x1a!.latentserve.v1.TranslateResponse\x12_\n\x0eListDirections\x12%.latentserve.v1.ListDirectionsRequest\x1a&.latentserve.v1.ListDirectionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'latentserve.v1.translator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESIZEMODE']._serialized_start=624
-  _globals['_RESIZEMODE']._serialized_end=694
-  _globals['_TRANSLATEREQUEST']._serialized_start=81
-  _globals['_TRANSLATEREQUEST']._serialized_end=288
-  _globals['_TRANSLATERESPONSE']._serialized_start=291
-  _globals['_TRANSLATERESPONSE']._serialized_end=423
-  _globals['_LISTDIRECTIONSREQUEST']._serialized_start=425
-  _globals['_LISTDIRECTIONSREQUEST']._serialized_end=448
-  _globals['_LISTDIRECTIONSRESPONSE']._serialized_start=450
-  _globals['_LISTDIRECTIONSRESPONSE']._serialized_end=521
-  _globals['_DIRECTION']._serialized_start=523
-  _globals['_DIRECTION']._serialized_end=622
-  _globals['_TRANSLATOR']._serialized_start=697
-  _globals['_TRANSLATOR']._serialized_end=888
+  _globals['_RESIZEMODE']._serialized_start=734
+  _globals['_RESIZEMODE']._serialized_end=804
+  _globals['_TRANSLATEREQUEST']._serialized_start=111
+  _globals['_TRANSLATEREQUEST']._serialized_end=346
+  _globals['_TRANSLATERESPONSE']._serialized_start=349
+  _globals['_TRANSLATERESPONSE']._serialized_end=533
+  _globals['_LISTDIRECTIONSREQUEST']._serialized_start=535
+  _globals['_LISTDIRECTIONSREQUEST']._serialized_end=558
+  _globals['_LISTDIRECTIONSRESPONSE']._serialized_start=560
+  _globals['_LISTDIRECTIONSRESPONSE']._serialized_end=631
+  _globals['_DIRECTION']._serialized_start=633
+  _globals['_DIRECTION']._serialized_end=732
+  _globals['_TRANSLATOR']._serialized_start=807
+  _globals['_TRANSLATOR']._serialized_end=998
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,5 @@
 from latentserve.v1 import common_pb2 as _common_pb2
+from latentserve.v1 import density_pb2 as _density_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -18,30 +19,34 @@ RESIZE_AREA: ResizeMode
 RESIZE_NONE: ResizeMode
 
 class TranslateRequest(_message.Message):
-    __slots__ = ("direction", "model", "images", "resize", "format")
+    __slots__ = ("direction", "model", "images", "resize", "format", "check_distribution")
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     RESIZE_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
+    CHECK_DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     direction: str
     model: _common_pb2.ModelRef
     images: _common_pb2.Images
     resize: ResizeMode
     format: _common_pb2.ImageFormat
-    def __init__(self, direction: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., images: _Optional[_Union[_common_pb2.Images, _Mapping]] = ..., resize: _Optional[_Union[ResizeMode, str]] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ...) -> None: ...
+    check_distribution: bool
+    def __init__(self, direction: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., images: _Optional[_Union[_common_pb2.Images, _Mapping]] = ..., resize: _Optional[_Union[ResizeMode, str]] = ..., format: _Optional[_Union[_common_pb2.ImageFormat, str]] = ..., check_distribution: _Optional[bool] = ...) -> None: ...
 
 class TranslateResponse(_message.Message):
-    __slots__ = ("model", "direction", "images", "png")
+    __slots__ = ("model", "direction", "images", "png", "distribution")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     PNG_FIELD_NUMBER: _ClassVar[int]
+    DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     direction: str
     images: _common_pb2.Tensor
     png: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., direction: _Optional[str] = ..., images: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., png: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    distribution: _density_pb2.Distribution
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., direction: _Optional[str] = ..., images: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., png: _Optional[_Iterable[bytes]] = ..., distribution: _Optional[_Union[_density_pb2.Distribution, _Mapping]] = ...) -> None: ...
 
 class ListDirectionsRequest(_message.Message):
     __slots__ = ()
