@@ -282,33 +282,20 @@ def cmd_index(args) -> None:
 
 
 def _cluster(client, args) -> None:
-    """K-means over the stored codes (what `filter` selects): the clusters' sizes and, over the items with
-    a label, purity and NMI; with --out, a CSV of each item's cluster."""
-    import numpy as np
+    """K-means over the stored codes: the clusters' sizes and, over the items with a label, purity and
+    NMI; with --out, a CSV of each item's cluster."""
+    from latentserve.clustering import cluster_collection
 
-    from latentserve import clustering
-
-    items, token = [], ""
-    while True:
-        page, token = client.list_items(args.collection, args.filter, page_size=1000, page_token=token)
-        items += page
-        if not token:
-            break
-    if len(items) < args.clusters:
-        raise InputError(f"{len(items)} items; K-means with {args.clusters} clusters needs at least as many")
-    found = clustering.kmeans(np.stack([item.code for item in items]), args.clusters, args.iterations, args.seed)
-    labelled = np.asarray([item.label is not None for item in items])
-    summary = {"items": len(items), "clusters": args.clusters, "sizes": np.bincount(found.assignments, minlength=args.clusters).tolist(),
-               "labelled_items": int(labelled.sum())}
-    if labelled.any():
-        labels = np.asarray([item.label for item in items if item.label is not None])
-        summary["purity"] = round(clustering.purity(found.assignments[labelled], labels), 4)
-        summary["nmi"] = round(clustering.normalised_mutual_information(found.assignments[labelled], labels), 4)
+    try:
+        found = cluster_collection(client, args.collection, args.clusters, args.filter, args.iterations, args.seed)
+    except ValueError as error:
+        raise InputError(str(error)) from None
     if args.out:
         with args.out.open("w") as file:
             file.write("id,cluster,squared_distance\n")
-            file.writelines(f"{item.id},{cluster},{distance:.6g}\n" for item, cluster, distance in zip(items, found.assignments, found.distances))
-    _show_fields(args, summary)
+            file.writelines(f"{item_id},{cluster},{distance:.6g}\n"
+                            for item_id, cluster, distance in zip(found.ids, found.clusters.assignments, found.clusters.distances))
+    _show_fields(args, found.summary)
 
 
 def _follow_reindex(client, collection: str, stats):
@@ -372,6 +359,10 @@ def cmd_eval(args) -> None:
         from benchmarks.density_quality import main as evaluate
 
         evaluate(args.repository)
+    elif args.what == "reconstruction":
+        from benchmarks.reconstruction import main as evaluate
+
+        evaluate(args.checkpoints)
     elif args.what == "propagation":
         from benchmarks.semi_supervised import propagation
 
@@ -395,6 +386,7 @@ BENCHES = {
     "classification": ("benchmarks.gateway", "main_classification", ("duration",)),
     "translation": ("benchmarks.gateway", "main_translation", ("duration",)),
     "density": ("benchmarks.gateway", "main_density", ("duration",)),
+    "clustering": ("benchmarks.clustering", "main", ()),
     "generation": ("benchmarks.generation_stream", "main", ("duration",)),
     "triton": ("benchmarks.triton", "main", ("duration",)),
     "security": ("benchmarks.security", "main", ("duration",)),
@@ -492,12 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     evaluate = verbs.add_parser("eval", help="measure the shipped models' quality (docs/benchmarks.md)")
-    evaluate.add_argument("what", choices=["generation", "propagation", "classification", "translation", "density"], help="what to measure")
+    evaluate.add_argument("what", choices=["generation", "propagation", "classification", "translation", "density", "reconstruction"], help="what to measure")
     evaluate.add_argument("--models", nargs="+", default=["conv_vae", "dcgan", "wgan_gp", "acgan"], help="generation: which generators")
     evaluate.add_argument("--samples", type=int, default=10_000, help="generation: samples per model")
     evaluate.add_argument("--seeds", type=int, default=3, help="propagation: data seeds 0..N-1")
     evaluate.add_argument("--neighbours", type=int, default=10, help="propagation: k of the kNN graph")
-    evaluate.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="classification, translation: trained runs to score")
+    evaluate.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="classification, translation, reconstruction: trained runs to score")
     evaluate.add_argument("--grids", type=Path, help="translation: write each shipped translator's sample grid here")
     evaluate.add_argument("--repository", type=Path, default=Path("model_repository"), help="the model repository to measure")
     evaluate.set_defaults(func=cmd_eval)

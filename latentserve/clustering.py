@@ -1,6 +1,7 @@
 """K-means over stored codes (FAISS's), and how well clusters agree with labels: purity and normalised
-mutual information (NMI, with the arithmetic-mean normalisation scikit-learn uses by default)."""
-from dataclasses import dataclass
+mutual information (NMI, with the arithmetic-mean normalisation scikit-learn uses by default).
+`cluster_collection` runs it over a collection's items through the gateway (`latentserve index cluster`)."""
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
@@ -24,6 +25,35 @@ def kmeans(codes: np.ndarray, clusters: int, iterations: int = 25, seed: int = 0
     model.train(codes)
     distances, nearest = model.index.search(codes, 1)
     return Clusters(model.centroids, nearest[:, 0].astype(np.int64), distances[:, 0])
+
+
+@dataclass(frozen=True)
+class ClusteredCollection:
+    ids: list[str]
+    clusters: Clusters
+    summary: dict = field(default_factory=dict)  # items, sizes, labelled_items; purity and nmi over the labelled ones
+
+
+def cluster_collection(client, collection: str, clusters: int, filter: str = "", iterations: int = 25, seed: int = 0) -> ClusteredCollection:
+    """K-means over the stored codes of what `filter` selects in `collection`, fetched page by page with
+    `client` (a latentserve.client.Client)."""
+    items, token = [], ""
+    while True:
+        page, token = client.list_items(collection, filter, page_size=1000, page_token=token)
+        items += page
+        if not token:
+            break
+    if len(items) < clusters:
+        raise ValueError(f"{len(items)} items; K-means with {clusters} clusters needs at least as many")
+    found = kmeans(np.stack([item.code for item in items]), clusters, iterations, seed)
+    labelled = np.asarray([item.label is not None for item in items])
+    summary = {"items": len(items), "clusters": clusters, "sizes": np.bincount(found.assignments, minlength=clusters).tolist(),
+               "labelled_items": int(labelled.sum())}
+    if labelled.any():
+        labels = np.asarray([item.label for item in items if item.label is not None])
+        summary["purity"] = round(purity(found.assignments[labelled], labels), 4)
+        summary["nmi"] = round(normalised_mutual_information(found.assignments[labelled], labels), 4)
+    return ClusteredCollection([item.id for item in items], found, summary)
 
 
 def purity(assignments: np.ndarray, labels: np.ndarray) -> float:

@@ -22,6 +22,7 @@ from latentserve.contract import ENCODE, IMAGE_SPEC, binary_code_spec, code_spec
 from latentserve.datasets import Mnist
 from training.base import ExportGraph, Graph, optimizer_step
 from training.evaluation import encoder_retrieval
+from training.retrieval import pca_projection
 from training.rbm import DBN, PIXELS, SGDConfig
 
 CODE_MEAN_MOMENTUM = 0.01
@@ -166,11 +167,8 @@ def _linears(stack: nn.Sequential) -> list[nn.Linear]:
 def pca_squared_error(train: np.ndarray, test: np.ndarray, components: int) -> float:
     """Squared error per test image of its projection onto the training images' first `components`
     principal components (about their mean)."""
-    train, test = (x.reshape(len(x), -1).astype(np.float64) for x in (train, test))
-    mean = train.mean(0)
-    _, vectors = np.linalg.eigh(np.cov(train - mean, rowvar=False))
-    basis = vectors[:, -components:]  # eigh: ascending eigenvalues
-    centred = test - mean
+    mean, basis = pca_projection(train, components)
+    centred = test.reshape(len(test), -1).astype(np.float64) - mean
     residual = centred - centred @ basis @ basis.T
     return float(np.square(residual).sum(1).mean())
 
