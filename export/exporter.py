@@ -147,7 +147,9 @@ def _write_graph(graph: Graph, directory: Path, examples: dict[str, np.ndarray])
     )
     _strip_stack_traces(directory / repository.ONNX_FILE)
     with torch.no_grad():
-        torch.jit.trace(graph.module, sample).save(directory / repository.TORCHSCRIPT_FILE)
+        # frozen: the weights the graph uses become constants and the rest of the model (a decoder, a
+        # pretraining stack) is left out, as the ONNX file leaves it out
+        torch.jit.freeze(torch.jit.trace(graph.module, sample)).save(directory / repository.TORCHSCRIPT_FILE)
     _strip_debug_records(directory / repository.TORCHSCRIPT_FILE)
 
 

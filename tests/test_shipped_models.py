@@ -12,7 +12,7 @@ from tests.conftest import MODEL_REPOSITORY
 from training import retrieval
 
 ENTRIES = repository.read_repository(MODEL_REPOSITORY)
-REPOSITORY_BUDGET_BYTES = 50 * 1024 * 1024
+REPOSITORY_BUDGET_BYTES = 75 * 1024 * 1024  # 50 MiB until issue 29 (its deep autoencoder alone is 11 MB); the guide allows 100 MB
 
 
 def test_the_service_ships_its_encoders_generators_classifiers_and_translators():
@@ -72,6 +72,18 @@ def test_the_autoencoder_beats_raw_pixels_and_pca_on_retrieval(mnist, protocol):
     assert bits_map > 0.40  # the low end of published unsupervised hashing (PCA-ITQ) on this protocol
     card = entry.cards[entry.versions[0]]["metrics"]
     assert abs(card["retrieval_code_map"] - code_map) < 0.005 and abs(card["retrieval_bits_map"] - bits_map) < 0.005
+
+
+@pytest.mark.slow
+def test_the_deep_autoencoder_reconstructs_far_better_than_pca_and_its_codes_retrieve(protocol):
+    entry = ENTRIES["deep_autoencoder_encoder"]
+    card = entry.cards[entry.versions[0]]
+    assert card["config"]["hidden"] == [1000, 500, 250, 30] and card["config"]["pretrained"]
+    metrics = card["metrics"]  # the decoder is not served; its error was measured at export (measured 2.96 vs PCA's 13.76)
+    assert metrics["pca_test_squared_error"] / metrics["test_squared_error"] >= 3
+    (query_code, _), (gallery_code, _) = _encode(entry, protocol.queries), _encode(entry, protocol.gallery)
+    code_map = _scores(retrieval.l2_distances(query_code, gallery_code), protocol)
+    assert code_map > 0.44 and abs(code_map - metrics["retrieval_code_map"]) < 0.005  # measured 45.55%
 
 
 # Generation: the quality floor of the shipped generators on 2,000 samples (FID against the real floor at

@@ -48,11 +48,22 @@ def test_an_uploaded_digit_shows_its_class_neighbours_and_translations(browser, 
     browser.find_element(By.ID, "upload").send_keys(str(upload))
     wait(browser, lambda: browser.find_element(By.ID, "look-result").is_displayed())
     assert browser.find_element(By.ID, "label").text == "7"
+    assert browser.find_element(By.ID, "verdict").text.startswith("Like the training data (score ")  # the density model's word
     neighbours = browser.find_elements(By.CSS_SELECTOR, "#neighbours .hit")
     assert len(neighbours) == 8 and all(hit.find_elements(By.TAG_NAME, "img") for hit in neighbours)  # gallery thumbnails
     assert sum(hit.text.startswith("7 ") for hit in neighbours) >= 6  # the neighbours' labels: mostly sevens
     directions = {cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "#translations .hit")}
     assert {"mnist2uci", "edges2digit"} <= directions
+
+
+def test_noise_is_called_unlike_the_training_data(browser, page, tmp_path):
+    upload = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), np.uint8)).save(upload)
+    browser.get(page)
+    wait(browser, lambda: browser.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
+    browser.find_element(By.ID, "upload").send_keys(str(upload))
+    wait(browser, lambda: browser.find_element(By.ID, "look-result").is_displayed())
+    assert browser.find_element(By.ID, "verdict").text.startswith("Unlike the training data")
 
 
 def test_the_samples_and_interpolation_views_show_images(browser, page):

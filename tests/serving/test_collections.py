@@ -443,3 +443,11 @@ def test_two_gateways_on_one_milvus_server_see_each_others_collections_and_switc
     finally:
         first.close()
         second.close()
+
+
+def test_a_collection_can_use_the_deep_autoencoders_codes(stub, mnist):
+    created = stub.CreateCollection(search_pb2.CreateCollectionRequest(name="deep", model=common_pb2.ModelRef(name="deep_autoencoder")))
+    assert created.model.name == "deep_autoencoder" and created.code_dim == 30
+    stub.AddItems(search_pb2.AddItemsRequest(collection="deep", items=[item(i, mnist) for i in range(60)]))
+    hits = stub.Search(search_pb2.SearchRequest(collection="deep", id="item-0", k=5)).hits
+    assert len(hits) == 5 and sum(hit.label == mnist.test.labels[0] for hit in hits) >= 3
