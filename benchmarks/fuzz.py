@@ -30,11 +30,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from benchmarks.gateway import gateway_process
-from latentserve.v1 import classifier_pb2, common_pb2, encoder_pb2, generator_pb2, models_pb2, search_pb2, translator_pb2
+from latentserve.v1 import classifier_pb2, common_pb2, density_pb2, encoder_pb2, generator_pb2, models_pb2, search_pb2, translator_pb2
 
 METHODS = {  # "/latentserve.v1.Search/AddItems" -> its descriptor, for every call of the API
     f"/{service.full_name}/{method.name}": method
-    for module in (models_pb2, encoder_pb2, search_pb2, generator_pb2, classifier_pb2, translator_pb2)
+    for module in (models_pb2, encoder_pb2, search_pb2, generator_pb2, classifier_pb2, translator_pb2, density_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
     for method in service.methods
 }
@@ -45,7 +45,8 @@ ANSWERS = {  # what a client's request may get; INTERNAL and UNKNOWN are bugs
 }
 HEAP_ADDRESS = re.compile(r"0x[0-9a-f]{6,}")
 STORED_IDS = [f"fuzz-{i}" for i in range(4)]  # items `add_stored_items` puts in the index, so ids can hit
-MODELS = ["autoencoder", "vae", "acgan", "dcgan", "wgan_gp", "conv_vae", "fixmatch", "lenet", "m2", "cyclegan", "pix2pix"]
+MODELS = ["autoencoder", "vae", "acgan", "dcgan", "wgan_gp", "conv_vae", "fixmatch", "lenet", "m2", "cyclegan", "pix2pix", "pixelcnn",
+          "deep_autoencoder"]
 DIRECTIONS = ["edges2digit", "mnist2uci", "uci2mnist"]
 FILTERS = ["label == 1", 'label in [0, 1] and metadata["a"] == "b"', 'not (metadata["a"] in ["b", "c"]) or label != 2', "label ==", "(((", 'metadata["a" == 1']
 STRINGS = {  # by field; deletes spare STORED_IDS
@@ -91,8 +92,9 @@ VALID = {  # requests each call answers OK (on the index `add_stored_items` make
         generator_pb2.InterpolateRequest(model=common_pb2.ModelRef(name="dcgan"), latents=LATENTS, steps=3, method=generator_pb2.INTERPOLATION_SPHERICAL),
     ],
     "/latentserve.v1.Generator/GenerateStream": [generator_pb2.GenerateStreamRequest(count=4, chunk_size=2, sampling=generator_pb2.Sampling(labels=[1]))],
-    "/latentserve.v1.Classifier/Classify": [classifier_pb2.ClassifyRequest(images=IMAGES)],
-    "/latentserve.v1.Translator/Translate": [translator_pb2.TranslateRequest(direction="edges2digit", images=IMAGES)],
+    "/latentserve.v1.Classifier/Classify": [classifier_pb2.ClassifyRequest(images=IMAGES, check_distribution=True)],
+    "/latentserve.v1.Translator/Translate": [translator_pb2.TranslateRequest(direction="edges2digit", images=IMAGES, check_distribution=True)],
+    "/latentserve.v1.Density/Score": [density_pb2.ScoreRequest(images=IMAGES)],
     "/latentserve.v1.Translator/ListDirections": [translator_pb2.ListDirectionsRequest()],
 }
 

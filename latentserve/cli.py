@@ -565,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = client(actions, "cluster", "K-means over the stored codes: cluster sizes, and purity and NMI against the items' labels")
     cluster.add_argument("--clusters", type=int, default=10, help="k")
     cluster.add_argument("--iterations", type=int, default=25, help="Lloyd iterations")
-    cluster.add_argument("--seed", type=int, default=0)
+    cluster.add_argument("--seed", type=int, default=0, help="K-means' random starts")
     cluster.add_argument("--filter", default="", help="only the items it selects (docs/api.md, Filters)")
     cluster.add_argument("--out", type=Path, help="write id,cluster,squared_distance for every item here (CSV)")
     for action in (add, delete, stats, reindex, cluster):

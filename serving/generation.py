@@ -22,7 +22,7 @@ from latentserve.repository import Entry
 from latentserve.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from serving import convert, validation
 from serving.capability import Capability
-from serving.errors import InvalidArgument
+from serving.errors import InvalidArgument, ResourceExhausted
 
 TRUNCATION_RANGE = (0.05, 4.0)  # below: mostly redraws; above: the same as no truncation
 INDEX_LIMIT = 2**63  # sample indices are int64
@@ -109,6 +109,9 @@ class Generation(Capability):
 
 
     async def _sample_pixels(self, generator: Generator, latents: np.ndarray, timeout: float | None) -> np.ndarray:
+        limit = self.settings.max_pixel_sampling_images
+        if len(latents) > limit:
+            raise ResourceExhausted(f"{len(latents)} images; {generator.entry.model!r} samples pixel by pixel, at most {limit} a call", "count")
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         uniforms = ndtr(latents).reshape(-1, *IMAGE_SPEC.dims)
         images = np.zeros(uniforms.shape, np.float32)
@@ -219,6 +222,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         chunk = min(validation.optional_count(
             request.chunk_size, settings.default_chunk_images, settings.max_batch_images, "chunk_size", "images"
         ), count)
+        if generator.autoregressive:
+            chunk = min(chunk, settings.max_pixel_sampling_images)
         first, stop = sampling.start_index, sampling.start_index + count
         generation.labels(generator, list(sampling.labels), first, 0, "sampling.labels")  # check them before any work
 

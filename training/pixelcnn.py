@@ -95,7 +95,7 @@ class PixelCNN(LossModel):
 
     def log_likelihood(self, images: torch.Tensor) -> torch.Tensor:
         """log p(x) in nats per image."""
-        return -F.binary_cross_entropy_with_logits(self.logits(images), images, reduction="none").sum((1, 2, 3))
+        return _log_likelihood(self.logits(images), images)
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> Losses:
         nll = -self.log_likelihood(torch.bernoulli(images)).mean()
@@ -164,5 +164,10 @@ def _density(model: PixelCNN, image: torch.Tensor) -> tuple[torch.Tensor, torch.
     """The density graph: log p(x) in nats for 0/1 images, and every pixel's conditional logit (what
     the gateway's sampling loop reads)."""
     logits = model.logits(image)
-    log_likelihood = -F.binary_cross_entropy_with_logits(logits, image, reduction="none").sum((1, 2, 3))
-    return log_likelihood[:, None], logits
+    return _log_likelihood(logits, image)[:, None], logits
+
+
+def _log_likelihood(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """sum_i log p(x_i | x_<i) with log sigmoid(l) = -softplus(-l): ONNX's Softplus is as stable as
+    PyTorch's cross-entropy at confident logits, where log(sigmoid(l)) underflows."""
+    return -(images * F.softplus(-logits) + (1 - images) * F.softplus(logits)).sum((1, 2, 3))

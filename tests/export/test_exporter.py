@@ -96,9 +96,9 @@ def test_semi_supervised_models_export_a_classifier_graph(tmp_path, small_mnist,
     np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
     card = json.loads((version_dir / "card.json").read_text())
     assert 0 <= card["metrics"]["test_error"] <= 1 and card["config"]["labels_per_class"] == 2
-    # The served files hold the classifier's weights only, not the generative parts it does not use.
-    weights = torch.jit.load(version_dir / "model.pt").state_dict()
-    assert weights and not any("decoder" in key or "network.encoder" in key for key in weights)
+    # The served files hold the classifier's weights only, not the generative parts it does not use: the
+    # frozen TorchScript file is about the size of the ONNX file, which holds what the graph computes
+    assert (version_dir / "model.pt").stat().st_size < 1.5 * (version_dir / "model.onnx").stat().st_size
 
 
 def test_a_generator_with_a_latent_code_exports_with_parity(tmp_path, small_mnist):

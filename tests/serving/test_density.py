@@ -37,7 +37,8 @@ def repository_root(tmp_path_factory, small_mnist):
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, repository_root):
     running = RunningGateway(
-        model_repository=repository_root, data_dir=tmp_path_factory.mktemp("data"), gallery="none", max_batch_images=64
+        model_repository=repository_root, data_dir=tmp_path_factory.mktemp("data"), gallery="none", max_batch_images=64,
+        max_pixel_sampling_images=3,
     ).start()
     yield running
     running.stop()
@@ -130,6 +131,15 @@ def test_bad_score_requests_get_a_precise_status(channel, request_, code, field)
     with pytest.raises(grpc.RpcError) as raised:
         density_pb2_grpc.DensityStub(channel).Score(request_)
     assert_refused(raised.value, code, field)
+
+
+def test_pixel_sampling_past_its_limit_is_refused_and_streams_come_in_chunks_within_it(channel):
+    stub = generator_pb2_grpc.GeneratorStub(channel)
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Generate(generator_pb2.GenerateRequest(model=common_pb2.ModelRef(name="pixelcnn"), count=4))
+    assert_refused(raised.value, grpc.StatusCode.RESOURCE_EXHAUSTED, "count")
+    chunks = list(stub.GenerateStream(generator_pb2.GenerateStreamRequest(model=common_pb2.ModelRef(name="pixelcnn"), count=4, chunk_size=10)))
+    assert [chunk.start_index for chunk in chunks] == [0, 3] and [chunk.images.shape[0] for chunk in chunks] == [3, 1]
 
 
 def test_interpolating_a_model_without_a_latent_space_is_invalid_argument(channel):
