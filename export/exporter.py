@@ -24,7 +24,7 @@ import tritonclient.grpc
 from tritonclient.grpc import model_config_pb2
 
 from latentserve import repository
-from latentserve.contract import IMAGE, LABEL, LATENT, TensorSpec
+from latentserve.contract import HIDDEN_UNIFORMS, IMAGE, LABEL, LATENT, TensorSpec
 from latentserve.datasets import Mnist
 from training.base import Graph
 from training.train import load_checkpoint, load_model
@@ -107,8 +107,8 @@ def load_into_triton(url: str, entry_names: list[str]) -> None:
 
 def _parity_inputs(graph: Graph, data: Mnist) -> dict[str, dict[str, np.ndarray]]:
     """Inputs for the parity check, by input name: "real" ones like those served (test images, standard
-    normal latents, every class), and "random" ones off that distribution (uniform noise images, latents
-    three times wider, shuffled classes)."""
+    normal latents, every class, uniforms), and "random" ones off that distribution (uniform noise images,
+    latents three times wider, shuffled classes, uniforms again)."""
     rng = np.random.default_rng(0)
     real, random = {}, {}
     for spec in graph.inputs:
@@ -122,6 +122,8 @@ def _parity_inputs(graph: Graph, data: Mnist) -> dict[str, dict[str, np.ndarray]
         elif spec.name == LABEL:
             real[spec.name] = (np.arange(PARITY_IMAGES) % graph.classes).reshape(shape)
             random[spec.name] = rng.permutation(real[spec.name])
+        elif spec.name == HIDDEN_UNIFORMS:
+            real[spec.name], random[spec.name] = rng.random(shape, dtype=np.float32), rng.random(shape, dtype=np.float32)
         else:
             raise ValueError(f"no parity inputs for an input named {spec.name!r}")
     return {"real": real, "random": random}

@@ -19,6 +19,9 @@ LATENT, LABEL = "latent", "label"  # generate: float32 (latent_dim,), int64 (1,)
 PROBABILITIES, FEATURES = "probabilities", "features"  # classify: float32 (classes,), (features,)
 TRANSLATED = "translated"  # translate: float32 (1, 28, 28)
 LOG_LIKELIHOOD, PIXEL_LOGITS = "log_likelihood", "pixel_logits"  # density: float32 (1,) nats, (1, 28, 28)
+# generate by a Gibbs chain (an RBM): one step image -> hidden states drawn by the uniforms -> the next
+# image's pixel probabilities; float32 (hidden,) in (0, 1], (1, 28, 28)
+HIDDEN_UNIFORMS, NEXT_PROBABILITIES = "hidden_uniforms", "next_probabilities"
 
 HEIGHT = WIDTH = 28
 
@@ -36,6 +39,7 @@ LABEL_SPEC = TensorSpec(LABEL, "int64", (1,))
 PROBABILITIES_SPEC = TensorSpec(PROBABILITIES, "float32", (CLASSES,))
 LOG_LIKELIHOOD_SPEC = TensorSpec(LOG_LIKELIHOOD, "float32", (1,))
 PIXEL_LOGITS_SPEC = TensorSpec(PIXEL_LOGITS, "float32", (1, HEIGHT, WIDTH))
+NEXT_PROBABILITIES_SPEC = TensorSpec(NEXT_PROBABILITIES, "float32", (1, HEIGHT, WIDTH))
 
 
 def code_spec(dim: int) -> TensorSpec:
@@ -48,6 +52,10 @@ def binary_code_spec(bits: int) -> TensorSpec:
 
 def latent_spec(dim: int) -> TensorSpec:
     return TensorSpec(LATENT, "float32", (dim,))
+
+
+def hidden_uniforms_spec(hidden: int) -> TensorSpec:
+    return TensorSpec(HIDDEN_UNIFORMS, "float32", (hidden,))
 
 
 def features_spec(dim: int) -> TensorSpec:

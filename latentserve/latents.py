@@ -18,6 +18,11 @@ def _uniform(bits: np.ndarray) -> np.ndarray:
     return 1.0 - (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
+def _streams(seed: int, start: int, count: int) -> np.ndarray:
+    """One 64-bit stream key per sample start..start+count-1 of `seed`."""
+    return _mix(_mix(np.uint64(seed) + _GOLDEN) ^ (np.arange(start, start + count, dtype=np.uint64) * _GOLDEN))
+
+
 def sample_latents(seed: int, start: int, count: int, dim: int, truncation: float | None = None) -> np.ndarray:
     """Standard-normal latents of samples start..start+count-1 of `seed`.
 
@@ -27,7 +32,7 @@ def sample_latents(seed: int, start: int, count: int, dim: int, truncation: floa
     again from the next counters of the same (seed, i, j) until they fall inside.
     """
     with np.errstate(over="ignore"):
-        stream = _mix(_mix(np.uint64(seed) + _GOLDEN) ^ (np.arange(start, start + count, dtype=np.uint64) * _GOLDEN))
+        stream = _streams(seed, start, count)
         element = np.arange(dim, dtype=np.uint64)
 
         def draw(streams: np.ndarray, elements: np.ndarray, attempt: int) -> np.ndarray:
@@ -44,3 +49,12 @@ def sample_latents(seed: int, start: int, count: int, dim: int, truncation: floa
                 rows, columns = outside
                 latents[rows, columns] = draw(stream[rows], element[columns], attempt)
     return latents.astype(np.float32)
+
+
+def sample_uniforms(seed: int, start: int, count: int, dim: int, draw: int) -> np.ndarray:
+    """Uniforms in (0, 1] of samples start..start+count-1 of `seed`, the `draw`-th set of `dim` of them
+    (draw 0, 1, 2, ...: e.g. the steps of a Gibbs chain); value j a pure function of (seed, i, draw, j),
+    drawn from streams apart from sample_latents' ones."""
+    with np.errstate(over="ignore"):
+        streams = _mix(_streams(seed, start, count) ^ _mix(np.uint64(draw) * _GOLDEN + np.uint64(1)))
+        return _uniform(_mix(streams[:, None] + np.arange(dim, dtype=np.uint64) * _GOLDEN)).astype(np.float32)

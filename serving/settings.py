@@ -54,7 +54,10 @@ class Settings(BaseSettings):
     gallery: Literal["mnist-test", "none"] = Field("mnist-test", description="what a new, empty index starts with")
     max_batch_images: int = Field(256, ge=1, description="images in one Encode, AddItems or Generate request, or stream chunk")
     max_stream_images: int = Field(10_000_000, ge=1, description="images in one GenerateStream job")
-    max_pixel_sampling_images: int = Field(64, ge=1, description="images one Generate call (or one stream chunk) samples pixel by pixel: 784 graph runs")
+    max_sequential_sampling_images: int = Field(
+        64, ge=1, description="images one Generate call (or one stream chunk) samples by a loop of graph runs: pixel by pixel (784 runs) or by a Gibbs chain"
+    )
+    gibbs_steps: int = Field(1000, ge=1, le=100_000, description="steps of an RBM's Gibbs chain, from the latent's start to a sample")
     default_chunk_images: int = Field(256, ge=1, description="images per GenerateStream message when the request sets none")
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="gRPC send and receive limit")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="width x height of one encoded image")

@@ -21,7 +21,8 @@ Optimiser: SGD with momentum and weight decay on the weights (not the biases), a
 Hinton & Salakhutdinov's code: momentum 0.5 for a layer's first `initial_momentum_epochs` epochs, then 0.9.
 Persistent CD wants a smaller rate than CD-k (its chains must keep up with the weights): try 0.01.
 
-The served graph "gibbs" is one step of the RBM's Gibbs chain, driven by the client's uniforms.
+The served graph "gibbs" is one step of the RBM's Gibbs chain: the hidden states drawn by the caller's
+uniforms, the next image's pixel probabilities; the caller draws the pixels (serving/generation.py).
 """
 import math
 
@@ -29,7 +30,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from latentserve.contract import ENCODE, GENERATE, HEIGHT, IMAGE_SPEC, WIDTH, TensorSpec, binary_code_spec, code_spec
+from latentserve.contract import (
+    ENCODE, GENERATE, HEIGHT, IMAGE_SPEC, NEXT_PROBABILITIES_SPEC, WIDTH, binary_code_spec, code_spec, hidden_uniforms_spec,
+)
 from latentserve.datasets import Mnist
 from training.base import ExportGraph, Graph, TrainConfig
 from training.evaluation import encoder_retrieval
@@ -38,18 +41,6 @@ PIXELS = HEIGHT * WIDTH
 MNIST_TRAIN_IMAGES = 50_000  # an epoch's length until initialise() sees the training set
 AIS_BETAS = (500, 4000, 10_000)  # Salakhutdinov & Murray: betas spaced evenly over [0, .5], [.5, .9], [.9, 1]
 PREVIEW_GIBBS_STEPS = 1000
-
-# the "gibbs" graph: one step of the chain, the state an image of 0/1 pixels
-HIDDEN_UNIFORMS, VISIBLE_UNIFORMS = "hidden_uniforms", "visible_uniforms"
-NEXT_IMAGE, NEXT_PROBABILITIES = "next_image", "next_probabilities"
-VISIBLE_UNIFORMS_SPEC = TensorSpec(VISIBLE_UNIFORMS, "float32", (1, HEIGHT, WIDTH))
-NEXT_IMAGE_SPEC = TensorSpec(NEXT_IMAGE, "float32", (1, HEIGHT, WIDTH))  # 0/1
-NEXT_PROBABILITIES_SPEC = TensorSpec(NEXT_PROBABILITIES, "float32", (1, HEIGHT, WIDTH))
-
-
-def hidden_uniforms_spec(hidden: int) -> TensorSpec:
-    return TensorSpec(HIDDEN_UNIFORMS, "float32", (hidden,))
-
 
 class RBMLayer(nn.Module):
     """One RBM on flat visible vectors (N, visible)."""
@@ -315,8 +306,8 @@ class RBM(RBMLayer):
         return {
             "gibbs": Graph(
                 module=ExportGraph(self, _gibbs),
-                inputs=(IMAGE_SPEC, hidden_uniforms_spec(self.config.hidden), VISIBLE_UNIFORMS_SPEC),
-                outputs=(NEXT_IMAGE_SPEC, NEXT_PROBABILITIES_SPEC),
+                inputs=(IMAGE_SPEC, hidden_uniforms_spec(self.config.hidden)),
+                outputs=(NEXT_PROBABILITIES_SPEC,),
                 capability=GENERATE,
             )
         }
@@ -340,10 +331,9 @@ class RBM(RBMLayer):
         }
 
 
-def _gibbs(model: RBM, image: torch.Tensor, hidden_uniforms: torch.Tensor, visible_uniforms: torch.Tensor):
-    """The gibbs graph: the next 0/1 image of the chain and its pixels' probabilities."""
-    v, p = model.gibbs_step(image.flatten(1), hidden_uniforms, visible_uniforms.flatten(1))
-    return v.view_as(image), p.view_as(image)
+def _gibbs(model: RBM, image: torch.Tensor, hidden_uniforms: torch.Tensor) -> tuple[torch.Tensor]:
+    """The gibbs graph: p(v' | h), h drawn from p(h | image) by the uniforms."""
+    return (model.visible_probabilities(model.sample_hidden(image.flatten(1), hidden_uniforms)).view_as(image),)
 
 
 # ---- deep belief networks ----

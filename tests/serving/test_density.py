@@ -38,7 +38,7 @@ def repository_root(tmp_path_factory, small_mnist):
 def gateway(tmp_path_factory, repository_root):
     running = RunningGateway(
         model_repository=repository_root, data_dir=tmp_path_factory.mktemp("data"), gallery="none", max_batch_images=64,
-        max_pixel_sampling_images=3,
+        max_sequential_sampling_images=3,
     ).start()
     yield running
     running.stop()
