@@ -2,7 +2,7 @@
 from training.autoencoder import ConvAutoencoder
 from training.classifier import LeNet
 from training.conv_vae import ConvVAE
-from training.deep_autoencoder import DeepAutoencoder
+from training.deep_autoencoder import BinaryAutoencoder, DeepAutoencoder, SparseAutoencoder
 from training.gan import ACGAN, DCGAN, WGANGP
 from training.kingma import M1, M1M2, M2
 from training.pixelcnn import PixelCNN
@@ -19,6 +19,7 @@ MODELS = {
     "pix2pix": Pix2Pix, "cyclegan": CycleGAN,
     "pixelcnn": PixelCNN,
     "rbm": RBM, "dbn": DBN, "deep_autoencoder": DeepAutoencoder,
+    "binary_autoencoder": BinaryAutoencoder, "sparse_autoencoder": SparseAutoencoder,
 }
 
 

@@ -1,10 +1,12 @@
-"""The deep autoencoder: pretraining phases, unrolling, fine-tuning, random initialisation, PCA baseline."""
+"""The deep autoencoder: pretraining phases, unrolling, fine-tuning, random initialisation, PCA baseline;
+its binary (code noise) and sparse variants."""
 import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from training.deep_autoencoder import DeepAutoencoder, pca_squared_error
+from training.deep_autoencoder import BinaryAutoencoder, DeepAutoencoder, SparseAutoencoder, pca_squared_error
 
 SMALL = {"hidden": [16, 8, 4], "pretrain_epochs_per_layer": 1, "batch_size": 16}
 
@@ -71,7 +73,7 @@ def test_without_pretraining_fine_tuning_starts_from_a_random_initialisation(ima
     assert not torch.allclose(last.weight, first.T)
     before = first.clone()
     terms = model.train_step(images[:16], None, model.optimizers())
-    assert not torch.equal(before, model.encoder[0].weight) and set(terms) == {"loss"}
+    assert not torch.equal(before, model.encoder[0].weight) and set(terms) == {"loss", "reconstruction"}
 
 
 def test_the_binary_code_is_the_code_above_its_training_mean(images):
@@ -109,3 +111,39 @@ def test_pca_error_is_the_discarded_variance():
     assert pca_squared_error(train, test, 1) == pytest.approx((off_u + off_w) / 2)
     assert pca_squared_error(train, test, 2) == pytest.approx(off_w / 2)
     assert pca_squared_error(train, test, 3) == pytest.approx(0, abs=1e-12)
+
+
+def test_code_noise_goes_into_the_logistic_code_units_while_training(images):
+    torch.manual_seed(0)
+    model = BinaryAutoencoder(BinaryAutoencoder.Config(hidden=[16, 8], code_noise=4.0))
+    assert not hasattr(model, "dbn")
+    x = images[:16]
+    with torch.no_grad():
+        torch.manual_seed(1)
+        code_input = model.encoder(x.flatten(1))
+        noisy_code = torch.sigmoid(code_input + 4.0 * torch.randn_like(code_input))
+        want = F.binary_cross_entropy_with_logits(model.decoder(noisy_code), x.flatten(1), reduction="sum").item() / 16
+    torch.manual_seed(1)
+    terms = model.train_step(x, None, model.optimizers())
+    assert terms["reconstruction"] == pytest.approx(want, rel=1e-5) and terms["loss"] == terms["reconstruction"]
+    model.eval()
+    with torch.no_grad():
+        code, bits = model.graphs()["encoder"].module(images)
+    assert 0 < code.min() and code.max() < 1  # served without noise
+    assert torch.equal(bits, (code > 0.5).to(torch.uint8))
+
+
+def test_the_sparsity_penalty_is_the_kl_to_the_target_and_lowers_the_mean_activation(images):
+    torch.manual_seed(0)
+    model = SparseAutoencoder(SparseAutoencoder.Config(hidden=[16, 8], sparsity=5.0, sparsity_target=0.05))
+    optimizers = model.optimizers()
+    with torch.no_grad():
+        mean = model.encode(images[:16]).mean(0)
+    kl = (0.05 * torch.log(0.05 / mean) + 0.95 * torch.log(0.95 / (1 - mean))).sum().item()
+    terms = model.train_step(images[:16], None, optimizers)
+    assert terms["sparsity"] == pytest.approx(5.0 * kl, rel=1e-5)
+    assert terms["loss"] == pytest.approx(terms["reconstruction"] + terms["sparsity"], rel=1e-6)
+    for _ in range(30):
+        model.train_step(images[:16], None, optimizers)
+    with torch.no_grad():
+        assert model.encode(images[:16]).mean() < mean.mean() - 0.1
