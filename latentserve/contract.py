@@ -24,6 +24,7 @@ LOG_LIKELIHOOD, PIXEL_LOGITS = "log_likelihood", "pixel_logits"  # density: floa
 HIDDEN_UNIFORMS, NEXT_PROBABILITIES = "hidden_uniforms", "next_probabilities"
 
 HEIGHT = WIDTH = 28
+PIXELS = HEIGHT * WIDTH
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from latentserve.contract import PIXELS
+
 BINARY_THRESHOLD = 0.5  # the gateway scores images binarised at this grey level
 NATS_PER_BIT = math.log(2)
 CONTEXTS = 16  # 2**4 neighbour patterns
@@ -49,6 +51,11 @@ def _complexity_bits(binary: np.ndarray) -> np.ndarray:
     seen, ones = counts & ((1 << COUNT_BITS) - 1), counts >> COUNT_BITS
     p_one = (ones + 0.5) / (seen + 1.0)
     return -np.log2(np.where(pixels == 1, p_one, 1 - p_one)).sum(1)
+
+
+def bits_per_dim(log_likelihood_nats: np.ndarray | float) -> np.ndarray | float:
+    """-log2 p(x) per pixel, from log p(x) in nats."""
+    return -log_likelihood_nats / NATS_PER_BIT / PIXELS
 
 
 def ood_scores(log_likelihood_nats: np.ndarray, complexity: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from latentserve.contract import DENSITY, IMAGE, LOG_LIKELIHOOD
-from latentserve.density import NATS_PER_BIT, binarise, complexity_bits, ood_scores
+from latentserve.density import binarise, bits_per_dim, complexity_bits, ood_scores
 from latentserve.v1 import common_pb2, density_pb2, density_pb2_grpc
 from serving.capability import Capability, decode_images
 from serving.errors import Unavailable
@@ -25,7 +25,7 @@ class Scored:
 
     @property
     def bits_per_dim(self) -> np.ndarray:
-        return -self.log_likelihoods / NATS_PER_BIT / 784
+        return bits_per_dim(self.log_likelihoods)
 
     @property
     def flags(self) -> np.ndarray:

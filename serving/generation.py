@@ -24,7 +24,7 @@ from prometheus_client import Counter
 from scipy.special import expit, ndtr
 
 from latentserve.contract import (
-    DENSITY, GENERATE, HIDDEN_UNIFORMS, IMAGE, IMAGE_SPEC, LABEL, LATENT, NEXT_PROBABILITIES, PIXEL_LOGITS,
+    DENSITY, GENERATE, HIDDEN_UNIFORMS, IMAGE, IMAGE_SPEC, LABEL, LATENT, NEXT_PROBABILITIES, PIXEL_LOGITS, PIXELS,
 )
 from latentserve.latents import sample_latents, sample_uniforms
 from latentserve.repository import Entry
@@ -36,9 +36,6 @@ from serving.errors import InvalidArgument, ResourceExhausted
 TRUNCATION_RANGE = (0.05, 4.0)  # below: mostly redraws; above: the same as no truncation
 INDEX_LIMIT = 2**63  # sample indices are int64
 GENERATED = Counter("latentserve_generated_images_total", "images generated", ["model"])
-
-
-PIXELS = math.prod(IMAGE_SPEC.dims)
 
 
 class Sampler(Enum):

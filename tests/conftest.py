@@ -1,5 +1,6 @@
 import asyncio
 import logging
+import shutil
 import threading
 import time
 from dataclasses import replace
@@ -7,10 +8,12 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import onnxruntime
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from latentserve import repository
 from latentserve.v1 import common_pb2
 from latentserve.datasets import Mnist, Split, load_mnist
 from serving.server import Server
@@ -71,6 +74,26 @@ def small_mnist(mnist) -> Mnist:
         train=Split(mnist.train.images[:512], mnist.train.labels[:512]),
         valid=Split(mnist.valid.images[:256], mnist.valid.labels[:256]),
     )
+
+
+def repository_with(root: Path, run_dir: Path, data: Mnist, model: str, config: dict, shipped: tuple[str, ...]) -> Path:
+    """A model repository at `root`: `model` trained here with `config` and exported, beside copies of
+    the `shipped` entries (what the gateway needs to open: the index's encoder, at least)."""
+    from export.exporter import export_checkpoint  # torch: only the tests that train import it
+    from training.train import train
+
+    export_checkpoint(train(model, run_dir, data, config, threads=1), root, data)
+    for name in shipped:
+        shutil.copytree(MODEL_REPOSITORY / name, root / name)
+    return root
+
+
+def onnx_session(entry: repository.Entry) -> onnxruntime.InferenceSession:
+    """The newest version of `entry`'s ONNX graph, on one thread like the gateway's tests."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    path = entry.version_path(entry.versions[0]) / repository.ONNX_FILE
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def tensor_batch(images: np.ndarray) -> common_pb2.Images:

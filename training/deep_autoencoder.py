@@ -28,12 +28,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from latentserve.contract import ENCODE, IMAGE_SPEC, binary_code_spec, code_spec
+from latentserve.contract import ENCODE, IMAGE_SPEC, PIXELS, binary_code_spec, code_spec
 from latentserve.datasets import Mnist
 from training.base import ExportGraph, Graph, optimizer_step
 from training.evaluation import encoder_retrieval
 from training.retrieval import pca_projection
-from training.rbm import DBN, PIXELS, SGDConfig
+from training.rbm import DBN, SGDConfig
 
 CODE_MEAN_MOMENTUM = 0.01
 SHARED_WITH_PRETRAINING = {"batch_size", "momentum", "initial_momentum", "initial_momentum_epochs", "weight_decay", "cd_steps", "seed"}

@@ -25,13 +25,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from latentserve.contract import PIXELS
 from latentserve.datasets import CLASSES, Mnist
 from training.base import Graph, LossModel, Losses
 from training.evaluation import error_rate, evaluate_classifier
 from training.semi_supervised import SemiSupervisedConfig, classifier_graph
 from training.vae import VAE, VAEConfig
 
-PIXELS = 784
 ACTIVE_UNIT_SD = 0.1
 
 

@@ -12,7 +12,6 @@ is shifted down a row), and a horizontal stack whose features at (r, c) see row 
 output is shifted right a pixel) plus the vertical stack at (r, c). The two stacks together have no
 blind spot.
 """
-import math
 
 import numpy as np
 import torch
@@ -21,10 +20,9 @@ from torch.nn import functional as F
 
 from latentserve.contract import DENSITY, IMAGE_SPEC, LOG_LIKELIHOOD_SPEC, PIXEL_LOGITS_SPEC
 from latentserve.datasets import Mnist
-from latentserve.density import binarise, complexity_bits, ood_scores
+from latentserve.density import binarise, bits_per_dim, complexity_bits, ood_scores
 from training.base import ExportGraph, Graph, LossModel, Losses, TrainConfig
 
-NATS_TO_BITS_PER_DIM = 1 / (math.log(2) * 784)
 OOD_PERCENTILE = 99  # of validation images' scores: the flag's threshold
 
 
@@ -154,7 +152,7 @@ class PixelCNN(LossModel):
         scores = ood_scores(self.log_likelihoods(valid), complexity_bits(valid))
         return {
             "test_nll_nats": nll,
-            "test_bits_per_dim": nll * NATS_TO_BITS_PER_DIM,
+            "test_bits_per_dim": bits_per_dim(-nll),
             "test_nll_nats_thresholded": thresholded_nll,
             "ood_threshold": float(np.percentile(scores, OOD_PERCENTILE)),
         }

@@ -31,13 +31,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from latentserve.contract import (
-    ENCODE, GENERATE, HEIGHT, IMAGE_SPEC, NEXT_PROBABILITIES_SPEC, WIDTH, binary_code_spec, code_spec, hidden_uniforms_spec,
+    ENCODE, GENERATE, HEIGHT, IMAGE_SPEC, NEXT_PROBABILITIES_SPEC, PIXELS, WIDTH, binary_code_spec, code_spec, hidden_uniforms_spec,
 )
 from latentserve.datasets import Mnist
 from training.base import ExportGraph, Graph, TrainConfig
 from training.evaluation import encoder_retrieval
 
-PIXELS = HEIGHT * WIDTH
 MNIST_TRAIN_IMAGES = 50_000  # an epoch's length until initialise() sees the training set
 AIS_BETAS = (500, 4000, 10_000)  # Salakhutdinov & Murray: betas spaced evenly over [0, .5], [.5, .9], [.9, 1]
 PREVIEW_GIBBS_STEPS = 1000

@@ -5,7 +5,6 @@ import shutil
 
 import grpc
 import numpy as np
-import onnxruntime
 import pytest
 from scipy.special import expit, ndtr
 
@@ -16,9 +15,7 @@ from latentserve.v1 import (
     classifier_pb2, classifier_pb2_grpc, common_pb2, density_pb2, density_pb2_grpc, generator_pb2, generator_pb2_grpc,
     translator_pb2, translator_pb2_grpc,
 )
-from export.exporter import export_checkpoint
-from tests.conftest import MODEL_REPOSITORY, RunningGateway, assert_refused, tensor_batch
-from training.train import train
+from tests.conftest import MODEL_REPOSITORY, RunningGateway, assert_refused, onnx_session, repository_with, tensor_batch
 
 TINY = {"channels": 4, "layers": 1, "first_kernel": 3, "epochs": 1, "batch_size": 128}
 COPIED = ("fixmatch_classifier", "pix2pix_edges2digit", "autoencoder_encoder")  # what check_distribution rides on; the index model
@@ -26,12 +23,7 @@ COPIED = ("fixmatch_classifier", "pix2pix_edges2digit", "autoencoder_encoder")  
 
 @pytest.fixture(scope="module")
 def repository_root(tmp_path_factory, small_mnist):
-    root = tmp_path_factory.mktemp("repository")
-    checkpoint = train("pixelcnn", tmp_path_factory.mktemp("run"), small_mnist, TINY, threads=1)
-    export_checkpoint(checkpoint, root, small_mnist)
-    for name in COPIED:
-        shutil.copytree(MODEL_REPOSITORY / name, root / name)
-    return root
+    return repository_with(tmp_path_factory.mktemp("repository"), tmp_path_factory.mktemp("run"), small_mnist, "pixelcnn", TINY, COPIED)
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +49,7 @@ def entry(repository_root):
 
 @pytest.fixture(scope="module")
 def session(entry):
-    path = entry.version_path(entry.versions[0]) / repository.ONNX_FILE
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnx_session(entry)
 
 
 def test_score_is_the_graphs_likelihood_of_the_binarised_images_and_the_corrected_score(channel, session, entry, mnist):

@@ -1,18 +1,13 @@
 """Sampling an RBM by a Gibbs chain through Generator, end to end over real gRPC on loopback, with a tiny
 RBM trained and exported here (the shipped one's quality: tests/test_shipped_models.py)."""
-import shutil
-
 import grpc
 import numpy as np
-import onnxruntime
 import pytest
 
 from latentserve import repository
 from latentserve.latents import sample_latents, sample_uniforms
 from latentserve.v1 import common_pb2, generator_pb2, generator_pb2_grpc
-from export.exporter import export_checkpoint
-from tests.conftest import MODEL_REPOSITORY, RunningGateway, assert_refused, tensor_batch
-from training.train import train
+from tests.conftest import RunningGateway, assert_refused, onnx_session, repository_with, tensor_batch
 
 HIDDEN, STEPS = 16, 4
 TINY = {"hidden": HIDDEN, "epochs": 5, "batch_size": 32, "learning_rate": 0.5, "ais_runs": 10, "ais_betas": (10, 50, 100)}
@@ -21,10 +16,7 @@ RBM = common_pb2.ModelRef(name="rbm")
 
 @pytest.fixture(scope="module")
 def repository_root(tmp_path_factory, small_mnist):
-    root = tmp_path_factory.mktemp("repository")
-    export_checkpoint(train("rbm", tmp_path_factory.mktemp("run"), small_mnist, TINY, threads=1), root, small_mnist)
-    shutil.copytree(MODEL_REPOSITORY / "autoencoder_encoder", root / "autoencoder_encoder")  # the index's encoder
-    return root
+    return repository_with(tmp_path_factory.mktemp("repository"), tmp_path_factory.mktemp("run"), small_mnist, "rbm", TINY, ("autoencoder_encoder",))
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +32,7 @@ def stub(tmp_path_factory, repository_root):
 
 @pytest.fixture(scope="module")
 def session(repository_root):
-    entry = repository.read_repository(repository_root)["rbm_gibbs"]
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    path = entry.version_path(entry.versions[0]) / repository.ONNX_FILE
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnx_session(repository.read_repository(repository_root)["rbm_gibbs"])
 
 
 def _images(response) -> np.ndarray:
