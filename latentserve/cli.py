@@ -363,6 +363,10 @@ def cmd_eval(args) -> None:
         from benchmarks.reconstruction import main as evaluate
 
         evaluate(args.checkpoints)
+    elif args.what == "rbm":
+        from benchmarks.rbm_likelihood import main as evaluate
+
+        evaluate(args.checkpoints)
     elif args.what == "propagation":
         from benchmarks.semi_supervised import propagation
 
@@ -388,6 +392,7 @@ BENCHES = {
     "density": ("benchmarks.gateway", "main_density", ("duration",)),
     "clustering": ("benchmarks.clustering", "main", ()),
     "generation": ("benchmarks.generation_stream", "main", ("duration",)),
+    "sampling": ("benchmarks.sequential_sampling", "main", ()),
     "triton": ("benchmarks.triton", "main", ("duration",)),
     "security": ("benchmarks.security", "main", ("duration",)),
     "overload": ("benchmarks.overload", "main", ("duration",)),
@@ -484,12 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     evaluate = verbs.add_parser("eval", help="measure the shipped models' quality (docs/benchmarks.md)")
-    evaluate.add_argument("what", choices=["generation", "propagation", "classification", "translation", "density", "reconstruction"], help="what to measure")
+    evaluate.add_argument("what", choices=["generation", "propagation", "classification", "translation", "density", "reconstruction", "rbm"], help="what to measure")
     evaluate.add_argument("--models", nargs="+", default=["conv_vae", "dcgan", "wgan_gp", "acgan"], help="generation: which generators")
     evaluate.add_argument("--samples", type=int, default=10_000, help="generation: samples per model")
     evaluate.add_argument("--seeds", type=int, default=3, help="propagation: data seeds 0..N-1")
     evaluate.add_argument("--neighbours", type=int, default=10, help="propagation: k of the kNN graph")
-    evaluate.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="classification, translation, reconstruction: trained runs to score")
+    evaluate.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="classification, translation, reconstruction, rbm: trained runs to score")
     evaluate.add_argument("--grids", type=Path, help="translation: write each shipped translator's sample grid here")
     evaluate.add_argument("--repository", type=Path, default=Path("model_repository"), help="the model repository to measure")
     evaluate.set_defaults(func=cmd_eval)
