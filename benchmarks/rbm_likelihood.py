@@ -24,5 +24,9 @@ def main(checkpoints: list[Path]) -> None:
         m = model.evaluate(data)
         training = f"PCD ({config.batch_size} chains)" if config.persistent else f"CD-{config.cd_steps}"
         print(f"| {path} | {config.hidden} | {training}, SGD {config.learning_rate} | {checkpoint['epoch']} | "
-              f"{m['log_partition']:.2f} ({m['log_partition_low']:.2f} to {m['log_partition_high']:.2f}) | "
-              f"{m['test_log_likelihood']:.2f} ({m['test_log_likelihood_low']:.2f} to {m['test_log_likelihood_high']:.2f}) |", flush=True)
+              f"{m['log_partition']:.2f} ({_end(m['log_partition_low'])} to {_end(m['log_partition_high'])}) | "
+              f"{m['test_log_likelihood']:.2f} ({_end(m['test_log_likelihood_low'])} to {_end(m['test_log_likelihood_high'])}) |", flush=True)
+
+
+def _end(value: float | None) -> str:
+    return "unbounded" if value is None else f"{value:.2f}"

@@ -86,7 +86,7 @@ def export_checkpoint(checkpoint_path: Path, repository_root: Path, data: Mnist)
                 "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "files": repository.checksums(staging),  # a version whose files differ is not served
             }
-            (staging / repository.CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+            (staging / repository.CARD_FILE).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")  # strict JSON
             _write_atomically(entry_path / repository.CONFIG_FILE, _config_text(entry_name, checkpoint["model"], graph_name, graph, native=False))
             _write_atomically(entry_path / repository.NATIVE_CONFIG_FILE, _config_text(entry_name, checkpoint["model"], graph_name, graph, native=True))
             os.chmod(staging, 0o755)

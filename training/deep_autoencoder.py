@@ -60,7 +60,7 @@ class BinaryAutoencoderConfig(DeepAutoencoderConfig):
     epochs: int = 40
     hidden: list[int] = [1000, 500, 250, 256]
     pretrained: bool = False
-    code_noise: float = 4.0  # semantic hashing's N(0, 16)
+    code_noise: float = 4.0
 
 
 class SparseAutoencoderConfig(DeepAutoencoderConfig):

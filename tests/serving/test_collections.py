@@ -451,3 +451,11 @@ def test_a_collection_can_use_the_deep_autoencoders_codes(stub, mnist):
     stub.AddItems(search_pb2.AddItemsRequest(collection="deep", items=[item(i, mnist) for i in range(60)]))
     hits = stub.Search(search_pb2.SearchRequest(collection="deep", id="item-0", k=5)).hits
     assert len(hits) == 5 and sum(hit.label == mnist.test.labels[0] for hit in hits) >= 3
+
+
+def test_a_collection_can_search_the_binary_autoencoders_256_bit_codes_by_hamming_distance(stub, mnist):
+    created = stub.CreateCollection(search_pb2.CreateCollectionRequest(name="bits", model=common_pb2.ModelRef(name="binary_autoencoder")))
+    assert created.model.name == "binary_autoencoder" and created.num_bits == 256
+    stub.AddItems(search_pb2.AddItemsRequest(collection="bits", items=[item(i, mnist) for i in range(60)]))
+    hits = stub.Search(search_pb2.SearchRequest(collection="bits", id="item-0", k=5, space=search_pb2.SPACE_HASH)).hits
+    assert len(hits) == 5 and sum(hit.label == mnist.test.labels[0] for hit in hits) >= 3
