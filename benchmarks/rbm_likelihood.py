@@ -4,24 +4,18 @@ the 3-sigma interval of log Z carried over, beside Salakhutdinov & Murray's figu
 card holds the same figures, computed the same way at export."""
 from pathlib import Path
 
-from latentserve.datasets import load_mnist
-from training.train import load_checkpoint, load_model
+from benchmarks.runs import evaluated_runs
 
 PUBLISHED = "Salakhutdinov & Murray 2008 (ICML), MNIST, 500 hidden units trained by CD-25: -86.34 nats (AIS)"
 
 
 def main(checkpoints: list[Path]) -> None:
-    if not checkpoints:
-        raise SystemExit("name the rbm runs to measure (--checkpoints runs/rbm/checkpoint.pt ...)")
-    data = load_mnist()
+    runs = evaluated_runs(checkpoints, "rbm")
     print(f"{PUBLISHED}\n")
     print("| run | hidden | training | epochs | log Z (3-sigma) | test log-likelihood, nats (3-sigma) |")
     print("|---|---|---|---|---|---|")
-    for path in checkpoints:
-        checkpoint = load_checkpoint(path)
-        model = load_model(checkpoint)
+    for path, checkpoint, model, m in runs:
         config = model.config
-        m = model.evaluate(data)
         training = f"PCD ({config.batch_size} chains)" if config.persistent else f"CD-{config.cd_steps}"
         print(f"| {path} | {config.hidden} | {training}, SGD {config.learning_rate} | {checkpoint['epoch']} | "
               f"{m['log_partition']:.2f} ({_end(m['log_partition_low'])} to {_end(m['log_partition_high'])}) | "

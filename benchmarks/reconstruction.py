@@ -6,23 +6,17 @@ The runs are measured in PyTorch (the served graph is the encoder alone); a ship
 the same figures, computed the same way at export."""
 from pathlib import Path
 
-from latentserve.datasets import load_mnist
-from training.train import load_checkpoint, load_model
+from benchmarks.runs import evaluated_runs
 
 PUBLISHED = "Hinton & Salakhutdinov 2006, MNIST: autoencoder 3.00, logistic PCA 8.01, PCA 13.87"
 
 
 def main(checkpoints: list[Path]) -> None:
-    if not checkpoints:
-        raise SystemExit("name the deep_autoencoder runs to measure (--checkpoints runs/deep_autoencoder/checkpoint.pt ...)")
-    data = load_mnist()
+    runs = evaluated_runs(checkpoints, "deep_autoencoder")
     print(f"{PUBLISHED}\n")
     print("| run | code | within 0.1 of 0 or 1 | pretrained | epochs (pretraining + fine-tuning) | squared error / test image | PCA, same components | PCA / autoencoder | retrieval mAP (code) | (bits) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for path in checkpoints:
-        checkpoint = load_checkpoint(path)
-        model = load_model(checkpoint)
-        metrics = model.evaluate(data)
+    for path, checkpoint, model, metrics in runs:
         config = model.config
         pretraining = len(config.hidden) * config.pretrain_epochs_per_layer if config.pretrained else 0
         saturated = f"{metrics['code_saturated']:.1%}" if "code_saturated" in metrics else "-"

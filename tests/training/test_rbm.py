@@ -171,3 +171,20 @@ def test_reconstruction_error_is_squared_error_per_image():
         hidden = torch.sigmoid(v @ rbm.weight + rbm.hidden_bias)
         expected = (v - torch.sigmoid(hidden @ rbm.weight.T + rbm.visible_bias)).square().sum(1)
     assert reconstruction_error(rbm, v) == pytest.approx(expected.mean().item())
+
+
+def test_eval_rbm_prints_each_runs_figures_as_its_model_evaluates_them(tmp_path, small_mnist, mnist, capsys):
+    from benchmarks import rbm_likelihood
+
+    config = {"hidden": 8, "epochs": 1, "cd_steps": 1, "ais_runs": 10, "ais_betas": (20, 40, 80)}
+    path = train("rbm", tmp_path, small_mnist, config, threads=1)
+    capsys.readouterr()
+    rbm_likelihood.main([path])
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {path} ")]
+    model = RBM(RBM.Config(**config)).eval()
+    model.load_state_dict(load_checkpoint(path)["state_dict"])
+    want = model.evaluate(mnist)
+    assert f"| {want['log_partition']:.2f} (" in row and f"| {want['test_log_likelihood']:.2f} (" in row
+    assert "| CD-1, SGD 0.05 | 1 |" in row
+    with pytest.raises(SystemExit):
+        rbm_likelihood.main([])
