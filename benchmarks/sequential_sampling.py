@@ -20,7 +20,7 @@ from latentserve.datasets import load_mnist
 from latentserve.repository import read_repository
 from latentserve.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
-SAMPLES = {"pixelcnn": 128, "rbm": 1024}  # the PixelCNN takes 784 graph runs a chunk
+SAMPLES = {"pixelcnn": 64, "rbm": 1024}  # the PixelCNN takes 784 graph runs a chunk: minutes
 CHUNK = 64  # the default max_sequential_sampling_images
 
 
