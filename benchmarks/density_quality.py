@@ -12,9 +12,7 @@ distribution, each set against them (AUROC, out-of-distribution as the positive 
 - printed digits: each TrueType font on this machine, each digit, framed as MNIST frames its digits
   (the glyph fitted into a 20x20 box, placed by its centre of mass in 28x28).
 Scores: the raw likelihood (-log p(x)), the complexity-corrected score that is served, and the same
-correction with PNG (Pillow, 1-bit) as the compressor, for comparison. With `background` (a PixelCNN
-checkpoint trained on perturbed inputs, `mutation_rate`), also Ren et al. 2019's likelihood ratio
--(log p(x) - log p_background(x)), the background model run in PyTorch.
+correction with PNG (Pillow, 1-bit) as the compressor, for comparison.
 """
 import io
 from pathlib import Path
@@ -87,52 +85,37 @@ def png_bits(binary: np.ndarray) -> np.ndarray:
     return np.asarray(sizes, np.float64)
 
 
-def scores(session: onnxruntime.InferenceSession, images: np.ndarray, background=None) -> dict[str, np.ndarray]:
+def scores(session: onnxruntime.InferenceSession, images: np.ndarray) -> dict[str, np.ndarray]:
     """Every score of grey `images` (n, 28, 28): higher is more out of distribution."""
     binary = binarise(images[:, None])
     log_likelihood = np.concatenate([
         session.run([LOG_LIKELIHOOD], {IMAGE: binary[i : i + BATCH]})[0][:, 0] for i in range(0, len(binary), BATCH)
     ])
-    result = {
+    return {
         "nll": -log_likelihood / NATS_PER_BIT,
         "served": ood_scores(log_likelihood, complexity_bits(binary)),
         "png": ood_scores(log_likelihood, png_bits(binary)),
     }
-    if background is not None:
-        import torch  # the background model is a checkpoint, not a served graph
-
-        with torch.no_grad():
-            background_ll = np.concatenate([background.log_likelihood(torch.from_numpy(binary[i : i + BATCH])).numpy()
-                                            for i in range(0, len(binary), BATCH)])
-        result["ratio"] = -(log_likelihood - background_ll) / NATS_PER_BIT
-    return result
 
 
-def main(repository_root: Path, background_checkpoint: Path | None = None) -> None:
+def main(repository_root: Path) -> None:
     entries = repository.read_repository(repository_root)
     entry = next(e for e in entries.values() if e.model == Settings().default_density_model and e.capability == DENSITY)
     version = entry.versions[0]
     card = entry.cards[version]
     session = onnxruntime.InferenceSession(str(entry.version_path(version) / repository.ONNX_FILE), providers=["CPUExecutionProvider"])
-    background = None
-    if background_checkpoint is not None:
-        from training.train import load_checkpoint, load_model
-
-        background = load_model(load_checkpoint(background_checkpoint))
     test = load_mnist().test.images
-    inside = scores(session, test, background)
+    inside = scores(session, test)
     threshold = card["metrics"]["ood_threshold"]
     print(f"{entry.model} v{version}: test NLL {card['metrics']['test_nll_nats']:.2f} nats "
           f"({card['metrics']['test_bits_per_dim']:.4f} bits/dim) on a sampled binarisation; "
           f"{np.mean(inside['nll']) * NATS_PER_BIT:.2f} nats on the test images binarised at 0.5")
     print(f"threshold {threshold:.1f} bits: {np.mean(inside['served'] > threshold):.2%} of the MNIST test images flagged\n")
-    ratio = " AUROC, likelihood ratio |" if background is not None else ""
-    print(f"| set | images | AUROC, raw likelihood | AUROC, served score (context-model complexity) | AUROC, PNG complexity |{ratio} flagged at the threshold |")
-    print("|---|---|---|---|---|" + "---|" * (1 + bool(ratio)))
+    print("| set | images | AUROC, raw likelihood | AUROC, served score (context-model complexity) | AUROC, PNG complexity | flagged at the threshold |")
+    print("|---|---|---|---|---|---|")
     for name, images in out_of_distribution_sets(test).items():
-        outside = scores(session, images, background)
+        outside = scores(session, images)
         labels = np.r_[np.zeros(len(test)), np.ones(len(images))]
         auroc = {key: roc_auc_score(labels, np.r_[inside[key], outside[key]]) for key in inside}
-        ratio = f" {auroc['ratio']:.4f} |" if background is not None else ""
-        print(f"| {name} | {len(images)} | {auroc['nll']:.4f} | {auroc['served']:.4f} | {auroc['png']:.4f} |{ratio} "
+        print(f"| {name} | {len(images)} | {auroc['nll']:.4f} | {auroc['served']:.4f} | {auroc['png']:.4f} | "
               f"{np.mean(outside['served'] > threshold):.2%} |", flush=True)

@@ -358,7 +358,7 @@ def cmd_eval(args) -> None:
     elif args.what == "density":
         from benchmarks.density_quality import main as evaluate
 
-        evaluate(args.repository, args.background)
+        evaluate(args.repository)
     elif args.what == "reconstruction":
         from benchmarks.reconstruction import main as evaluate
 
@@ -495,7 +495,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seeds", type=int, default=3, help="propagation: data seeds 0..N-1")
     evaluate.add_argument("--neighbours", type=int, default=10, help="propagation: k of the kNN graph")
     evaluate.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="classification, translation, reconstruction, rbm: trained runs to score")
-    evaluate.add_argument("--background", type=Path, help="density: a background PixelCNN checkpoint (mutation_rate) for the likelihood ratio")
     evaluate.add_argument("--grids", type=Path, help="translation: write each shipped translator's sample grid here")
     evaluate.add_argument("--repository", type=Path, default=Path("model_repository"), help="the model repository to measure")
     evaluate.set_defaults(func=cmd_eval)
