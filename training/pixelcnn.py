@@ -34,7 +34,6 @@ class PixelCNNConfig(TrainConfig):
     kernel: int = 3  # width of the later blocks' convolutions (odd)
     first_kernel: int = 7
     learning_rate_decay: float = 0.9
-    mutation_rate: float = 0.0  # each binarised training pixel flipped with this probability: Ren et al. 2019's background model
 
 
 def _down(x: torch.Tensor) -> torch.Tensor:
@@ -97,10 +96,7 @@ class PixelCNN(LossModel):
         return _log_likelihood(self.logits(images), images)
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> Losses:
-        binary = torch.bernoulli(images)
-        if self.config.mutation_rate:
-            binary = torch.where(torch.rand_like(binary) < self.config.mutation_rate, 1 - binary, binary)
-        nll = -self.log_likelihood(binary).mean()
+        nll = -self.log_likelihood(torch.bernoulli(images)).mean()
         return Losses(nll, {"nll": nll.item()})
 
     @torch.no_grad()
