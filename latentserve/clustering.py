@@ -1,7 +1,7 @@
 """K-means over stored codes (FAISS's), and how well clusters agree with labels: purity and normalised
 mutual information (NMI, with the arithmetic-mean normalisation scikit-learn uses by default).
 `cluster_collection` runs it over a collection's items through the gateway (`latentserve index cluster`)."""
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -31,7 +31,7 @@ def kmeans(codes: np.ndarray, clusters: int, iterations: int = 25, seed: int = 0
 class ClusteredCollection:
     ids: list[str]
     clusters: Clusters
-    summary: dict = field(default_factory=dict)  # items, sizes, labelled_items; purity and nmi over the labelled ones
+    summary: dict  # items, sizes, labelled_items; purity and nmi over the labelled ones
 
 
 def cluster_collection(client, collection: str, clusters: int, filter: str = "", iterations: int = 25, seed: int = 0) -> ClusteredCollection:

@@ -156,9 +156,10 @@ class Generation(Capability):
         count = len(latents)
         images = (latents < 0).astype(np.float32).reshape(-1, *IMAGE_SPEC.dims)
         for step in range(self.settings.gibbs_steps):
+            if step:  # the pixels drawn from the last step's probabilities
+                images = (sample_uniforms(seed, start, count, PIXELS, 2 * step - 1).reshape(images.shape) < probabilities).astype(np.float32)
             feeds = {IMAGE: images, HIDDEN_UNIFORMS: sample_uniforms(seed, start, count, hidden, 2 * step)}
             probabilities = await self._run_graph(generator, feeds, NEXT_PROBABILITIES, deadline)
-            images = (sample_uniforms(seed, start, count, PIXELS, 2 * step + 1).reshape(images.shape) < probabilities).astype(np.float32)
         return probabilities
 
 

@@ -96,6 +96,20 @@ def onnx_session(entry: repository.Entry) -> onnxruntime.InferenceSession:
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def replay_gibbs_chain(session: onnxruntime.InferenceSession, latents: np.ndarray, seed: int, steps: int, hidden: int) -> np.ndarray:
+    """An RBM's Gibbs chains as the gateway runs them (serving/generation.py), replayed on a `gibbs` graph:
+    start where the latent is negative, then per step the graph on draws 2t, pixels from draws 2t + 1
+    of samples 0.. of `seed`. The last step's pixel probabilities, (n, 1, 28, 28)."""
+    from latentserve.latents import sample_uniforms
+
+    count = len(latents)
+    image = (latents < 0).astype(np.float32).reshape(count, 1, 28, 28)
+    for step in range(steps):
+        (probabilities,) = session.run(["next_probabilities"], {"image": image, "hidden_uniforms": sample_uniforms(seed, 0, count, hidden, 2 * step)})
+        image = (sample_uniforms(seed, 0, count, 784, 2 * step + 1).reshape(image.shape) < probabilities).astype(np.float32)
+    return probabilities
+
+
 def tensor_batch(images: np.ndarray) -> common_pb2.Images:
     """Images as one float32 tensor message (the fast path)."""
     images = np.ascontiguousarray(images, np.float32)

@@ -9,10 +9,10 @@ from benchmarks import density_quality
 from benchmarks.retrieval import encode_with_onnx
 from latentserve import repository
 from latentserve.datasets import BUNDLED_SHA256
-from latentserve.latents import sample_latents, sample_uniforms
+from latentserve.latents import sample_latents
 from latentserve.quality import FeatureNetwork, classifier_score, evaluate_entry, real_floor
 from serving.settings import Settings
-from tests.conftest import MODEL_REPOSITORY
+from tests.conftest import MODEL_REPOSITORY, onnx_session, replay_gibbs_chain
 from training import retrieval
 
 ENTRIES = repository.read_repository(MODEL_REPOSITORY)
@@ -113,14 +113,7 @@ def test_the_rbm_keeps_its_likelihood_and_its_gibbs_chains_draw_digits(mnist, fe
     metrics = entry.cards[entry.versions[0]]["metrics"]
     assert metrics["test_log_likelihood"] >= RBM_LOG_LIKELIHOOD_FLOOR
     assert metrics["test_log_likelihood"] - metrics["test_log_likelihood_low"] < 2  # log Z's upper 3-sigma end is close
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = onnxruntime.InferenceSession(str(entry.version_path(entry.versions[0]) / repository.ONNX_FILE), options, providers=["CPUExecutionProvider"])
-    image = (sample_latents(0, 0, 100, 784) < 0).astype(np.float32).reshape(100, 1, 28, 28)
-    for step in range(300):
-        feeds = {"image": image, "hidden_uniforms": sample_uniforms(0, 0, 100, 500, 2 * step)}
-        (probabilities,) = session.run(["next_probabilities"], feeds)
-        image = (sample_uniforms(0, 0, 100, 784, 2 * step + 1).reshape(image.shape) < probabilities).astype(np.float32)
+    probabilities = replay_gibbs_chain(onnx_session(entry), sample_latents(0, 0, 100, 784), seed=0, steps=300, hidden=500)
     assert classifier_score(features(probabilities)[0]) >= 4.0  # measured 4.87 (a GAN: 9 and more)
 
 

@@ -12,7 +12,6 @@ is shifted down a row), and a horizontal stack whose features at (r, c) see row 
 output is shifted right a pixel) plus the vertical stack at (r, c). The two stacks together have no
 blind spot.
 """
-
 import numpy as np
 import torch
 from torch import nn

@@ -19,7 +19,8 @@ units, trained by contrastive divergence; the partition function by annealed imp
 
 Optimiser: SGD with momentum and weight decay on the weights (not the biases), as in Hinton's guide and
 Hinton & Salakhutdinov's code: momentum 0.5 for a layer's first `initial_momentum_epochs` epochs, then 0.9.
-Persistent CD wants a smaller rate than CD-k (its chains must keep up with the weights): 0.05 diverged here, 0.01 learned slowly.
+Persistent CD wants a smaller rate than CD-k (its chains must keep up with the weights): 0.05 diverged
+here, 0.01 learned slowly.
 
 The served graph "gibbs" is one step of the RBM's Gibbs chain: the hidden states drawn by the caller's
 uniforms, the next image's pixel probabilities; the caller draws the pixels (serving/generation.py).

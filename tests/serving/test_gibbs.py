@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from latentserve import repository
-from latentserve.latents import sample_latents, sample_uniforms
+from latentserve.latents import sample_latents
 from latentserve.v1 import common_pb2, generator_pb2, generator_pb2_grpc
-from tests.conftest import RunningGateway, assert_refused, onnx_session, repository_with, tensor_batch
+from tests.conftest import RunningGateway, assert_refused, onnx_session, replay_gibbs_chain, repository_with, tensor_batch
 
 HIDDEN, STEPS = 16, 4
 TINY = {"hidden": HIDDEN, "cd_steps": 1, "epochs": 5, "batch_size": 32, "learning_rate": 0.5, "ais_runs": 10, "ais_betas": (10, 50, 100)}
@@ -40,15 +40,7 @@ def _images(response) -> np.ndarray:
 
 
 def _replay(session, latents: np.ndarray, seed: int) -> np.ndarray:
-    """The chain of samples 0.. of `seed`: start where the latent is negative, then per step the graph on
-    draws 2t and 2t + 1."""
-    count = len(latents)
-    image = (latents < 0).astype(np.float32).reshape(count, 1, 28, 28)
-    for step in range(STEPS):
-        feeds = {"image": image, "hidden_uniforms": sample_uniforms(seed, 0, count, HIDDEN, 2 * step)}
-        (probabilities,) = session.run(["next_probabilities"], feeds)
-        image = (sample_uniforms(seed, 0, count, 784, 2 * step + 1).reshape(image.shape) < probabilities).astype(np.float32)
-    return probabilities[:, 0]
+    return replay_gibbs_chain(session, latents, seed, STEPS, HIDDEN)[:, 0]
 
 
 def test_a_sample_is_the_chain_its_seed_and_index_draw_however_the_job_is_split(stub, session):
