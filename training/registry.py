@@ -8,6 +8,7 @@ from training.kingma import M1, M1M2, M2
 from training.pixelcnn import PixelCNN
 from training.rbm import DBN, RBM
 from training.self_training import EntropyMin, FixMatch, SelfTraining
+from training.ssgan import SSGAN
 from training.translation import CycleGAN, Pix2Pix
 from training.vae import VAE
 
@@ -15,7 +16,7 @@ MODELS = {
     "autoencoder": ConvAutoencoder, "vae": VAE, "lenet": LeNet,
     "conv_vae": ConvVAE, "dcgan": DCGAN, "wgan_gp": WGANGP, "acgan": ACGAN,
     "m1": M1, "m2": M2, "m1m2": M1M2,
-    "pseudo_label": SelfTraining, "entropy_min": EntropyMin, "fixmatch": FixMatch,
+    "pseudo_label": SelfTraining, "entropy_min": EntropyMin, "fixmatch": FixMatch, "ssgan": SSGAN,
     "pix2pix": Pix2Pix, "cyclegan": CycleGAN,
     "pixelcnn": PixelCNN,
     "rbm": RBM, "dbn": DBN, "deep_autoencoder": DeepAutoencoder,

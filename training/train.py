@@ -5,7 +5,10 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+import onnx
 import torch
+from onnx import numpy_helper
 from tqdm import tqdm
 
 from latentserve.datasets import Mnist
@@ -24,6 +27,40 @@ def load_model(checkpoint: dict) -> torch.nn.Module:
     model = build(checkpoint["model"], checkpoint["config"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
+
+
+def checkpoint_from_version(version_dir: Path, run_dir: Path) -> Path:
+    """Start `run_dir/checkpoint.pt` from an exported version, so a run lost with its machine resumes from what
+    was shipped: weights from the ONNX graph's initialisers (the exporter keeps parameter names under `model.`),
+    epochs and history from the card. The optimisers' moments start afresh; the rate schedule goes on by epoch."""
+    card = json.loads((version_dir / "card.json").read_text())
+    model = build(card["model"], card["config"])
+    weights = {
+        initializer.name.removeprefix("model."): torch.from_numpy(np.array(numpy_helper.to_array(initializer)))
+        for initializer in onnx.load(version_dir / "model.onnx").graph.initializer
+    }
+    missing = [key for key in model.state_dict() if key not in weights]
+    if missing:
+        raise ValueError(f"{version_dir}/model.onnx lacks {len(missing)} of {card['model']}'s parameters, e.g. {missing[0]}")
+    model.load_state_dict({key: weights[key] for key in model.state_dict()})
+    torch.manual_seed(card["config"]["seed"] + card["training"]["epochs"])
+    checkpoint = {
+        "model": card["model"],
+        "config": card["config"],
+        "state_dict": model.state_dict(),
+        "epoch": card["training"]["epochs"],
+        "step": card["training"]["steps"],
+        "history": card["training"]["history"],
+        "rng": torch.get_rng_state(),
+        "data_sha256": card["data"]["sha256"],
+        "data_source": card["data"]["source"],
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "checkpoint.pt"
+    if path.exists():
+        raise FileExistsError(f"{path} exists: resume it, or move it away to start from {version_dir}")
+    _save_atomically(path, checkpoint)
+    return path
 
 
 def train(name: str, run_dir: Path, data: Mnist, overrides: dict | None = None, threads: int = 2) -> Path:

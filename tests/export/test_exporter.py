@@ -8,7 +8,7 @@ import torch
 
 from export import exporter
 from latentserve import repository
-from training.train import load_checkpoint, load_model, train
+from training.train import checkpoint_from_version, load_checkpoint, load_model, train
 
 pytestmark = pytest.mark.slow  # every test exports ONNX and TorchScript graphs
 
@@ -85,6 +85,7 @@ def test_export_refuses_a_checkpoint_trained_on_other_data(tmp_path, checkpoint,
     ("m1", {"hidden": 32, "latent_dim": 4}),
     ("m2", {"hidden": 32, "latent_dim": 4}),
     ("fixmatch", {"batch_size": 128, "labelled_batch_size": 16}),
+    ("ssgan", {"batch_size": 128, "labelled_batch_size": 16, "discriminator_layers": (32, 16), "generator_layers": (32,)}),
 ])
 def test_semi_supervised_models_export_a_classifier_graph(tmp_path, small_mnist, name, config):
     run = train(name, tmp_path / "run", small_mnist, {**config, "epochs": 1, "labels_per_class": 2}, threads=1)
@@ -109,3 +110,24 @@ def test_a_generator_with_a_latent_code_exports_with_parity(tmp_path, small_mnis
     assert [(t.name, t.dims) for t in entry.inputs] == [("latent", (12,))]  # the code is read from the latent
     card = json.loads((version_dir / "card.json").read_text())
     assert max(card["parity"]["real"].values()) <= exporter.FLOAT_TOLERANCE
+
+
+def test_a_run_starts_again_from_an_exported_version(tmp_path, small_mnist):
+    config = {"channels": 4, "features": 16, "epochs": 1}
+    trained = load_checkpoint(train("lenet", tmp_path / "run", small_mnist, config, threads=1))
+    (version_dir,) = exporter.export_checkpoint(tmp_path / "run" / "checkpoint.pt", tmp_path / "repository", small_mnist)
+    started = load_checkpoint(checkpoint_from_version(version_dir, tmp_path / "again"))
+    assert (started["epoch"], started["step"], started["history"]) == (trained["epoch"], trained["step"], trained["history"])
+    assert started["state_dict"].keys() == trained["state_dict"].keys()
+    for key, value in trained["state_dict"].items():
+        torch.testing.assert_close(started["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    resumed = load_checkpoint(train("lenet", tmp_path / "again", small_mnist, {"epochs": 2}, threads=1))
+    assert [entry["epoch"] for entry in resumed["history"]] == [1, 2]
+    with pytest.raises(FileExistsError):  # never over a run's own checkpoint
+        checkpoint_from_version(version_dir, tmp_path / "again")
+
+
+def test_a_version_whose_graph_lacks_part_of_the_model_cannot_start_a_run(tmp_path, checkpoint, small_mnist):
+    (version_dir,) = exporter.export_checkpoint(checkpoint, tmp_path / "repository", small_mnist)
+    with pytest.raises(ValueError, match="lacks"):  # the encoder graph holds no decoder
+        checkpoint_from_version(version_dir, tmp_path / "again")

@@ -25,6 +25,7 @@ SMALL = {
     "pseudo_label": {"labelled_batch_size": 4},
     "entropy_min": {"labelled_batch_size": 4},
     "fixmatch": {"labelled_batch_size": 4},
+    "ssgan": {"labelled_batch_size": 4, "discriminator_layers": (16, 8), "generator_layers": (16,), "latent_dim": 8},
     "pix2pix": {"channels": 4},
     "cyclegan": {"channels": 4, "residual_blocks": 1},
     "pixelcnn": {"channels": 4, "layers": 1},
