@@ -1,20 +1,27 @@
-"""`latentserve eval generation`: the quality table of docs/benchmarks.md, measured on the shipped graphs.
+"""`latentserve eval generation`: the quality tables of docs/benchmarks.md, measured on the shipped graphs.
 
 Each generator's newest version in the repository runs in onnxruntime on the latents the gateway draws
 for seed 0 (samples 0..n-1); the LeNet feature network scores them against the 10k test images, beside
 the real-vs-real floor. The class-conditional model is also scored as truncation goes from none to 0.5.
+A second table measures diversity and realism apart (latentserve.diversity: MS-SSIM, SWD, nearest
+training images) without truncation; `--grids` saves each model's samples nearest to a training image, and
+`--update-cards` adds that table's figures to the cards of versions exported before the exporter wrote them.
 """
+import json
+import os
 from pathlib import Path
 
-from latentserve import quality
+from latentserve import diversity, quality
 from latentserve.contract import GENERATE as CAPABILITY
 from latentserve.datasets import load_mnist
-from latentserve.repository import read_repository
+from latentserve.grid import save_grid
+from latentserve.repository import CARD_FILE, read_card, read_repository
 
 TRUNCATIONS = (None, 1.0, 0.75, 0.5)
+NEAREST_PAIRS = 16
 
 
-def main(repository_root: Path, models: list[str], samples: int) -> None:
+def main(repository_root: Path, models: list[str], samples: int, grids: Path | None = None, update_cards: bool = False) -> None:
     data = load_mnist()
     features = quality.FeatureNetwork(repository_root)
     floor = quality.real_floor(data, features, samples)
@@ -24,10 +31,43 @@ def main(repository_root: Path, models: list[str], samples: int) -> None:
     print(f"| real: {samples} train vs 10k test images | | | {floor['fid']:.3f} | 1 | {floor['classifier_score']:.3f} | "
           f"{floor['class_accuracy']:.2%} | {floor['intra_class_diversity']:.3f} |")
     entries = {e.model: e for e in read_repository(repository_root).values() if e.capability == CAPABILITY}
+    samples_by_model = {}
     for model in models:
         entry = entries[model]
         for truncation in TRUNCATIONS if entry.classes else (None,):
-            m = quality.evaluate_entry(entry, data, features, truncation, samples)
+            images, labels = quality.generate(quality.entry_runner(entry), entry.latent_dim, entry.classes, truncation, samples)
+            if truncation is None:
+                samples_by_model[model] = images, labels
+            m = quality.score_samples(images, labels, data, features)
             conditional = f"{m['class_accuracy']:.2%} | {m['intra_class_diversity']:.3f}" if entry.classes else " | "
             print(f"| {model} | {entry.versions[0]} | {truncation or 'none'} | {m['fid']:.3f} | {m['fid'] / floor['fid']:.1f} | "
                   f"{m['classifier_score']:.3f} | {conditional} |", flush=True)
+
+    print(f"\nDiversity and realism apart: pair MS-SSIM ({diversity.PAIRS} pairs, within each class for a conditional "
+          f"model; lower is more varied), SWD x 1000 at 28/14/7 pixels to {samples} test images, the median pixel "
+          "distance to the nearest training image and the share of samples nearer than 99% of test images are\n")
+    print("| model | MS-SSIM | real MS-SSIM | SWD 28 / 14 / 7 | real SWD 28 / 14 / 7 | nearest training image, median | "
+          "real (test) | share nearer than real's 1st percentile |")
+    print("|---|---|---|---|---|---|---|---|")
+    for model, (images, labels) in samples_by_model.items():
+        m = diversity.sample_measures(images, labels, data)
+        real = diversity.real_measures(data, samples, labels is not None)
+        swd = " / ".join(f"{m[f'swd_{size}']:.1f}" for size in diversity.LEVEL_SIZES)
+        real_swd = " / ".join(f"{real[f'swd_{size}']:.1f}" for size in diversity.LEVEL_SIZES)
+        print(f"| {model} | {m['ms_ssim']:.3f} | {real['ms_ssim']:.3f} | {swd} | {real_swd} | {m['nearest_training_median']:.2f} | "
+              f"{m['nearest_training_median_real']:.2f} | {m['nearer_than_real_1st_percentile']:.2%} |", flush=True)
+        if grids:
+            grids.mkdir(parents=True, exist_ok=True)
+            pairs = diversity.closest_pairs(images, data.train.images, NEAREST_PAIRS)
+            save_grid(pairs, grids / f"nearest_{model}.png", columns=NEAREST_PAIRS)
+        if update_cards:
+            _add_to_card(entries[model].version_path(entries[model].versions[0]), m | {f"real_{k}": v for k, v in real.items()})
+
+
+def _add_to_card(version_path: Path, metrics: dict[str, float]) -> None:
+    """The card's metrics, with `metrics` added, written atomically (the card is not among its checksummed files)."""
+    card = read_card(version_path)
+    card["metrics"] |= metrics
+    temporary = version_path / f".{CARD_FILE}.tmp"
+    temporary.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
+    os.replace(temporary, version_path / CARD_FILE)

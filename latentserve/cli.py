@@ -354,7 +354,7 @@ def cmd_eval(args) -> None:
     if args.what == "generation":
         from benchmarks.generation_quality import main as evaluate
 
-        evaluate(args.repository, args.models, args.samples)
+        evaluate(args.repository, args.models, args.samples, args.grids, args.update_cards)
     elif args.what == "translation":
         from benchmarks.translation_quality import main as evaluate
 
@@ -497,10 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("what", choices=["generation", "propagation", "classification", "translation", "density", "reconstruction", "rbm"], help="what to measure")
     evaluate.add_argument("--models", nargs="+", default=["conv_vae", "dcgan", "wgan_gp", "acgan"], help="generation: which generators")
     evaluate.add_argument("--samples", type=int, default=10_000, help="generation: samples per model")
+    evaluate.add_argument("--update-cards", action="store_true", help="generation: add the diversity table's figures to the cards")
     evaluate.add_argument("--seeds", type=int, default=3, help="propagation: data seeds 0..N-1")
     evaluate.add_argument("--neighbours", type=int, default=10, help="propagation: k of the kNN graph")
     evaluate.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="classification, translation, reconstruction, rbm: trained runs to score")
-    evaluate.add_argument("--grids", type=Path, help="translation: write each shipped translator's sample grid here")
+    evaluate.add_argument("--grids", type=Path, help="translation: each translator's sample grid; generation: each model's samples nearest to a training image")
     evaluate.add_argument("--repository", type=Path, default=Path("model_repository"), help="the model repository to measure")
     evaluate.set_defaults(func=cmd_eval)
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
-from scipy.ndimage import gaussian_filter
 
 from sklearn.svm import SVC
 
 from latentserve import datasets
 from latentserve.contract import IMAGE, LABEL, LATENT
 from latentserve.datasets import Mnist
+from latentserve.diversity import real_measures, sample_measures, ssim_maps
 from latentserve.latents import sample_latents
 from latentserve.repository import ONNX_FILE, Entry, read_repository
 
@@ -93,15 +93,11 @@ def real_floor(data: Mnist, features: FeatureNetwork, samples: int = SAMPLES) ->
     }
 
 
-def evaluate_generator(
-    run: Callable[[dict[str, np.ndarray]], np.ndarray], latent_dim: int, classes: int, data: Mnist,
-    features: FeatureNetwork | None = None, truncation: float | None = None, samples: int = SAMPLES,
-) -> dict[str, float]:
-    """FID against the test set and classifier score of `samples` images generated from seed 0 (indices
-    0..samples-1, latents drawn as the gateway draws them). A conditional generator (`classes` > 0) is
-    asked for the classes in turn and also scored on class accuracy and intra-class diversity."""
-    features = features or FeatureNetwork()
-    labels = np.arange(samples) % max(classes, 1)
+def generate(run: Callable[[dict[str, np.ndarray]], np.ndarray], latent_dim: int, classes: int,
+             truncation: float | None = None, samples: int = SAMPLES) -> tuple[np.ndarray, np.ndarray | None]:
+    """(`samples` images generated from seed 0, indices 0..samples-1, with latents drawn as the gateway
+    draws them; the classes asked for, in turn, if the generator is conditional, else None)."""
+    labels = np.arange(samples) % classes if classes else None
     images = []
     for start in range(0, samples, BATCH):
         count = min(BATCH, samples - start)
@@ -109,42 +105,57 @@ def evaluate_generator(
         if classes:
             feeds[LABEL] = labels[start : start + count, None]
         images.append(run(feeds))
-    probabilities, sample_features = features(np.concatenate(images))
+    return np.concatenate(images), labels
+
+
+def score_samples(images: np.ndarray, labels: np.ndarray | None, data: Mnist, features: FeatureNetwork | None = None,
+                  diversity: bool = False) -> dict[str, float]:
+    """FID against the test set and classifier score of generated images; for a conditional generator's
+    (`labels`: the classes asked for) also class accuracy and intra-class diversity. With `diversity`,
+    also MS-SSIM, SWD and the memorisation check (latentserve.diversity), each real value as `real_<name>`."""
+    features = features or FeatureNetwork()
+    probabilities, sample_features = features(images)
     _, test_features = features.test_set(data)
     metrics = {
         "fid": frechet_distance(sample_features, test_features),
         "classifier_score": classifier_score(probabilities),
     }
-    if classes:
+    if labels is not None:
         metrics["class_accuracy"] = float((probabilities.argmax(1) == labels).mean())
         metrics["intra_class_diversity"] = intra_class_diversity(sample_features, labels)
+    if diversity:
+        metrics |= sample_measures(images, labels, data)
+        metrics |= {f"real_{key}": value for key, value in real_measures(data, len(images), labels is not None).items()}
     return metrics
+
+
+def evaluate_generator(run: Callable[[dict[str, np.ndarray]], np.ndarray], latent_dim: int, classes: int, data: Mnist,
+                       features: FeatureNetwork | None = None, truncation: float | None = None, samples: int = SAMPLES,
+                       diversity: bool = False) -> dict[str, float]:
+    """`score_samples` of `generate`'s images."""
+    images, labels = generate(run, latent_dim, classes, truncation, samples)
+    return score_samples(images, labels, data, features, diversity)
+
+
+def entry_runner(entry: Entry) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """The newest version of a repository generator, run in onnxruntime: feeds -> images."""
+    session = onnxruntime.InferenceSession(str(entry.version_path(entry.versions[0]) / ONNX_FILE), providers=["CPUExecutionProvider"])
+    return lambda feeds: session.run([IMAGE], feeds)[0]
 
 
 def evaluate_entry(entry: Entry, data: Mnist, features: FeatureNetwork, truncation: float | None = None,
                    samples: int = SAMPLES) -> dict[str, float]:
-    """`evaluate_generator` on the newest version of a repository generator, run in onnxruntime."""
-    session = onnxruntime.InferenceSession(str(entry.version_path(entry.versions[0]) / ONNX_FILE), providers=["CPUExecutionProvider"])
-    return evaluate_generator(lambda feeds: session.run([IMAGE], feeds)[0], entry.latent_dim, entry.classes, data, features,
-                              truncation, samples)
+    """`evaluate_generator` on the newest version of a repository generator."""
+    return evaluate_generator(entry_runner(entry), entry.latent_dim, entry.classes, data, features, truncation, samples)
 
 
 Translator = Callable[[np.ndarray], np.ndarray]  # images (n, 1, 28, 28) -> translated images, same shape
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-image SSIM (Wang et al. 2004) of images in [0, 1]: 11x11 Gaussian window (sigma 1.5), K1 0.01,
-    K2 0.03, borders reflected."""
-    a, b = (x.reshape(len(x), 28, 28).astype(np.float64) for x in (a, b))
-
-    def blur(x):
-        return gaussian_filter(x, sigma=(0, 1.5, 1.5), truncate=3.5)  # radius 5: an 11x11 window
-
-    mean_a, mean_b = blur(a), blur(b)
-    var_a, var_b, cov = blur(a * a) - mean_a**2, blur(b * b) - mean_b**2, blur(a * b) - mean_a * mean_b
-    c1, c2 = 0.01**2, 0.03**2
-    index = (2 * mean_a * mean_b + c1) * (2 * cov + c2) / ((mean_a**2 + mean_b**2 + c1) * (var_a + var_b + c2))
-    return index.mean((1, 2))
+    """Per-image SSIM of images in [0, 1]."""
+    luminance, contrast_structure = ssim_maps(*(x.reshape(len(x), 28, 28).astype(np.float64) for x in (a, b)))
+    return (luminance * contrast_structure).mean((1, 2))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:

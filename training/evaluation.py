@@ -58,4 +58,4 @@ def evaluate_generator_graph(graph: Graph, data: Mnist) -> dict[str, float]:
         return graph.module(*(torch.from_numpy(inputs[spec.name]) for spec in graph.inputs))[0].numpy()
 
     latent_dim = next(spec.dims[0] for spec in graph.inputs if spec.name == LATENT)
-    return evaluate_generator(run, latent_dim, graph.classes, data)
+    return evaluate_generator(run, latent_dim, graph.classes, data, diversity=True)

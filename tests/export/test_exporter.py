@@ -110,6 +110,10 @@ def test_a_generator_with_a_latent_code_exports_with_parity(tmp_path, small_mnis
     assert [(t.name, t.dims) for t in entry.inputs] == [("latent", (12,))]  # the code is read from the latent
     card = json.loads((version_dir / "card.json").read_text())
     assert max(card["parity"]["real"].values()) <= exporter.FLOAT_TOLERANCE
+    # diversity and realism apart, each beside its real-data value
+    for name in ("ms_ssim", "swd_28", "swd_14", "swd_7"):
+        assert card["metrics"][name] >= 0 and card["metrics"][f"real_{name}"] >= 0, name
+    assert 0 <= card["metrics"]["nearer_than_real_1st_percentile"] <= 1
 
 
 def test_a_run_starts_again_from_an_exported_version(tmp_path, small_mnist):

@@ -1,0 +1,55 @@
+"""MS-SSIM, sliced Wasserstein distance and the memorisation check on cases whose answers are known."""
+import numpy as np
+import pytest
+
+from latentserve import diversity
+
+
+@pytest.fixture(scope="module")
+def digits(mnist):
+    return mnist.test.images[:400]
+
+
+def test_ms_ssim_is_one_for_identical_images_and_symmetric_below_one_otherwise(digits):
+    np.testing.assert_allclose(diversity.ms_ssim(digits[:20], digits[:20]), 1.0)
+    forward, backward = diversity.ms_ssim(digits[:20], digits[20:40]), diversity.ms_ssim(digits[20:40], digits[:20])
+    np.testing.assert_allclose(forward, backward)
+    assert ((forward >= 0) & (forward < 0.9)).all()
+
+
+def test_a_set_of_copies_has_pair_ms_ssim_one_and_real_digits_are_more_alike_within_a_class(mnist):
+    copies = np.repeat(mnist.test.images[:1], 50, axis=0)
+    assert diversity.mean_pair_ms_ssim(copies, pairs=100) == pytest.approx(1.0)
+    images, labels = mnist.test.images[:2000], mnist.test.labels[:2000]
+    assert diversity.mean_pair_ms_ssim(images, labels, pairs=300) > diversity.mean_pair_ms_ssim(images, pairs=300)
+
+
+def test_the_laplacian_pyramid_collapses_back_to_the_image(digits):
+    *bands, residue = diversity.laplacian_pyramid(digits)
+    assert [b.shape[1:] for b in bands] + [residue.shape[1:]] == [(28, 28), (14, 14), (7, 7)]
+    image = residue
+    for band in reversed(bands):
+        image = band + diversity._upsample(image)
+    np.testing.assert_allclose(image, digits, atol=1e-12)
+
+
+def test_swd_of_a_set_against_itself_is_near_zero_and_far_from_noise(digits):
+    descriptors = diversity.pyramid_descriptors(digits)
+    assert all(diversity.sliced_wasserstein(d, d) == 0 for d in descriptors)
+    itself = diversity.swd(digits, digits)  # other patch positions on the same images
+    noise = diversity.swd(digits, np.random.default_rng(0).random(digits.shape).astype(np.float32))
+    assert all(0 <= s < n / 5 for s, n in zip(itself, noise)), (itself, noise)
+    with pytest.raises(ValueError, match="differ in size"):
+        diversity.sliced_wasserstein(descriptors[0], descriptors[0][:-1])
+
+
+def test_copies_of_training_images_are_found_and_flagged_as_memorised(mnist):
+    training = mnist.train.images[:2000]
+    distances, indices = diversity.nearest_distances(training[[7, 1500, 3]], training)
+    np.testing.assert_array_equal(indices, [7, 1500, 3])
+    np.testing.assert_allclose(distances, 0, atol=1e-6)
+    copied = diversity.memorisation(training[:300], mnist.test.images[:300], training)
+    assert copied["nearer_than_real_1st_percentile"] == 1.0 and copied["nearest_training_median"] < 1e-3
+    unseen = diversity.memorisation(mnist.valid.images[:300], mnist.test.images[:300], training)
+    assert unseen["nearer_than_real_1st_percentile"] < 0.05
+    assert unseen["nearest_training_median"] == pytest.approx(unseen["nearest_training_median_real"], rel=0.1)
