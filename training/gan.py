@@ -1,10 +1,13 @@
-"""GANs for 28x28 digits: DCGAN, WGAN-GP and a class-conditional AC-GAN, on one pair of building blocks.
+"""GANs for 28x28 digits: DCGAN, WGAN, WGAN-GP and a class-conditional AC-GAN, on one pair of building blocks.
 
 - DCGAN (Radford et al. 2016): fractionally-strided convolutions in G, strided ones in D, no pooling,
   batch norm in both, ReLU in G and LeakyReLU in D, N(0, 0.02) init, Adam(2e-4, beta1 0.5).
 - WGAN-GP (Gulrajani et al. 2017): the same generator; a critic without batch norm, trained `critic_steps`
   times per generator step with the gradient penalty (lambda 10; lazily, on one critic step in
   `penalty_interval`), Adam(betas 0.5, 0.9).
+- WGAN (Arjovsky et al. 2017, Algorithm 1): the WGAN-GP critic, kept 1-Lipschitz by clipping its weights
+  to [-clip, clip] after every step instead of the penalty, `critic_steps` (5) critic steps per generator
+  step, RMSProp (learning rate 5e-5; momentum-based optimisers made the paper's runs unstable).
 - AC-GAN (Odena et al. 2017): the label goes into G (one-hot beside the latent) and into D's loss (D
   predicts it besides real/fake). Truncation (BigGAN) is applied to the latents at sampling time, in the
   gateway (serving/generation.py), not here.
@@ -98,6 +101,17 @@ class WGANGPConfig(GANConfig):
         if self.critic_steps % self.penalty_interval:
             raise ValueError(f"penalty_interval ({self.penalty_interval}) must divide critic_steps ({self.critic_steps})")
         return self
+
+
+class WGANConfig(GANConfig):
+    # Arjovsky et al.'s Algorithm 1: alpha 5e-5, c 0.01, m 64, n_critic 5; the network as WGAN-GP's
+    epochs: int = 64
+    batch_size: int = 320  # critic_steps minibatches of 64: one generator step per batch
+    learning_rate: float = 5e-5
+    refine_channels: int = 32
+    categories: int = 10
+    critic_steps: int = 5
+    clip: float = 0.01
 
 
 class Generator(nn.Module):
@@ -314,6 +328,33 @@ class WGANGP(GAN):
         between = (mix * real + (1 - mix) * fake).requires_grad_(True)
         (gradient,) = torch.autograd.grad(self.discriminator(between)[:, 0].sum(), between, create_graph=True)
         return ((gradient.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+class WGAN(GAN):
+    Config = WGANConfig
+    critic = True
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        rate = self.config.learning_rate
+        return {
+            "generator": torch.optim.RMSprop(self.generator.parameters(), rate),
+            "discriminator": torch.optim.RMSprop(self.discriminator.parameters(), rate),
+        }
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, optimizers: dict) -> dict[str, float]:
+        for real in images.chunk(self.config.critic_steps):
+            latent, _ = self.sample_inputs(len(real))
+            fake = self.generator(latent)
+            fake_out = self.discriminator(fake.detach())
+            wasserstein = self.discriminator(real)[:, 0].mean() - fake_out[:, 0].mean()
+            optimizer_step(optimizers["discriminator"], -wasserstein + self.information_loss(fake_out, latent))
+            with torch.no_grad():
+                for weight in self.discriminator.parameters():
+                    weight.clamp_(-self.config.clip, self.config.clip)
+        out = self.discriminator(fake)  # G's step on the last critic step's samples, as WGAN-GP's
+        g_loss = -out[:, 0].mean() + self.information_loss(out, latent)
+        self.generator_step(optimizers, g_loss)
+        return {"wasserstein": wasserstein.item(), "g_loss": g_loss.item()}
 
 
 class ACGAN(GAN):

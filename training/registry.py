@@ -3,7 +3,7 @@ from training.autoencoder import ConvAutoencoder
 from training.classifier import LeNet
 from training.conv_vae import ConvVAE
 from training.deep_autoencoder import BinaryAutoencoder, DeepAutoencoder, SparseAutoencoder
-from training.gan import ACGAN, DCGAN, WGANGP
+from training.gan import ACGAN, DCGAN, WGAN, WGANGP
 from training.kingma import M1, M1M2, M2
 from training.pixelcnn import PixelCNN
 from training.rbm import DBN, RBM
@@ -14,7 +14,7 @@ from training.vae import VAE
 
 MODELS = {
     "autoencoder": ConvAutoencoder, "vae": VAE, "lenet": LeNet,
-    "conv_vae": ConvVAE, "dcgan": DCGAN, "wgan_gp": WGANGP, "acgan": ACGAN,
+    "conv_vae": ConvVAE, "dcgan": DCGAN, "wgan": WGAN, "wgan_gp": WGANGP, "acgan": ACGAN,
     "m1": M1, "m2": M2, "m1m2": M1M2,
     "pseudo_label": SelfTraining, "entropy_min": EntropyMin, "fixmatch": FixMatch, "ssgan": SSGAN,
     "pix2pix": Pix2Pix, "cyclegan": CycleGAN,

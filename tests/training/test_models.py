@@ -19,6 +19,7 @@ SMALL = {
     "dcgan": {"channels": 8, "latent_dim": 12, "refine_channels": 4, "categories": 10},
     "wgan_gp": {"channels": 8, "latent_dim": 12, "batch_size": 16, "critic_steps": 2, "refine_channels": 4, "categories": 10},
     "acgan": {"channels": 8, "latent_dim": 12, "categories": 10},
+    "wgan": {"channels": 8, "latent_dim": 12, "batch_size": 16, "critic_steps": 2, "refine_channels": 4, "categories": 10},
     "m1": {"hidden": 32, "latent_dim": 4},
     "m2": {"hidden": 32, "latent_dim": 4},
     "m1m2": {"hidden": 32, "latent_dim": 4, "m1_hidden": 32, "m1_latent_dim": 4},
@@ -246,3 +247,16 @@ def test_wgan_gp_takes_its_penalty_on_one_critic_step_in_penalty_interval(penalt
 def test_wgan_gp_penalty_interval_must_divide_the_critic_steps():
     with pytest.raises(ValueError, match="penalty_interval"):
         build("wgan_gp", {**SMALL["wgan_gp"], "critic_steps": 3, "penalty_interval": 2})
+
+
+def test_wgan_clips_every_critic_weight_after_its_steps_and_uses_rmsprop(images, labels):
+    torch.manual_seed(0)
+    model = build("wgan", {**SMALL["wgan"], "clip": 0.01}).train()
+    with torch.no_grad():
+        for weight in model.discriminator.parameters():
+            weight.mul_(100)  # far outside the box
+    optimizers = model.optimizers()
+    assert all(isinstance(o, torch.optim.RMSprop) for o in optimizers.values())
+    model.train_step(images, labels, optimizers)
+    weights = torch.cat([w.flatten() for w in model.discriminator.parameters()])
+    assert weights.abs().max() <= 0.01 and (weights.abs() == 0.01).any()
