@@ -108,7 +108,7 @@ def pyramid_descriptors(images: np.ndarray, seed: int = 0) -> list[np.ndarray]:
             rows[:, :, None, None] + offsets[None, None, :, None],
             columns[:, :, None, None] + offsets[None, None, None, :],
         ].reshape(n * count, PATCH * PATCH)
-        descriptors.append((patches - patches.mean()) / patches.std())
+        descriptors.append((patches - patches.mean()) / max(patches.std(), 1e-8))  # a blank set has no spread
     return descriptors
 
 

@@ -17,6 +17,8 @@ three); all three serve a moving average of G's weights (`ema_decay`).
 The generators output images in [0, 1] like the data; discriminators map their input to [-1, 1].
 """
 import copy
+import math
+from typing import Literal
 
 import torch
 from pydantic import model_validator
@@ -54,6 +56,13 @@ class GANConfig(TrainConfig):
     # continuous latent a discrete part, so fewer samples fall between digits.
     categories: int = 0
     information_weight: float = 1.0
+    # Architecture tricks (issue 30's ablation; all off by default):
+    # G's normalisation: batch norm; virtual batch norm (Salimans et al. 2016: the statistics of a fixed
+    # reference batch plus the example itself); pixel-wise feature normalisation (Karras et al. 2018)
+    generator_norm: Literal["batch", "virtual", "pixel"] = "batch"
+    minibatch_discrimination: int = 0  # > 0: D's kernels of minibatch discrimination (Salimans et al. 2016)
+    minibatch_stddev: bool = False  # D sees the batch's mean standard deviation as one more feature map (Karras et al.)
+    equalised_learning_rate: bool = False  # weights N(0, 1), scaled by He's constant at run time (Karras et al.)
 
     @model_validator(mode="after")
     def _code_fits_in_the_latent(self) -> "GANConfig":
@@ -71,6 +80,10 @@ class DCGANConfig(GANConfig):
     # weighted 1 (v3) two codes drew 6s and none drew 5s (docs/benchmarks.md).
     categories: int = 20
     information_weight: float = 2.0
+    # Loss tricks of Salimans et al. 2016 (issue 30's ablation; all off by default)
+    feature_matching: bool = False  # G matches the mean of D's last features on real images instead of fooling D
+    label_smoothing: float = 0.0  # one-sided: D's target for real images is 1 - this
+    historical_averaging: float = 0.0  # weight of || theta - mean of theta over past steps ||^2 in each player's loss
 
 
 class WGANGPConfig(GANConfig):
@@ -114,31 +127,89 @@ class WGANConfig(GANConfig):
     clip: float = 0.01
 
 
-class Generator(nn.Module):
-    def __init__(self, latent_dim: int, channels: int, classes: int = 0, refine_channels: int = 0, categories: int = 0):
+class VirtualBatchNorm(nn.Module):
+    """Batch norm whose statistics are those of a fixed reference batch plus the example itself (Salimans
+    et al. 2016), so an example's output does not depend on the rest of its batch. Its input holds the
+    reference batch's `reference_size` rows first (the Generator puts them there)."""
+
+    def __init__(self, features: int, reference_size: int):
         super().__init__()
-        self.classes, self.categories = classes, categories
+        self.reference_size = reference_size
+        self.weight = nn.Parameter(torch.ones(features))
+        self.bias = nn.Parameter(torch.zeros(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, spatial = self.reference_size, tuple(range(2, x.dim()))
+        shape = (1, -1) + (1,) * len(spatial)
+        reference = x[:n]
+        mean_reference, square_reference = reference.mean((0, *spatial), keepdim=True), (reference**2).mean((0, *spatial), keepdim=True)
+        mean_own, square_own = x.mean(spatial, keepdim=True) if spatial else x, (x**2).mean(spatial, keepdim=True) if spatial else x**2
+        mean = (n * mean_reference + mean_own) / (n + 1)
+        variance = (n * square_reference + square_own) / (n + 1) - mean**2
+        return (x - mean) / torch.sqrt(variance.clamp_min(0) + 1e-5) * self.weight.view(shape) + self.bias.view(shape)
+
+
+class PixelNorm(nn.Module):
+    """Each pixel's feature vector scaled to unit mean square (Karras et al. 2018); `channels` groups a flat
+    input (N, channels * pixels) into its pixels."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grouped = x.unflatten(1, (self.channels, -1))
+        # clamp rather than + 1e-8: the ONNX optimiser drops an Add of a constant that close to 0
+        return (grouped / torch.sqrt((grouped**2).mean(1, keepdim=True).clamp_min(1e-8))).reshape(x.shape)
+
+
+REFERENCE_BATCH = 64  # virtual batch norm's reference latents
+
+
+def _generator_norm(kind: str, channels: int, flat_pixels: int = 0) -> nn.Module:
+    """G's normalisation of `channels` feature maps, or of a flat input of `flat_pixels` pixels per channel."""
+    features = channels * flat_pixels if flat_pixels else channels
+    if kind == "virtual":
+        return VirtualBatchNorm(features, REFERENCE_BATCH)
+    if kind == "pixel":
+        return PixelNorm(channels)
+    return nn.BatchNorm1d(features) if flat_pixels else nn.BatchNorm2d(features)
+
+
+class Generator(nn.Module):
+    def __init__(self, latent_dim: int, channels: int, classes: int = 0, refine_channels: int = 0, categories: int = 0,
+                 norm: str = "batch"):
+        super().__init__()
+        self.classes, self.categories, self.norm = classes, categories, norm
         c = channels
         if refine_channels:
             output = [
-                nn.ConvTranspose2d(c, refine_channels, 4, 2, 1, bias=False), nn.BatchNorm2d(refine_channels), nn.ReLU(),
+                nn.ConvTranspose2d(c, refine_channels, 4, 2, 1, bias=False), _generator_norm(norm, refine_channels), nn.ReLU(),
                 nn.Conv2d(refine_channels, 1, 3, 1, 1),
             ]
         else:
             output = [nn.ConvTranspose2d(c, 1, 4, 2, 1)]
         self.net = nn.Sequential(
-            nn.Linear(latent_dim + classes + categories, 2 * c * 49, bias=False), nn.BatchNorm1d(2 * c * 49), nn.ReLU(),
+            nn.Linear(latent_dim + classes + categories, 2 * c * 49, bias=False), _generator_norm(norm, 2 * c, flat_pixels=49), nn.ReLU(),
             nn.Unflatten(1, (2 * c, 7, 7)),
-            nn.ConvTranspose2d(2 * c, c, 4, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),  # 14x14
+            nn.ConvTranspose2d(2 * c, c, 4, 2, 1, bias=False), _generator_norm(norm, c), nn.ReLU(),  # 14x14
             *output, nn.Tanh(),  # 28x28
         )
+        if norm == "virtual":  # fixed reference inputs, drawn once
+            reference = torch.Generator().manual_seed(1)
+            self.register_buffer("reference_latent", torch.randn(REFERENCE_BATCH, latent_dim, generator=reference))
+            self.register_buffer("reference_labels", torch.randint(0, max(classes, 1), (REFERENCE_BATCH,), generator=reference))
 
     def forward(self, latent: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.norm == "virtual":  # the reference batch goes first through every layer, then is dropped
+            latent = torch.cat([self.reference_latent, latent])
+            labels = None if labels is None else torch.cat([self.reference_labels, labels])
         if self.classes:
             latent = torch.cat([latent, F.one_hot(labels, self.classes).to(latent.dtype)], 1)
         if self.categories:
             latent = torch.cat([latent, F.one_hot(latent_code(latent, self.categories), self.categories).to(latent.dtype)], 1)
-        return (self.net(latent) + 1) / 2
+        images = (self.net(latent) + 1) / 2
+        return images[REFERENCE_BATCH:] if self.norm == "virtual" else images
 
 
 def latent_code(latent: torch.Tensor, categories: int) -> torch.Tensor:
@@ -146,22 +217,80 @@ def latent_code(latent: torch.Tensor, categories: int) -> torch.Tensor:
     return latent[:, :categories].argmax(1)
 
 
+class MinibatchDiscrimination(nn.Module):
+    """Salimans et al. 2016: `kernels` features per example, each the sum over the other examples of
+    exp(-L1 distance) between their projections, so D can see a batch that lacks variety."""
+
+    KERNEL_DIM = 5
+
+    def __init__(self, features: int, kernels: int):
+        super().__init__()
+        self.kernels = kernels
+        self.projection = nn.Parameter(torch.randn(features, kernels * self.KERNEL_DIM) * 0.05)
+        self.bias = nn.Parameter(torch.zeros(kernels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = (x @ self.projection).view(len(x), self.kernels, self.KERNEL_DIM)
+        distances = (m[:, None] - m[None]).abs().sum(3)  # (N, N, kernels)
+        closeness = torch.exp(-distances).sum(1) - 1  # the example itself (exp 0) left out
+        return torch.cat([x, closeness + self.bias], 1)
+
+
+class MinibatchStddev(nn.Module):
+    """Karras et al. 2018: the standard deviation over the batch of every feature at every pixel, averaged
+    to one number, appended as a constant feature map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spread = torch.sqrt(x.var(0, unbiased=False) + 1e-8).mean()
+        return torch.cat([x, spread.expand(len(x), 1, *x.shape[2:])], 1)
+
+
 class Discriminator(nn.Module):
     """Strided convolutions with LeakyReLU. As a WGAN critic (`critic`): no batch norm, because the
     gradient penalty is per sample and batch norm couples the samples; no output bias, because the
-    Wasserstein loss is blind to it."""
+    Wasserstein loss is blind to it. `features` gives what feature matching compares: the last layer's input
+    before the minibatch features."""
 
-    def __init__(self, channels: int, critic: bool = False, outputs: int = 1):
+    def __init__(self, channels: int, critic: bool = False, outputs: int = 1, minibatch_discrimination: int = 0,
+                 minibatch_stddev: bool = False):
         super().__init__()
         c = channels
-        self.net = nn.Sequential(
+        self.body = nn.Sequential(
             nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),  # 14x14
             nn.Conv2d(c, 2 * c, 4, 2, 1), nn.Identity() if critic else nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.2),
-            nn.Flatten(), nn.Linear(2 * c * 49, outputs, bias=not critic),
+            *([MinibatchStddev()] if minibatch_stddev else []),
+            nn.Flatten(),
         )
+        features = (2 * c + minibatch_stddev) * 49
+        self.minibatch = MinibatchDiscrimination(features, minibatch_discrimination) if minibatch_discrimination else nn.Identity()
+        self.head = nn.Linear(features + minibatch_discrimination, outputs, bias=not critic)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images * 2 - 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images * 2 - 1)
+        return self.head(self.minibatch(self.features(images)))
+
+
+class HeScale(nn.Module):
+    """The equalised learning rate's run-time weight scale: sqrt(2 / fan_in)."""
+
+    def __init__(self, fan_in: int):
+        super().__init__()
+        self.scale = math.sqrt(2 / fan_in)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.scale
+
+
+def equalise_learning_rate(network: nn.Module) -> None:
+    """Karras et al. 2018: every layer's weights drawn from N(0, 1) and scaled at run time, so Adam's
+    per-weight step sizes are equal in effect across layers."""
+    for module in network.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            fan_in, _ = nn.init._calculate_fan_in_and_fan_out(module.weight)
+            nn.init.normal_(module.weight)
+            nn.utils.parametrize.register_parametrization(module, "weight", HeScale(fan_in))
 
 
 def _dcgan_init(module: nn.Module) -> None:
@@ -169,7 +298,7 @@ def _dcgan_init(module: nn.Module) -> None:
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, VirtualBatchNorm)):
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
 
@@ -185,9 +314,13 @@ class GAN(nn.Module):
     def __init__(self, config: GANConfig):
         super().__init__()
         self.config = config
-        self.generator = Generator(config.latent_dim, config.channels, self.classes, config.refine_channels, config.categories)
-        self.discriminator = Discriminator(config.channels, self.critic, self.discriminator_outputs + config.categories)
+        self.generator = Generator(config.latent_dim, config.channels, self.classes, config.refine_channels, config.categories,
+                                   config.generator_norm)
+        self.discriminator = Discriminator(config.channels, self.critic, self.discriminator_outputs + config.categories,
+                                           config.minibatch_discrimination, config.minibatch_stddev)
         self.apply(_dcgan_init)
+        if config.equalised_learning_rate:
+            equalise_learning_rate(self)
         if config.ema_decay:
             self.generator_average = copy.deepcopy(self.generator).requires_grad_(False)
             self.average_statistics_current = False
@@ -288,15 +421,48 @@ class GAN(nn.Module):
 class DCGAN(GAN):
     Config = DCGANConfig
 
+    def __init__(self, config: DCGANConfig):
+        super().__init__(config)
+        if config.historical_averaging:  # the mean of each player's weights so far, the initial ones included
+            self.register_buffer("historical_steps", torch.ones((), dtype=torch.long))
+            for name, player in (("generator", self.generator), ("discriminator", self.discriminator)):
+                self.register_buffer(f"historical_{name}", nn.utils.parameters_to_vector(player.parameters()).detach().clone())
+
+    def historical_penalty(self, name: str) -> torch.Tensor:
+        """Salimans et al.'s historical averaging: weight * || theta - mean of past theta ||^2; 0 if off."""
+        if not self.config.historical_averaging:
+            return torch.zeros(())
+        weights = nn.utils.parameters_to_vector(getattr(self, name).parameters())
+        return self.config.historical_averaging * (weights - getattr(self, f"historical_{name}")).square().sum()
+
+    @torch.no_grad()
+    def _update_history(self) -> None:
+        if self.config.historical_averaging:
+            self.historical_steps += 1
+            for name in ("generator", "discriminator"):
+                history = getattr(self, f"historical_{name}")
+                history.lerp_(nn.utils.parameters_to_vector(getattr(self, name).parameters()), 1 / self.historical_steps.item())
+
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, optimizers: dict) -> dict[str, float]:
+        cfg = self.config
         latent, _ = self.sample_inputs(len(images))
         fake = self.generator(latent)
         real_out, fake_out = self.discriminator(images), self.discriminator(fake.detach())
-        d_loss = _bce(real_out[:, 0], 1) + _bce(fake_out[:, 0], 0) + self.information_loss(fake_out, latent)
+        d_loss = (
+            _bce(real_out[:, 0], 1 - cfg.label_smoothing) + _bce(fake_out[:, 0], 0) + self.information_loss(fake_out, latent)
+            + self.historical_penalty("discriminator")
+        )
         optimizer_step(optimizers["discriminator"], d_loss)
         out = self.discriminator(fake)
-        g_loss = _bce(out[:, 0], 1) + self.information_loss(out, latent)  # non-saturating
+        if cfg.feature_matching:  # Salimans et al.: match the mean of D's features on real images
+            with torch.no_grad():
+                real_features = self.discriminator.features(images).mean(0)
+            adversarial = (self.discriminator.features(fake).mean(0) - real_features).square().mean()
+        else:
+            adversarial = _bce(out[:, 0], 1)  # non-saturating
+        g_loss = adversarial + self.information_loss(out, latent) + self.historical_penalty("generator")
         self.generator_step(optimizers, g_loss)
+        self._update_history()
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
 
 

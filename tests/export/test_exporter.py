@@ -102,8 +102,9 @@ def test_semi_supervised_models_export_a_classifier_graph(tmp_path, small_mnist,
     assert (version_dir / "model.pt").stat().st_size < 1.5 * (version_dir / "model.onnx").stat().st_size
 
 
-def test_a_generator_with_a_latent_code_exports_with_parity(tmp_path, small_mnist):
-    config = {"channels": 8, "latent_dim": 12, "refine_channels": 4, "categories": 10, "epochs": 1}
+@pytest.mark.parametrize("tricks", [{}, {"generator_norm": "pixel", "equalised_learning_rate": True}, {"generator_norm": "virtual"}])
+def test_a_generator_with_a_latent_code_exports_with_parity(tmp_path, small_mnist, tricks):
+    config = {"channels": 8, "latent_dim": 12, "refine_channels": 4, "categories": 10, "epochs": 1, **tricks}
     run = train("dcgan", tmp_path / "run", small_mnist, config, threads=1)
     (version_dir,) = exporter.export_checkpoint(run, tmp_path / "repository", small_mnist)
     entry = repository.read_repository(tmp_path / "repository")["dcgan_generator"]
