@@ -47,6 +47,14 @@ def test_every_served_version_is_complete_and_carded(name):
         assert card["source_commit"] != "unknown"
 
 
+@pytest.mark.parametrize("name", sorted(n for n, e in ENTRIES.items() if e.capability == "generate" and any(t.name == "latent" for t in e.inputs)))
+def test_every_latent_generator_card_holds_diversity_beside_real_data(name):
+    metrics = ENTRIES[name].cards[ENTRIES[name].versions[0]]["metrics"]
+    for measure in ("ms_ssim", "swd_28", "swd_14", "swd_7"):
+        assert metrics[measure] > 0 and metrics[f"real_{measure}"] > 0, measure
+    assert metrics["nearer_than_real_1st_percentile"] < 0.01  # no shipped generator copies its training images
+
+
 @pytest.fixture(scope="module")
 def protocol(mnist):
     return retrieval.protocol(mnist)
