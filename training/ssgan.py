@@ -97,11 +97,14 @@ class Discriminator(nn.Module):
 
     @torch.no_grad()
     def initialise(self, images: torch.Tensor) -> None:
-        """Data-dependent initialisation, layer by layer, without noise."""
-        x = images.flatten(1)
-        for layer in (*self.hidden, self.out):
+        """Data-dependent initialisation, layer by layer, on inputs with the training noise (as the paper's
+        code): each layer's statistics count the noise, so the noise keeps its weight against the signal."""
+        x = images.flatten(1) + self.input_noise * torch.randn_like(images.flatten(1))
+        for layer in self.hidden:
             layer.initialise(x)
             x = F.relu(layer(x))
+            x = x + self.hidden_noise * torch.randn_like(x)
+        self.out.initialise(x)
 
 
 class Generator(nn.Module):
