@@ -3,7 +3,9 @@ M1, M2 and M1+M2, with MLPs (softplus) as in the paper.
 
 - M1: a VAE on all images; a classifier on its latent means, trained on the labelled ones only (its
   gradient does not reach the VAE: the paper's two stages, run side by side).
-- M2: p(x|y,z) p(y) p(z) with q(z|x,y) and the classifier q(y|x). Labelled images cost -L(x,y), the
+- M2: p(x|y,z) p(y) p(z) with q(z|x,y) and the classifier q(y|x). Besides its classifier it serves its
+  decoder as a class-conditional generator and q(z|x,y) (y predicted) as an encoder of "style", so a
+  digit's style is drawn with any class (the paper's analogies) through Encode and Generate. Labelled images cost -L(x,y), the
   negative bound; unlabelled ones cost U(x) = sum_y q(y|x) (-L(x,y)) - H(q(y|x)), with the sum over all
   ten classes (not a sample of y); the labelled ones also pay the classifier's cross-entropy, weighted by
   `alpha`. The paper's objective is sum_l -L + sum_u U + alpha' E_l[-log q(y|x)] with alpha' = 0.1 N:
@@ -25,10 +27,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from latentserve.contract import PIXELS
+from latentserve.contract import ENCODE, GENERATE, IMAGE_SPEC, LABEL_SPEC, PIXELS, binary_code_spec, code_spec, latent_spec
 from latentserve.datasets import CLASSES, Mnist
-from training.base import Graph, LossModel, Losses
-from training.evaluation import error_rate, evaluate_classifier
+from training.base import ExportGraph, Graph, LossModel, Losses
+from training.evaluation import error_rate, evaluate_classifier, evaluate_generator_graph
 from training.semi_supervised import SemiSupervisedConfig, classifier_graph
 from training.vae import VAE, VAEConfig
 
@@ -167,12 +169,47 @@ class M2(LossModel):
     def preview(self, images: torch.Tensor) -> torch.Tensor:
         return images
 
+    def style(self, images: torch.Tensor) -> torch.Tensor:
+        """The mean of q(z|x,y) with y the classifier's prediction: the image's "handwriting style"."""
+        x = images.flatten(1)
+        predicted = F.one_hot(self.network.classifier(x).argmax(1), CLASSES).to(x.dtype)
+        return self.network.encoder(torch.cat([x, predicted], 1)).chunk(2, 1)[0]
+
+    def draw(self, latent: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The mean of p(x|y,z): an image of class `labels` in style `latent`."""
+        logits = self.network.decoder(torch.cat([latent, F.one_hot(labels, CLASSES).to(latent.dtype)], 1))
+        return torch.sigmoid(logits).view(-1, 1, 28, 28)
+
     def graphs(self) -> dict[str, Graph]:
-        return {"classifier": classifier_graph(_without(self, *self.unserved_parts))}
+        """The classifier, and (Kingma et al. 2014's "analogies") M2 as a conditional generator: a style
+        encoder, whose codes the generator draws with any class."""
+        dim = self.config.latent_dim
+        return {
+            "classifier": classifier_graph(_without(self, *self.unserved_parts)),
+            "generator": Graph(
+                module=ExportGraph(_without(self, "network.classifier", "network.encoder"),
+                                   lambda model, latent, label: (model.draw(latent, label[:, 0]),)),
+                inputs=(latent_spec(dim), LABEL_SPEC),
+                outputs=(IMAGE_SPEC,),
+                capability=GENERATE,
+                classes=CLASSES,
+            ),
+            "encoder": Graph(
+                module=ExportGraph(_without(self, "network.decoder"), _style_codes),
+                inputs=(IMAGE_SPEC,),
+                outputs=(code_spec(dim), binary_code_spec(dim)),
+                capability=ENCODE,
+            ),
+        }
 
     @torch.no_grad()
     def evaluate(self, data: Mnist) -> dict[str, float]:
-        return evaluate_classifier(self, data)
+        return {**evaluate_classifier(self, data), **evaluate_generator_graph(self.graphs()["generator"], data)}
+
+
+def _style_codes(model: "M2", image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    style = model.style(image)
+    return style, (style > 0).to(torch.uint8)
 
 
 class M1M2Config(M2Config):
@@ -225,6 +262,13 @@ class M1M2(M2):
         with torch.no_grad():
             z1 = self.features(self.m1.reparameterize(*self.m1.encode(images)))
         return self.network.loss(z1, labels, self.config.alpha)
+
+    def graphs(self) -> dict[str, Graph]:
+        return {"classifier": classifier_graph(_without(self, *self.unserved_parts))}  # its decoder draws M1 codes
+
+    @torch.no_grad()
+    def evaluate(self, data: Mnist) -> dict[str, float]:
+        return evaluate_classifier(self, data)
 
 
 def _without(model: nn.Module, *parts: str) -> nn.Module:
