@@ -71,3 +71,22 @@ def _add_to_card(version_path: Path, metrics: dict[str, float]) -> None:
     temporary = version_path / f".{CARD_FILE}.tmp"
     temporary.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
     os.replace(temporary, version_path / CARD_FILE)
+
+
+def runs(checkpoints: list[Path]) -> None:
+    """`latentserve eval generation --checkpoints ...`: trained GAN runs side by side (an ablation's table),
+    each measured by its model's own evaluation (what its card would hold), with the config fields that
+    differ from its model's defaults."""
+    from benchmarks.runs import evaluated_runs  # torch: only this table needs it
+
+    print("| run | options (non-default) | epochs | training minutes | FID | classifier score | MS-SSIM (real) | "
+          "SWD 28 / 14 / 7 (real) | share nearer than real's 1st percentile |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for path, checkpoint, model, m in evaluated_runs(checkpoints, "GAN"):
+        defaults = type(model.config)().model_dump()
+        options = ", ".join(f"{k}={v}" for k, v in model.config.model_dump().items() if k != "epochs" and v != defaults[k]) or "-"
+        minutes = sum(entry["seconds"] for entry in checkpoint["history"]) / 60
+        swd = " / ".join(f"{m[f'swd_{size}']:.1f}" for size in diversity.LEVEL_SIZES)
+        real_swd = " / ".join(f"{m[f'real_swd_{size}']:.1f}" for size in diversity.LEVEL_SIZES)
+        print(f"| {path} | {options} | {checkpoint['epoch']} | {minutes:.0f} | {m['fid']:.2f} | {m['classifier_score']:.3f} | "
+              f"{m['ms_ssim']:.3f} ({m['real_ms_ssim']:.3f}) | {swd} ({real_swd}) | {m['nearer_than_real_1st_percentile']:.2%} |", flush=True)

@@ -352,9 +352,12 @@ def cmd_token(args) -> None:
 
 def cmd_eval(args) -> None:
     if args.what == "generation":
-        from benchmarks.generation_quality import main as evaluate
+        from benchmarks import generation_quality
 
-        evaluate(args.repository, args.models, args.samples, args.grids, args.update_cards)
+        if args.checkpoints:
+            generation_quality.runs(args.checkpoints)
+        else:
+            generation_quality.main(args.repository, args.models, args.samples, args.grids, args.update_cards)
     elif args.what == "translation":
         from benchmarks.translation_quality import main as evaluate
 
@@ -500,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--update-cards", action="store_true", help="generation: add the diversity table's figures to the cards")
     evaluate.add_argument("--seeds", type=int, default=3, help="propagation: data seeds 0..N-1")
     evaluate.add_argument("--neighbours", type=int, default=10, help="propagation: k of the kNN graph")
-    evaluate.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="classification, translation, reconstruction, rbm: trained runs to score")
+    evaluate.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="classification, translation, reconstruction, rbm, generation: trained runs to score")
     evaluate.add_argument("--grids", type=Path, help="translation: each translator's sample grid; generation: each model's samples nearest to a training image")
     evaluate.add_argument("--repository", type=Path, default=Path("model_repository"), help="the model repository to measure")
     evaluate.set_defaults(func=cmd_eval)
