@@ -20,16 +20,6 @@ OPTIONS = {
 }
 
 
-@pytest.fixture
-def images(mnist):
-    return torch.from_numpy(mnist.train.images[:16, None])
-
-
-@pytest.fixture
-def labels(mnist):
-    return torch.from_numpy(mnist.train.labels[:16]).long()
-
-
 def test_with_every_option_off_the_trainer_computes_what_it_did_before_the_options(images, labels):
     # train-step terms and the sum of 4 served samples, measured with the trainer of commit e73c4f0
     torch.manual_seed(0)

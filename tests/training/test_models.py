@@ -49,16 +49,6 @@ def name(request):
     return request.param
 
 
-@pytest.fixture
-def images(mnist):
-    return torch.from_numpy(mnist.train.images[:16, None])
-
-
-@pytest.fixture
-def labels(mnist):
-    return torch.from_numpy(mnist.train.labels[:16]).long()
-
-
 def graph_inputs(graph, images: torch.Tensor) -> list[torch.Tensor]:
     """Inputs for a graph, by input name: the images, standard-normal latents, class labels, or uniforms
     (an RBM's Gibbs step)."""

@@ -18,11 +18,6 @@ def model(mnist):
     return model
 
 
-@pytest.fixture
-def images(mnist):
-    return torch.from_numpy(mnist.train.images[:16, None])
-
-
 def test_the_real_or_fake_term_is_the_k_plus_one_class_likelihood(model, images):
     model.eval()  # no noise: the logits below are the ones the loss sees
     unlabelled, fake = images[:8], model.sample(8)
