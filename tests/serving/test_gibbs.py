@@ -10,7 +10,7 @@ from latentserve.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from tests.conftest import RunningGateway, assert_refused, onnx_session, replay_gibbs_chain, repository_with, tensor_batch
 
 HIDDEN, STEPS = 16, 4
-TINY = {"hidden": HIDDEN, "cd_steps": 1, "epochs": 5, "batch_size": 32, "learning_rate": 0.5, "ais_runs": 10, "ais_betas": (10, 50, 100)}
+TINY = {"hidden": HIDDEN, "cd_steps": 1, "epochs": 5, "batch_size": 32, "learning_rate": 0.1, "ais_runs": 10, "ais_betas": (10, 50, 100)}
 RBM = common_pb2.ModelRef(name="rbm")
 
 
