@@ -10,6 +10,8 @@
 On 28x28 digits the standard five MS-SSIM scales and Karras et al.'s pyramid down to 16x16 do not fit:
 both use the three levels 28, 14 and 7 (MS-SSIM renormalises the first three of its five exponents).
 """
+import functools
+
 import numpy as np
 from scipy.ndimage import convolve, gaussian_filter
 
@@ -153,17 +155,21 @@ def nearest_distances(images: np.ndarray, training: np.ndarray, batch: int = 100
     return np.concatenate(distances), np.concatenate(indices)
 
 
-def memorisation(samples: np.ndarray, real: np.ndarray, training: np.ndarray) -> dict[str, float]:
+def memorisation(sample_distances: np.ndarray, real_distances: np.ndarray) -> dict[str, float]:
     """Nearest-training-image distances of the samples beside those of real images the model never saw:
     their medians, and the share of samples nearer to a training image than 99% of real images are
     (about 1% for a model that does not copy)."""
-    sample_distances, _ = nearest_distances(samples, training)
-    real_distances, _ = nearest_distances(real, training)
     return {
         "nearest_training_median": float(np.median(sample_distances)),
         "nearest_training_median_real": float(np.median(real_distances)),
         "nearer_than_real_1st_percentile": float((sample_distances < np.percentile(real_distances, 1)).mean()),
     }
+
+
+@functools.cache  # an evaluation scores several models against one dataset
+def _test_nearest_distances(data: Mnist) -> np.ndarray:
+    """Each test image's distance to its nearest training image."""
+    return nearest_distances(data.test.images, data.train.images)[0]
 
 
 def sample_measures(images: np.ndarray, labels: np.ndarray | None, data: Mnist) -> dict[str, float]:
@@ -173,10 +179,11 @@ def sample_measures(images: np.ndarray, labels: np.ndarray | None, data: Mnist) 
     return {
         "ms_ssim": mean_pair_ms_ssim(images, labels),
         **{f"swd_{size}": value for size, value in zip(LEVEL_SIZES, swd(images, data.test.images))},
-        **memorisation(images, data.test.images, data.train.images),
+        **memorisation(nearest_distances(images, data.train.images)[0], _test_nearest_distances(data)),
     }
 
 
+@functools.cache  # as above (the dict is shared: read it, do not change it)
 def real_measures(data: Mnist, samples: int, conditional: bool) -> dict[str, float]:
     """The same measures for real digits: pair MS-SSIM of test images (within their classes for a
     conditional model's comparison), and SWD between `samples` training and as many test images."""

@@ -1,8 +1,11 @@
 """MS-SSIM, sliced Wasserstein distance and the memorisation check on cases whose answers are known."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from latentserve import diversity
+from latentserve.datasets import Mnist, Split
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +51,25 @@ def test_copies_of_training_images_are_found_and_flagged_as_memorised(mnist):
     distances, indices = diversity.nearest_distances(training[[7, 1500, 3]], training)
     np.testing.assert_array_equal(indices, [7, 1500, 3])
     np.testing.assert_allclose(distances, 0, atol=1e-6)
-    copied = diversity.memorisation(training[:300], mnist.test.images[:300], training)
+    def nearest(images):
+        return diversity.nearest_distances(images, training)[0]
+
+    real = nearest(mnist.test.images[:300])
+    copied = diversity.memorisation(nearest(training[:300]), real)
     assert copied["nearer_than_real_1st_percentile"] == 1.0 and copied["nearest_training_median"] < 1e-3
-    unseen = diversity.memorisation(mnist.valid.images[:300], mnist.test.images[:300], training)
+    unseen = diversity.memorisation(nearest(mnist.valid.images[:300]), real)
     assert unseen["nearer_than_real_1st_percentile"] < 0.05
     assert unseen["nearest_training_median"] == pytest.approx(unseen["nearest_training_median_real"], rel=0.1)
+
+
+def test_the_real_side_is_computed_once_per_dataset_object_not_per_content_hash(mnist):
+    # Test fixtures cut the training split with dataclasses.replace and keep the sha256: the cache must not mix them up
+    def cut(train_images: np.ndarray) -> Mnist:
+        return replace(mnist, train=Split(train_images, mnist.train.labels[: len(train_images)]), test=Split(mnist.test.images[:20], mnist.test.labels[:20]))
+
+    first, second = cut(mnist.train.images[:50]), cut(mnist.train.images[50:100])
+    for data in (first, second):
+        distances = diversity._test_nearest_distances(data)
+        np.testing.assert_array_equal(distances, diversity.nearest_distances(data.test.images, data.train.images)[0])
+        assert diversity._test_nearest_distances(data) is distances
+    assert not np.array_equal(diversity._test_nearest_distances(first), diversity._test_nearest_distances(second))
