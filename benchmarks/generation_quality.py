@@ -8,12 +8,12 @@ training images) without truncation; `--grids` saves each model's samples neares
 `--update-cards` adds that table's figures to the cards of versions exported before the exporter wrote them.
 """
 import json
-import os
 from pathlib import Path
 
 from latentserve import diversity, quality
 from latentserve.contract import GENERATE as CAPABILITY
 from latentserve.datasets import load_mnist
+from latentserve.files import write_atomically
 from latentserve.grid import save_grid
 from latentserve.repository import CARD_FILE, read_card, read_repository
 
@@ -68,9 +68,7 @@ def _add_to_card(version_path: Path, metrics: dict[str, float]) -> None:
     """The card's metrics, with `metrics` added, written atomically (the card is not among its checksummed files)."""
     card = read_card(version_path)
     card["metrics"] |= metrics
-    temporary = version_path / f".{CARD_FILE}.tmp"
-    temporary.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
-    os.replace(temporary, version_path / CARD_FILE)
+    write_atomically(version_path / CARD_FILE, json.dumps(card, indent=2, allow_nan=False) + "\n")
 
 
 def runs(checkpoints: list[Path]) -> None:

@@ -26,6 +26,7 @@ from tritonclient.grpc import model_config_pb2
 from latentserve import repository
 from latentserve.contract import HIDDEN_UNIFORMS, IMAGE, LABEL, LATENT, TensorSpec
 from latentserve.datasets import Mnist
+from latentserve.files import write_atomically
 from training.base import Graph
 from training.train import load_checkpoint, load_model
 
@@ -87,8 +88,8 @@ def export_checkpoint(checkpoint_path: Path, repository_root: Path, data: Mnist)
                 "files": repository.checksums(staging),  # a version whose files differ is not served
             }
             (staging / repository.CARD_FILE).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")  # strict JSON
-            _write_atomically(entry_path / repository.CONFIG_FILE, _config_text(entry_name, checkpoint["model"], graph_name, graph, native=False))
-            _write_atomically(entry_path / repository.NATIVE_CONFIG_FILE, _config_text(entry_name, checkpoint["model"], graph_name, graph, native=True))
+            write_atomically(entry_path / repository.CONFIG_FILE, _config_text(entry_name, checkpoint["model"], graph_name, graph, native=False))
+            write_atomically(entry_path / repository.NATIVE_CONFIG_FILE, _config_text(entry_name, checkpoint["model"], graph_name, graph, native=True))
             os.chmod(staging, 0o755)
             os.rename(staging, entry_path / str(version))
         finally:
@@ -252,12 +253,6 @@ def _check_signature_unchanged(entry_path: Path, entry_name: str, graph: Graph) 
     new = tuple((t.name, np.dtype(t.dtype), t.dims) for t in graph.inputs + graph.outputs)
     if tuple((t.name, t.dtype, t.dims) for t in old.inputs + old.outputs) != new:
         raise ValueError(f"{entry_name}: tensors differ from the existing versions; export under a new model name")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def _source_commit() -> str:

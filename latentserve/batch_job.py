@@ -10,7 +10,6 @@ never interrupted.
 """
 import io
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from latentserve.client import Client, Images, ServiceError
+from latentserve.files import write_atomically
 from latentserve.grid import save_grid
 
 GRID_IMAGES = 100
@@ -33,15 +33,6 @@ class Job:
     truncation: float | None
     format: str  # "png" or "npz"
     chunk_size: int
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
 
 
 def _png_path(directory: Path, index: int) -> Path:
@@ -76,7 +67,7 @@ def _open(directory: Path, asked: Job, resume: bool) -> Job:
         return job
     directory.mkdir(parents=True, exist_ok=True)
     (directory / ("images" if asked.format == "png" else "chunks")).mkdir(exist_ok=True)
-    _write_atomically(path, json.dumps(asdict(asked), indent=2).encode())
+    write_atomically(path, json.dumps(asdict(asked), indent=2).encode())
     return asked
 
 
@@ -92,7 +83,7 @@ def run(client: Client, directory: Path, asked: Job, resume: bool, grid: bool) -
             for chunk in chunks:
                 if job.version == 0:  # pin the version that runs, so a resumed job uses the same one
                     job = Job(**{**asdict(job), "version": chunk.model.version})
-                    _write_atomically(directory / "job.json", json.dumps(asdict(job), indent=2).encode())
+                    write_atomically(directory / "job.json", json.dumps(asdict(job), indent=2).encode())
                 _save_chunk(directory, job, chunk)
                 progress.update(len(chunk.png) or len(chunk.images))
         except ServiceError as error:
@@ -108,13 +99,13 @@ def run(client: Client, directory: Path, asked: Job, resume: bool, grid: bool) -
 def _save_chunk(directory: Path, job: Job, chunk: Images) -> None:
     if job.format == "png":
         for offset, data in enumerate(chunk.png):
-            _write_atomically(_png_path(directory, chunk.start_index + offset), data)
+            write_atomically(_png_path(directory, chunk.start_index + offset), data)
         return
     stop = chunk.start_index + len(chunk.images)
     buffer = _npz_bytes(
         images=chunk.images, indices=np.arange(chunk.start_index, stop, dtype=np.int64), labels=np.asarray(chunk.labels, np.int64)
     )
-    _write_atomically(_chunk_path(directory, chunk.start_index, stop), buffer)
+    write_atomically(_chunk_path(directory, chunk.start_index, stop), buffer)
 
 
 def _npz_bytes(**arrays: np.ndarray) -> bytes:

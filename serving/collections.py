@@ -8,13 +8,13 @@ step, with no moment at which the name is missing or half built.
 """
 import json
 import logging
-import os
 import re
 import shutil
 import threading
 import uuid
 from pathlib import Path
 
+from latentserve.files import write_atomically
 from serving.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from serving.index import Binding, CodeIndex, IndexOptions
 
@@ -112,15 +112,5 @@ class Collections:
         return self._root / self._aliases[name]
 
     def _save_aliases(self, aliases: dict[str, str]) -> None:
-        temporary = self._root / "aliases.json.tmp"
-        with open(temporary, "w") as file:
-            json.dump(aliases, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, self._root / "aliases.json")
-        directory = os.open(self._root, os.O_RDONLY)  # the rename itself durable
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_atomically(self._root / "aliases.json", json.dumps(aliases))
         self._aliases = aliases

@@ -10,14 +10,14 @@ Every change writes a temporary file beside it and renames it over the old one, 
 re-reads the file when it changes) sees the old file or the new one, never half of one.
 """
 import hashlib
-import os
 import secrets
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from latentserve.files import write_atomically
 
 Scope = Literal["read", "write", "admin"]
 SCOPES: tuple[str, ...] = get_args(Scope)
@@ -70,17 +70,7 @@ def read_tokens(path: Path) -> list[Token]:
 
 
 def _write(path: Path, tokens: list[Token]) -> None:
-    """Replace the file at once: write a temporary file (mkstemp makes it 0600) beside it, then rename it."""
-    descriptor, temporary = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.")
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            file.write(TokensFile(tokens=tokens).model_dump_json(indent=2) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    write_atomically(path, TokensFile(tokens=tokens).model_dump_json(indent=2) + "\n", mode=0o600)
 
 
 def create(path: Path, name: str, scopes: list[str], requests_per_second: float | None = None,
