@@ -140,12 +140,14 @@ class VirtualBatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, spatial = self.reference_size, tuple(range(2, x.dim()))
+
+        def per_example(t: torch.Tensor) -> torch.Tensor:  # averaged over its pixels; a flat input has none
+            return t.mean(spatial, keepdim=True) if spatial else t
+
+        reference_mean, reference_square = per_example(x[:n]).mean(0, keepdim=True), per_example(x[:n] ** 2).mean(0, keepdim=True)
+        mean = (n * reference_mean + per_example(x)) / (n + 1)
+        variance = (n * reference_square + per_example(x**2)) / (n + 1) - mean**2
         shape = (1, -1) + (1,) * len(spatial)
-        reference = x[:n]
-        mean_reference, square_reference = reference.mean((0, *spatial), keepdim=True), (reference**2).mean((0, *spatial), keepdim=True)
-        mean_own, square_own = x.mean(spatial, keepdim=True) if spatial else x, (x**2).mean(spatial, keepdim=True) if spatial else x**2
-        mean = (n * mean_reference + mean_own) / (n + 1)
-        variance = (n * square_reference + square_own) / (n + 1) - mean**2
         return (x - mean) / torch.sqrt(variance.clamp_min(0) + 1e-5) * self.weight.view(shape) + self.bias.view(shape)
 
 

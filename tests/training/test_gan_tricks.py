@@ -11,7 +11,7 @@ DCGAN = {"channels": 8, "latent_dim": 12, "refine_channels": 4, "categories": 10
 OPTIONS = {
     "feature_matching": {"feature_matching": True},
     "minibatch_discrimination": {"minibatch_discrimination": 8},
-    "historical_averaging": {"historical_averaging": 1e-3},
+    "historical_averaging": {"historical_averaging": 1.0},  # at 1e-3 the second step's pull is below float32 resolution of the loss
     "label_smoothing": {"label_smoothing": 0.1},
     "virtual_batch_norm": {"generator_norm": "virtual"},
     "minibatch_stddev": {"minibatch_stddev": True},
