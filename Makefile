@@ -53,11 +53,13 @@ train: $(STAMP)
 	$(BIN)/latentserve train m1  # the base of m1m2, not shipped
 	for model in $(SHIPPED); do $(BIN)/latentserve train $$model || exit 1; done
 	$(BIN)/latentserve train acgan --set epochs=13  # acgan v2: the 10-epoch run resumed to 13
+	$(BIN)/latentserve train ssgan --set data_seed=1  # ssgan v1 is data seed 1's run (seed 0's was gone before export)
 	$(BIN)/latentserve train pix2pix --set adversarial=false --run-dir runs/unet-l1  # pix2pix's baseline, not shipped
 
 export: $(STAMP)
 	for model in $(filter-out m2,$(SHIPPED)); do $(BIN)/latentserve export runs/$$model/checkpoint.pt || exit 1; done
 	$(BIN)/latentserve export runs/m2/best.pt  # m2 ships its epoch of lowest validation error
+	$(BIN)/latentserve export runs/ssgan/checkpoint.pt
 
 bench: $(STAMP)
 	$(BIN)/latentserve bench retrieval

@@ -16,7 +16,7 @@ from tests.conftest import MODEL_REPOSITORY, onnx_session, replay_gibbs_chain
 from training import retrieval
 
 ENTRIES = repository.read_repository(MODEL_REPOSITORY)
-REPOSITORY_BUDGET_BYTES = 85 * 1024 * 1024  # 50 MiB until issue 29 (its deep and binary autoencoders take 11 MB each); the guide allows 100 MB
+REPOSITORY_BUDGET_BYTES = 100 * 1000 * 1000  # the guide's limit
 
 
 def test_the_service_ships_each_family_of_models_within_the_budget():
@@ -24,7 +24,7 @@ def test_the_service_ships_each_family_of_models_within_the_budget():
         "autoencoder_encoder", "vae_encoder", "lenet_classifier", "conv_vae_encoder", "conv_vae_decoder",
         "dcgan_generator", "wgan_gp_generator", "acgan_generator", "fixmatch_classifier", "m2_classifier", "m1m2_classifier",
         "pix2pix_edges2digit", "cyclegan_mnist2uci", "cyclegan_uci2mnist", "pixelcnn_density", "deep_autoencoder_encoder",
-        "binary_autoencoder_encoder", "rbm_gibbs",
+        "binary_autoencoder_encoder", "rbm_gibbs", "ssgan_classifier",
     } <= set(ENTRIES)
     size = sum(p.stat().st_size for p in MODEL_REPOSITORY.rglob("*") if p.is_file())
     assert size < REPOSITORY_BUDGET_BYTES
@@ -233,8 +233,10 @@ def test_the_default_classifier_learned_from_100_labels_and_is_within_the_floor(
     assert abs(error - card["metrics"]["test_error"]) < 0.001  # the card tells the truth
 
 
-@pytest.mark.parametrize("name, highest_error", [("m2_classifier", 0.23), ("m1m2_classifier", 0.13)])  # measured 22.02%, 12.57%
-def test_kingmas_models_ship_for_comparison_and_keep_their_error(name, highest_error, mnist):
+@pytest.mark.parametrize("name, highest_error", [  # measured 1.26%, 1.51%, 22.02%, 12.57%
+    ("ssgan_classifier", 0.014), ("fixmatch_classifier", 0.017), ("m2_classifier", 0.23), ("m1m2_classifier", 0.13),
+])
+def test_every_semi_supervised_classifier_keeps_its_error(name, highest_error, mnist):
     entry = ENTRIES[name]
     card = entry.cards[entry.versions[0]]
     assert card["config"]["labels_per_class"] == 10
