@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="on SIGTERM, how long calls in flight may take to finish")
     index_model: str = Field("autoencoder", description="the encoder whose codes the search index holds")
     default_generator: str = Field("acgan", description="the model Generator calls use when they name none")
-    default_classifier: str = Field("fixmatch", description="the model Classify calls use when they name none")
+    default_classifier: str = Field("ssgan", description="the model Classify calls use when they name none")
     default_density_model: str = Field("pixelcnn", description="the model Density calls and `check_distribution` use when they name none")
     gallery: Literal["mnist-test", "none"] = Field("mnist-test", description="what a new, empty index starts with")
     max_batch_images: int = Field(256, ge=1, description="images in one Encode, AddItems or Generate request, or stream chunk")

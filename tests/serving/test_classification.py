@@ -11,9 +11,10 @@ from PIL import Image
 
 from latentserve.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 from latentserve import repository
+from serving.settings import Settings
 from tests.conftest import MODEL_REPOSITORY, RunningGateway, tensor_batch
 
-CLASSIFIER = "fixmatch"
+CLASSIFIER = Settings().default_classifier  # what a request naming no model gets
 
 
 @pytest.fixture(scope="module")

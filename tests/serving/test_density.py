@@ -15,10 +15,12 @@ from latentserve.v1 import (
     classifier_pb2, classifier_pb2_grpc, common_pb2, density_pb2, density_pb2_grpc, generator_pb2, generator_pb2_grpc,
     translator_pb2, translator_pb2_grpc,
 )
+from serving.settings import Settings
 from tests.conftest import MODEL_REPOSITORY, RunningGateway, assert_refused, onnx_session, repository_with, tensor_batch
 
 TINY = {"channels": 4, "layers": 1, "first_kernel": 3, "epochs": 1, "batch_size": 128}
-COPIED = ("fixmatch_classifier", "pix2pix_edges2digit", "autoencoder_encoder")  # what check_distribution rides on; the index model
+DEFAULT_CLASSIFIER = Settings().default_classifier
+COPIED = (f"{DEFAULT_CLASSIFIER}_classifier", "pix2pix_edges2digit", "autoencoder_encoder")  # what check_distribution rides on; the index model
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +109,7 @@ def test_sampling_pixel_by_pixel_follows_the_graph_and_is_the_same_however_the_j
 @pytest.mark.parametrize("request_, code, field", [
     (density_pb2.ScoreRequest(model=common_pb2.ModelRef(name="nope"), images=tensor_batch(np.zeros((1, 28, 28)))),
      grpc.StatusCode.NOT_FOUND, "model.name"),
-    (density_pb2.ScoreRequest(model=common_pb2.ModelRef(name="fixmatch"), images=tensor_batch(np.zeros((1, 28, 28)))),
+    (density_pb2.ScoreRequest(model=common_pb2.ModelRef(name=DEFAULT_CLASSIFIER), images=tensor_batch(np.zeros((1, 28, 28)))),
      grpc.StatusCode.INVALID_ARGUMENT, "model.name"),
     (density_pb2.ScoreRequest(model=common_pb2.ModelRef(version=99), images=tensor_batch(np.zeros((1, 28, 28)))),
      grpc.StatusCode.NOT_FOUND, "model.version"),
@@ -141,7 +143,7 @@ def test_interpolating_a_model_without_a_latent_space_is_invalid_argument(channe
 
 def test_check_distribution_without_a_density_model_is_unavailable_or_not_found(tmp_path, mnist):
     root = tmp_path / "repository"
-    for name in ("fixmatch_classifier", "autoencoder_encoder"):
+    for name in (f"{DEFAULT_CLASSIFIER}_classifier", "autoencoder_encoder"):
         shutil.copytree(MODEL_REPOSITORY / name, root / name)
     gateway = RunningGateway(model_repository=root, data_dir=tmp_path / "data", gallery="none").start()
     try:
