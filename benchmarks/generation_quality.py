@@ -50,7 +50,8 @@ def main(repository_root: Path, models: list[str], samples: int, grids: Path | N
           "real (test) | share nearer than real's 1st percentile |")
     print("|---|---|---|---|---|---|---|---|")
     for model, (images, labels) in samples_by_model.items():
-        m = diversity.sample_measures(images, labels, data)
+        nearest = diversity.nearest_distances(images, data.train.images)  # for the measures and the grid
+        m = diversity.sample_measures(images, labels, data, nearest)
         real = diversity.real_measures(data, samples, labels is not None)
         swd = " / ".join(f"{m[f'swd_{size}']:.1f}" for size in diversity.LEVEL_SIZES)
         real_swd = " / ".join(f"{real[f'swd_{size}']:.1f}" for size in diversity.LEVEL_SIZES)
@@ -58,7 +59,7 @@ def main(repository_root: Path, models: list[str], samples: int, grids: Path | N
               f"{m['nearest_training_median_real']:.2f} | {m['nearer_than_real_1st_percentile']:.2%} |", flush=True)
         if grids:
             grids.mkdir(parents=True, exist_ok=True)
-            pairs = diversity.closest_pairs(images, data.train.images, NEAREST_PAIRS)
+            pairs = diversity.closest_pairs(images, data.train.images, nearest, NEAREST_PAIRS)
             save_grid(pairs, grids / f"nearest_{model}.png", columns=NEAREST_PAIRS)
         if update_cards:
             _add_to_card(entries[model].version_path(entries[model].versions[0]), m | {f"real_{k}": v for k, v in real.items()})

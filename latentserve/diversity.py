@@ -172,14 +172,17 @@ def _test_nearest_distances(data: Mnist) -> np.ndarray:
     return nearest_distances(data.test.images, data.train.images)[0]
 
 
-def sample_measures(images: np.ndarray, labels: np.ndarray | None, data: Mnist) -> dict[str, float]:
+def sample_measures(images: np.ndarray, labels: np.ndarray | None, data: Mnist,
+                    nearest: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
     """A generator's samples measured against real digits: pair MS-SSIM (within each requested class when
     `labels` are given), SWD x 1000 per pyramid level to the test images, and the memorisation check
-    against the training images, with the test images as the unseen reference."""
+    against the training images, with the test images as the unseen reference. `nearest`: the samples'
+    `nearest_distances` to the training images, where the caller has them already."""
+    nearest = nearest or nearest_distances(images, data.train.images)
     return {
         "ms_ssim": mean_pair_ms_ssim(images, labels),
         **{f"swd_{size}": value for size, value in zip(LEVEL_SIZES, swd(images, data.test.images))},
-        **memorisation(nearest_distances(images, data.train.images)[0], _test_nearest_distances(data)),
+        **memorisation(nearest[0], _test_nearest_distances(data)),
     }
 
 
@@ -193,10 +196,10 @@ def real_measures(data: Mnist, samples: int, conditional: bool) -> dict[str, flo
     }
 
 
-def closest_pairs(images: np.ndarray, training: np.ndarray, count: int = 16) -> np.ndarray:
+def closest_pairs(images: np.ndarray, training: np.ndarray, nearest: tuple[np.ndarray, np.ndarray], count: int = 16) -> np.ndarray:
     """The `count` images nearest to a training image, and below them those training images: (2 * count,
-    1, 28, 28), for a grid of two rows."""
-    distances, indices = nearest_distances(images, training)
+    1, 28, 28), for a grid of two rows. `nearest`: `nearest_distances(images, training)`."""
+    distances, indices = nearest
     closest = np.argsort(distances)[:count]
     shape = (count, 1, 28, 28)
     return np.concatenate([images[closest].reshape(shape), training[indices[closest]].reshape(shape)])

@@ -73,3 +73,21 @@ def test_the_real_side_is_computed_once_per_dataset_object_not_per_content_hash(
         np.testing.assert_array_equal(distances, diversity.nearest_distances(data.test.images, data.train.images)[0])
         assert diversity._test_nearest_distances(data) is distances
     assert not np.array_equal(diversity._test_nearest_distances(first), diversity._test_nearest_distances(second))
+
+
+def test_the_closest_pairs_grid_puts_the_copies_first_above_their_training_images(mnist):
+    training = mnist.train.images[:500]
+    images = np.concatenate([mnist.test.images[:30], training[[42, 9]]])
+    nearest = diversity.nearest_distances(images, training)
+    pairs = diversity.closest_pairs(images, training, nearest, count=4)
+    assert pairs.shape == (8, 1, 28, 28)
+    for column, index in enumerate((42, 9)):  # both copies at distance 0, in either order
+        np.testing.assert_array_equal(pairs[column, 0], pairs[4 + column, 0])
+    assert {int(i) for i in nearest[1][-2:]} == {42, 9}
+
+
+def test_measures_from_precomputed_nearest_distances_are_those_computed_inside(mnist):
+    data = replace(mnist, train=Split(mnist.train.images[:300], mnist.train.labels[:300]), test=Split(mnist.test.images[:100], mnist.test.labels[:100]))
+    images = mnist.valid.images[:100]
+    given = diversity.sample_measures(images, None, data, diversity.nearest_distances(images, data.train.images))
+    assert given == diversity.sample_measures(images, None, data)
