@@ -394,6 +394,7 @@ BENCHES = {
     "peers": ("benchmarks.peers", "main", ("duration",)),
     "tracing": ("benchmarks.tracing", "main", ("duration",)),
     "screenshots": ("benchmarks.screenshots", "main", ()),
+    "analogies": ("benchmarks.analogies", "main", ()),
     "classification": ("benchmarks.gateway", "main_classification", ("duration",)),
     "translation": ("benchmarks.gateway", "main_translation", ("duration",)),
     "density": ("benchmarks.gateway", "main_density", ("duration",)),

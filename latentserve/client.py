@@ -370,6 +370,14 @@ class _Calls:
                                                 sampling=_sampling(seed, start_index, labels, truncation), format=_format(png))
         return self._call("Generator", "Generate", request, lambda r: _images(r, labels=tuple(r.labels), latents=_array(r.latents)))
 
+    def generate_from(self, latents: np.ndarray, model: str = "", version: int = 0, labels: Sequence[int] | None = None,
+                      png: bool = False) -> Images:
+        """Images drawn from given latents (n, latent_dim), e.g. codes from `encode`, each with its class in
+        `labels` for a conditional model (M2's analogies: one image's style drawn with every class)."""
+        request = generator_pb2.GenerateRequest(model=common_pb2.ModelRef(name=model, version=version), latents=_tensor(latents),
+                                                sampling=generator_pb2.Sampling(labels=list(labels or ())), format=_format(png))
+        return self._call("Generator", "Generate", request, lambda r: _images(r, labels=tuple(r.labels), latents=_array(r.latents)))
+
     def interpolate(self, start_seed: int, end_seed: int, steps: int, model: str = "", version: int = 0, spherical: bool = False,
                     label: int | None = None, truncation: float | None = None, png: bool = False) -> Images:
         request = generator_pb2.InterpolateRequest(

@@ -48,6 +48,8 @@ def test_classify_translate_and_generate_return_arrays(client, digits):
     assert whole.images.shape == (4, 28, 28) and whole.labels == (1, 2, 3, 4) and whole.latents.shape[0] == 4
     second_half = client.generate(2, seed=3, labels=[3, 4], start_index=2)
     assert np.array_equal(second_half.images, whole.images[2:])
+    redrawn = client.generate_from(whole.latents, labels=whole.labels)  # the same latents and classes: the same images
+    assert np.array_equal(redrawn.images, whole.images) and redrawn.labels == whole.labels
     assert [len(chunk.png) for chunk in client.generate_stream(5, seed=1, chunk_size=2, png=True)] == [2, 2, 1]
     assert client.interpolate(1, 2, steps=5).images.shape == (5, 28, 28)
 
