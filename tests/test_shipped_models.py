@@ -22,11 +22,11 @@ REPOSITORY_BUDGET_BYTES = 100 * 1000 * 1000  # the guide's limit
 def test_the_service_ships_each_family_of_models_within_the_budget():
     assert {
         "autoencoder_encoder", "vae_encoder", "lenet_classifier", "conv_vae_encoder", "conv_vae_decoder",
-        "dcgan_generator", "wgan_gp_generator", "acgan_generator", "fixmatch_classifier", "m2_classifier", "m1m2_classifier",
+        "dcgan_generator", "wgan_gp_generator", "acgan_generator", "m2_classifier", "m2_generator", "m2_encoder",
         "pix2pix_edges2digit", "cyclegan_mnist2uci", "cyclegan_uci2mnist", "pixelcnn_density", "deep_autoencoder_encoder",
         "binary_autoencoder_encoder", "rbm_gibbs", "ssgan_classifier",
     } <= set(ENTRIES)
-    size = sum(p.stat().st_size for p in MODEL_REPOSITORY.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in MODEL_REPOSITORY.rglob("*") if p.is_file() and "__pycache__" not in p.parts)  # what git holds
     assert size < REPOSITORY_BUDGET_BYTES
 
 
@@ -208,6 +208,11 @@ def test_the_conditional_gan_draws_the_requested_class_and_truncation_trades_div
     assert truncated["intra_class_diversity"] < untruncated["intra_class_diversity"]
 
 
+def test_m2_draws_the_requested_class_more_often_than_chance(mnist, features):
+    quality = _sample_quality("m2", mnist, features)  # m2 v2: 42.9% / 3.18 (chance: 10%); its decoder leans on z
+    assert quality["class_accuracy"] >= 0.35 and quality["classifier_score"] >= 2.5, quality
+
+
 def test_the_vae_keeps_its_shipped_sample_quality_and_elbo(mnist, features):
     assert _sample_quality("conv_vae", mnist, features)["classifier_score"] >= 6.0  # measured 6.19
     card = ENTRIES["conv_vae_decoder"].cards[ENTRIES["conv_vae_decoder"].versions[0]]["metrics"]
@@ -233,8 +238,8 @@ def test_the_default_classifier_learned_from_100_labels_and_is_within_the_floor(
     assert abs(error - card["metrics"]["test_error"]) < 0.001  # the card tells the truth
 
 
-@pytest.mark.parametrize("name, highest_error", [  # measured 1.26%, 1.51%, 22.02%, 12.57%
-    ("ssgan_classifier", 0.014), ("fixmatch_classifier", 0.017), ("m2_classifier", 0.23), ("m1m2_classifier", 0.13),
+@pytest.mark.parametrize("name, highest_error", [  # measured 1.26%, 22.02%
+    ("ssgan_classifier", 0.014), ("m2_classifier", 0.23),
 ])
 def test_every_semi_supervised_classifier_keeps_its_error(name, highest_error, mnist):
     entry = ENTRIES[name]

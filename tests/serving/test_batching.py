@@ -82,7 +82,7 @@ async def queued_behind_a_held_run(runtime, entry, recorder, requests: list[dict
 
 
 @pytest.mark.parametrize("name, make", [
-    ("autoencoder_encoder", images), ("fixmatch_classifier", images), ("acgan_generator", generator_inputs),
+    ("autoencoder_encoder", images), ("ssgan_classifier", images), ("acgan_generator", generator_inputs),
 ])
 def test_merged_requests_get_what_each_would_get_alone_bit_for_bit(make_runtime, name, make):
     runtime, entry, recorder = make_runtime(name)
