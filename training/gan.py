@@ -17,7 +17,6 @@ three); all three serve a moving average of G's weights (`ema_decay`).
 The generators output images in [0, 1] like the data; discriminators map their input to [-1, 1].
 """
 import copy
-import math
 from typing import Literal
 
 import torch
@@ -56,13 +55,11 @@ class GANConfig(TrainConfig):
     # continuous latent a discrete part, so fewer samples fall between digits.
     categories: int = 0
     information_weight: float = 1.0
-    # Architecture tricks (issue 30's ablation; all off by default):
-    # G's normalisation: batch norm; virtual batch norm (Salimans et al. 2016: the statistics of a fixed
-    # reference batch plus the example itself); pixel-wise feature normalisation (Karras et al. 2018)
-    generator_norm: Literal["batch", "virtual", "pixel"] = "batch"
+    # The architecture tricks that helped in issue 30's ablation (docs/benchmarks.md), off by default:
+    # G's normalisation: batch norm, or pixel-wise feature normalisation (Karras et al. 2018)
+    generator_norm: Literal["batch", "pixel"] = "batch"
     minibatch_discrimination: int = 0  # > 0: D's kernels of minibatch discrimination (Salimans et al. 2016)
     minibatch_stddev: bool = False  # D sees the batch's mean standard deviation as one more feature map (Karras et al.)
-    equalised_learning_rate: bool = False  # weights N(0, 1), scaled by He's constant at run time (Karras et al.)
 
     @model_validator(mode="after")
     def _code_fits_in_the_latent(self) -> "GANConfig":
@@ -80,10 +77,6 @@ class DCGANConfig(GANConfig):
     # weighted 1 (v3) two codes drew 6s and none drew 5s (docs/benchmarks.md).
     categories: int = 20
     information_weight: float = 2.0
-    # Loss tricks of Salimans et al. 2016 (issue 30's ablation; all off by default)
-    feature_matching: bool = False  # G matches the mean of D's last features on real images instead of fooling D
-    label_smoothing: float = 0.0  # one-sided: D's target for real images is 1 - this
-    historical_averaging: float = 0.0  # weight of || theta - mean of theta over past steps ||^2 in each player's loss
 
 
 class WGANGPConfig(GANConfig):
@@ -127,30 +120,6 @@ class WGANConfig(GANConfig):
     clip: float = 0.01
 
 
-class VirtualBatchNorm(nn.Module):
-    """Batch norm whose statistics are those of a fixed reference batch plus the example itself (Salimans
-    et al. 2016), so an example's output does not depend on the rest of its batch. Its input holds the
-    reference batch's `reference_size` rows first (the Generator puts them there)."""
-
-    def __init__(self, features: int, reference_size: int):
-        super().__init__()
-        self.reference_size = reference_size
-        self.weight = nn.Parameter(torch.ones(features))
-        self.bias = nn.Parameter(torch.zeros(features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, spatial = self.reference_size, tuple(range(2, x.dim()))
-
-        def per_example(t: torch.Tensor) -> torch.Tensor:  # averaged over its pixels; a flat input has none
-            return t.mean(spatial, keepdim=True) if spatial else t
-
-        reference_mean, reference_square = per_example(x[:n]).mean(0, keepdim=True), per_example(x[:n] ** 2).mean(0, keepdim=True)
-        mean = (n * reference_mean + per_example(x)) / (n + 1)
-        variance = (n * reference_square + per_example(x**2)) / (n + 1) - mean**2
-        shape = (1, -1) + (1,) * len(spatial)
-        return (x - mean) / torch.sqrt(variance.clamp_min(0) + 1e-5) * self.weight.view(shape) + self.bias.view(shape)
-
-
 class PixelNorm(nn.Module):
     """Each pixel's feature vector scaled to unit mean square (Karras et al. 2018); `channels` groups a flat
     input (N, channels * pixels) into its pixels."""
@@ -165,14 +134,9 @@ class PixelNorm(nn.Module):
         return (grouped / torch.sqrt((grouped**2).mean(1, keepdim=True).clamp_min(1e-8))).reshape(x.shape)
 
 
-REFERENCE_BATCH = 64  # virtual batch norm's reference latents
-
-
 def _generator_norm(kind: str, channels: int, flat_pixels: int = 0) -> nn.Module:
     """G's normalisation of `channels` feature maps, or of a flat input of `flat_pixels` pixels per channel."""
     features = channels * flat_pixels if flat_pixels else channels
-    if kind == "virtual":
-        return VirtualBatchNorm(features, REFERENCE_BATCH)
     if kind == "pixel":
         return PixelNorm(channels)
     return nn.BatchNorm1d(features) if flat_pixels else nn.BatchNorm2d(features)
@@ -182,7 +146,7 @@ class Generator(nn.Module):
     def __init__(self, latent_dim: int, channels: int, classes: int = 0, refine_channels: int = 0, categories: int = 0,
                  norm: str = "batch"):
         super().__init__()
-        self.classes, self.categories, self.norm = classes, categories, norm
+        self.classes, self.categories = classes, categories
         c = channels
         if refine_channels:
             output = [
@@ -197,21 +161,13 @@ class Generator(nn.Module):
             nn.ConvTranspose2d(2 * c, c, 4, 2, 1, bias=False), _generator_norm(norm, c), nn.ReLU(),  # 14x14
             *output, nn.Tanh(),  # 28x28
         )
-        if norm == "virtual":  # fixed reference inputs, drawn once
-            reference = torch.Generator().manual_seed(1)
-            self.register_buffer("reference_latent", torch.randn(REFERENCE_BATCH, latent_dim, generator=reference))
-            self.register_buffer("reference_labels", torch.randint(0, max(classes, 1), (REFERENCE_BATCH,), generator=reference))
 
     def forward(self, latent: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if self.norm == "virtual":  # the reference batch goes first through every layer, then is dropped
-            latent = torch.cat([self.reference_latent, latent])
-            labels = None if labels is None else torch.cat([self.reference_labels, labels])
         if self.classes:
             latent = torch.cat([latent, F.one_hot(labels, self.classes).to(latent.dtype)], 1)
         if self.categories:
             latent = torch.cat([latent, F.one_hot(latent_code(latent, self.categories), self.categories).to(latent.dtype)], 1)
-        images = (self.net(latent) + 1) / 2
-        return images[REFERENCE_BATCH:] if self.norm == "virtual" else images
+        return (self.net(latent) + 1) / 2
 
 
 def latent_code(latent: torch.Tensor, categories: int) -> torch.Tensor:
@@ -267,32 +223,8 @@ class Discriminator(nn.Module):
         self.minibatch = MinibatchDiscrimination(features, minibatch_discrimination) if minibatch_discrimination else nn.Identity()
         self.head = nn.Linear(features + minibatch_discrimination, outputs, bias=not critic)
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.body(images * 2 - 1)
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.minibatch(self.features(images)))
-
-
-class HeScale(nn.Module):
-    """The equalised learning rate's run-time weight scale: sqrt(2 / fan_in)."""
-
-    def __init__(self, fan_in: int):
-        super().__init__()
-        self.scale = math.sqrt(2 / fan_in)
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.scale
-
-
-def equalise_learning_rate(network: nn.Module) -> None:
-    """Karras et al. 2018: every layer's weights drawn from N(0, 1) and scaled at run time, so Adam's
-    per-weight step sizes are equal in effect across layers."""
-    for module in network.modules():
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            fan_in, _ = nn.init._calculate_fan_in_and_fan_out(module.weight)
-            nn.init.normal_(module.weight)
-            nn.utils.parametrize.register_parametrization(module, "weight", HeScale(fan_in))
+        return self.head(self.minibatch(self.body(images * 2 - 1)))
 
 
 def _dcgan_init(module: nn.Module) -> None:
@@ -300,7 +232,7 @@ def _dcgan_init(module: nn.Module) -> None:
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, VirtualBatchNorm)):
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
 
@@ -321,8 +253,6 @@ class GAN(nn.Module):
         self.discriminator = Discriminator(config.channels, self.critic, self.discriminator_outputs + config.categories,
                                            config.minibatch_discrimination, config.minibatch_stddev)
         self.apply(_dcgan_init)
-        if config.equalised_learning_rate:
-            equalise_learning_rate(self)
         if config.ema_decay:
             self.generator_average = copy.deepcopy(self.generator).requires_grad_(False)
             self.average_statistics_current = False
@@ -423,48 +353,16 @@ class GAN(nn.Module):
 class DCGAN(GAN):
     Config = DCGANConfig
 
-    def __init__(self, config: DCGANConfig):
-        super().__init__(config)
-        if config.historical_averaging:  # the mean of each player's weights so far, the initial ones included
-            self.register_buffer("historical_steps", torch.ones((), dtype=torch.long))
-            for name, player in (("generator", self.generator), ("discriminator", self.discriminator)):
-                self.register_buffer(f"historical_{name}", nn.utils.parameters_to_vector(player.parameters()).detach().clone())
-
-    def historical_penalty(self, name: str) -> torch.Tensor:
-        """Salimans et al.'s historical averaging: weight * || theta - mean of past theta ||^2; 0 if off."""
-        if not self.config.historical_averaging:
-            return torch.zeros(())
-        weights = nn.utils.parameters_to_vector(getattr(self, name).parameters())
-        return self.config.historical_averaging * (weights - getattr(self, f"historical_{name}")).square().sum()
-
-    @torch.no_grad()
-    def _update_history(self) -> None:
-        if self.config.historical_averaging:
-            self.historical_steps += 1
-            for name in ("generator", "discriminator"):
-                history = getattr(self, f"historical_{name}")
-                history.lerp_(nn.utils.parameters_to_vector(getattr(self, name).parameters()), 1 / self.historical_steps.item())
-
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, optimizers: dict) -> dict[str, float]:
         cfg = self.config
         latent, _ = self.sample_inputs(len(images))
         fake = self.generator(latent)
         real_out, fake_out = self.discriminator(images), self.discriminator(fake.detach())
-        d_loss = (
-            _bce(real_out[:, 0], 1 - cfg.label_smoothing) + _bce(fake_out[:, 0], 0) + self.information_loss(fake_out, latent)
-            + self.historical_penalty("discriminator")
-        )
+        d_loss = _bce(real_out[:, 0], 1) + _bce(fake_out[:, 0], 0) + self.information_loss(fake_out, latent)
         optimizer_step(optimizers["discriminator"], d_loss)
         out = self.discriminator(fake)
-        if cfg.feature_matching:  # Salimans et al.: match the mean of D's features on real images
-            with torch.no_grad():
-                real_features = self.discriminator.features(images).mean(0)
-            adversarial = (self.discriminator.features(fake).mean(0) - real_features).square().mean()
-        else:
-            adversarial = _bce(out[:, 0], 1)  # non-saturating
-        g_loss = adversarial + self.information_loss(out, latent) + self.historical_penalty("generator")
+        g_loss = _bce(out[:, 0], 1) + self.information_loss(out, latent)  # non-saturating
         self.generator_step(optimizers, g_loss)
-        self._update_history()
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
 
 
