@@ -45,7 +45,7 @@ test-fast: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. proto/latentserve/v1/*.proto
 
-SHIPPED := autoencoder vae lenet conv_vae dcgan wgan_gp acgan m2 pix2pix cyclegan pixelcnn deep_autoencoder binary_autoencoder rbm
+SHIPPED := autoencoder vae lenet conv_vae dcgan wgan_gp wgan acgan m2 pix2pix cyclegan pixelcnn deep_autoencoder binary_autoencoder rbm
 
 # Train and export the shipped models (docs/training.md has each one's time; run two at once with
 # --threads 1 on 2 cores). lenet is exported first: the generators' model cards are scored with it.

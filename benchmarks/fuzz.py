@@ -45,7 +45,7 @@ ANSWERS = {  # what a client's request may get; INTERNAL and UNKNOWN are bugs
 }
 HEAP_ADDRESS = re.compile(r"0x[0-9a-f]{6,}")
 STORED_IDS = [f"fuzz-{i}" for i in range(4)]  # items `add_stored_items` puts in the index, so ids can hit
-MODELS = ["autoencoder", "vae", "acgan", "dcgan", "wgan_gp", "conv_vae", "ssgan", "lenet", "m2", "cyclegan", "pix2pix", "pixelcnn",
+MODELS = ["autoencoder", "vae", "acgan", "dcgan", "wgan_gp", "wgan", "conv_vae", "ssgan", "lenet", "m2", "cyclegan", "pix2pix", "pixelcnn",
           "deep_autoencoder"]
 DIRECTIONS = ["edges2digit", "mnist2uci", "uci2mnist"]
 FILTERS = ["label == 1", 'label in [0, 1] and metadata["a"] == "b"', 'not (metadata["a"] in ["b", "c"]) or label != 2', "label ==", "(((", 'metadata["a" == 1']

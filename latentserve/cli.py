@@ -499,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = verbs.add_parser("eval", help="measure the shipped models' quality (docs/benchmarks.md)")
     evaluate.add_argument("what", choices=["generation", "propagation", "classification", "translation", "density", "reconstruction", "rbm"], help="what to measure")
-    evaluate.add_argument("--models", nargs="+", default=["conv_vae", "dcgan", "wgan_gp", "acgan"], help="generation: which generators")
+    evaluate.add_argument("--models", nargs="+", default=["conv_vae", "dcgan", "wgan_gp", "wgan", "acgan", "m2"], help="generation: which generators")
     evaluate.add_argument("--samples", type=int, default=10_000, help="generation: samples per model")
     evaluate.add_argument("--update-cards", action="store_true", help="generation: add the diversity table's figures to the cards")
     evaluate.add_argument("--seeds", type=int, default=3, help="propagation: data seeds 0..N-1")

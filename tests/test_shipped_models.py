@@ -22,7 +22,7 @@ REPOSITORY_BUDGET_BYTES = 100 * 1000 * 1000  # the guide's limit
 def test_the_service_ships_each_family_of_models_within_the_budget():
     assert {
         "autoencoder_encoder", "vae_encoder", "lenet_classifier", "conv_vae_encoder", "conv_vae_decoder",
-        "dcgan_generator", "wgan_gp_generator", "acgan_generator", "m2_classifier", "m2_generator", "m2_encoder",
+        "dcgan_generator", "wgan_gp_generator", "wgan_generator", "acgan_generator", "m2_classifier", "m2_generator", "m2_encoder",
         "pix2pix_edges2digit", "cyclegan_mnist2uci", "cyclegan_uci2mnist", "pixelcnn_density", "deep_autoencoder_encoder",
         "binary_autoencoder_encoder", "rbm_gibbs", "ssgan_classifier",
     } <= set(ENTRIES)
@@ -167,10 +167,11 @@ def test_the_out_of_distribution_score_tells_digits_from_what_they_are_not(densi
 # measured; the targets (classifier score 9, FID 10x the floor, on 10,000 samples) and which
 # models meet them are in docs/benchmarks.md.
 QUALITY_SAMPLES = 2000
-FLOORS = {  # model: (lowest classifier score, highest FID / real floor); measured 9.10 / 2.8, 8.90 / 3.4, 9.74 / 3.7
+FLOORS = {  # model: (lowest classifier score, highest FID / real floor); measured 9.10 / 2.8, 8.90 / 3.4, 9.74 / 3.7, 4.32 / 86
     "dcgan": (9.0, 4.0),
     "wgan_gp": (8.8, 4.0),
     "acgan": (9.5, 4.5),
+    "wgan": (4.0, 95.0),  # weight clipping after 16 epochs: far behind the penalty in the same time (docs/benchmarks.md)
 }
 
 

@@ -110,8 +110,9 @@ class WGANGPConfig(GANConfig):
 
 
 class WGANConfig(GANConfig):
-    # Arjovsky et al.'s Algorithm 1: alpha 5e-5, c 0.01, m 64, n_critic 5; the network as WGAN-GP's
-    epochs: int = 64
+    # Arjovsky et al.'s Algorithm 1: alpha 5e-5, c 0.01, m 64, n_critic 5; the network as WGAN-GP's.
+    # v1: 16 epochs (2,512 G steps), 30 min on 1 thread beside another run (docs/benchmarks.md)
+    epochs: int = 16
     batch_size: int = 320  # critic_steps minibatches of 64: one generator step per batch
     learning_rate: float = 5e-5
     refine_channels: int = 32
