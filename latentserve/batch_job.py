@@ -2,8 +2,8 @@
 
 The job directory holds `job.json` (what was asked, with the model version pinned at the first run) and
 the images: PNG files `images/<index>.png`, or `chunks/<first>-<last>.npz` (float32 images, labels,
-indices). Every file is written to a temporary name and renamed, so a file that exists is complete. A
-resumed job asks the gateway again from the start of the first chunk it does not wholly hold, so every
+indices). Every file is written to a temporary name and renamed, so a file that exists is complete (a
+resumed job deletes the temporary files a kill left). A resumed job asks the gateway again from the start of the first chunk it does not wholly hold, so every
 batch the model runs is the one an uninterrupted job would have run; since sample i depends only on
 (model version, seed, i), the finished directory is the same, byte for byte, as that of a job that was
 never interrupted.
@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from latentserve.client import Client, Images, ServiceError
-from latentserve.files import write_atomically
+from latentserve.files import remove_partial_writes, write_atomically
 from latentserve.grid import save_grid
 
 GRID_IMAGES = 100
@@ -64,6 +64,8 @@ def _open(directory: Path, asked: Job, resume: bool) -> Job:
         job = Job(**json.loads(path.read_text()))
         if {**asdict(job), "version": 0} != {**asdict(asked), "version": 0} or asked.version not in (0, job.version):
             raise FileExistsError(f"{directory} holds a different job: {asdict(job)}")
+        for folder in (directory, directory / "images", directory / "chunks"):  # what a kill left mid-write
+            remove_partial_writes(folder)
         return job
     directory.mkdir(parents=True, exist_ok=True)
     (directory / ("images" if asked.format == "png" else "chunks")).mkdir(exist_ok=True)

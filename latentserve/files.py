@@ -4,11 +4,14 @@ import tempfile
 from pathlib import Path
 
 
+PARTIAL = ".partial-"  # in the name of a temporary file of `write_atomically`: `.<name>.partial-<random>`
+
+
 def write_atomically(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     """Write `data` to a temporary file beside `path` (with permissions `mode`), flush it to disk, rename it
     over `path` and flush the directory, so the rename survives a crash too."""
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{PARTIAL}")
     try:
         with os.fdopen(descriptor, "wb") as file:
             os.fchmod(file.fileno(), mode)  # mkstemp makes it 0600
@@ -24,3 +27,12 @@ def write_atomically(path: Path, data: bytes | str, mode: int = 0o644) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def remove_partial_writes(directory: Path) -> int:
+    """Delete the temporary files that writes killed before their rename left in `directory` (none if it
+    does not exist); how many there were."""
+    partial = list(Path(directory).glob(f".*{PARTIAL}*"))
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return len(partial)

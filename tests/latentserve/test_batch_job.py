@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from latentserve.files import PARTIAL
 from tests.conftest import RunningGateway, wait_for
 
 
@@ -39,7 +40,7 @@ def test_a_killed_then_resumed_job_equals_an_uninterrupted_one(gateway, tmp_path
     wait_for(lambda: written.is_dir() and len(os.listdir(written)) >= 8, timeout=60)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    partial = len([p for p in os.listdir(written) if not p.endswith(".tmp")])
+    partial = len([p for p in os.listdir(written) if PARTIAL not in p])
     assert 0 < partial < count / (1 if image_format == "png" else chunk), "the kill came after the job had finished"
 
     refused = subprocess.run(job(gateway, interrupted, *options), capture_output=True, text=True)
@@ -61,6 +62,16 @@ def test_a_killed_then_resumed_job_equals_an_uninterrupted_one(gateway, tmp_path
             else:
                 assert resumed[name] == straight[name], name
         assert sum(np.load(tmp_path / "straight" / n)["images"].shape[0] for n in straight if n.endswith(".npz")) == count
+
+
+def test_a_resumed_job_deletes_what_a_kill_left_mid_write(gateway, tmp_path):
+    # the kill above lands mid-write only sometimes; here a write's temporary file is left on purpose
+    subprocess.run(job(gateway, tmp_path, "--count", "5", "--chunk-size", "2"), check=True, capture_output=True)
+    whole = files(tmp_path)
+    (tmp_path / "images" / "000000004.png").unlink()
+    (tmp_path / "images" / f".000000004.png{PARTIAL}k1ll3d00").write_bytes(b"half a png")
+    subprocess.run(job(gateway, tmp_path, "--count", "5", "--chunk-size", "2", "--resume"), check=True, capture_output=True)
+    assert files(tmp_path) == whole
 
 
 def test_a_job_pins_the_version_and_refuses_a_different_job_in_the_same_directory(gateway, tmp_path):
