@@ -3,10 +3,10 @@
 The job directory holds `job.json` (what was asked, with the model version pinned at the first run) and
 the images: PNG files `images/<index>.png`, or `chunks/<first>-<last>.npz` (float32 images, labels,
 indices). Every file is written to a temporary name and renamed, so a file that exists is complete (a
-resumed job deletes the temporary files a kill left). A resumed job asks the gateway again from the start of the first chunk it does not wholly hold, so every
-batch the model runs is the one an uninterrupted job would have run; since sample i depends only on
-(model version, seed, i), the finished directory is the same, byte for byte, as that of a job that was
-never interrupted.
+resumed job deletes the temporary files a kill left). A resumed job asks the gateway again from the start
+of the first chunk it does not wholly hold, so every batch the model runs is the one an uninterrupted job
+would have run; since sample i depends only on (model version, seed, i), the finished directory is the
+same, byte for byte, as that of a job that was never interrupted.
 """
 import io
 import json
