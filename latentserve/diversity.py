@@ -173,12 +173,11 @@ def _test_nearest_distances(data: Mnist) -> np.ndarray:
 
 
 def sample_measures(images: np.ndarray, labels: np.ndarray | None, data: Mnist,
-                    nearest: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+                    nearest: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
     """A generator's samples measured against real digits: pair MS-SSIM (within each requested class when
     `labels` are given), SWD x 1000 per pyramid level to the test images, and the memorisation check
     against the training images, with the test images as the unseen reference. `nearest`: the samples'
-    `nearest_distances` to the training images, where the caller has them already."""
-    nearest = nearest or nearest_distances(images, data.train.images)
+    `nearest_distances` to the training images (callers that draw the closest pairs reuse them)."""
     return {
         "ms_ssim": mean_pair_ms_ssim(images, labels),
         **{f"swd_{size}": value for size, value in zip(LEVEL_SIZES, swd(images, data.test.images))},

@@ -15,7 +15,7 @@ from sklearn.svm import SVC
 from latentserve import datasets
 from latentserve.contract import IMAGE, LABEL, LATENT
 from latentserve.datasets import Mnist
-from latentserve.diversity import real_measures, sample_measures, ssim_maps
+from latentserve.diversity import nearest_distances, real_measures, sample_measures, ssim_maps
 from latentserve.latents import sample_latents
 from latentserve.repository import ONNX_FILE, Entry, read_repository
 
@@ -124,7 +124,7 @@ def score_samples(images: np.ndarray, labels: np.ndarray | None, data: Mnist, fe
         metrics["class_accuracy"] = float((probabilities.argmax(1) == labels).mean())
         metrics["intra_class_diversity"] = intra_class_diversity(sample_features, labels)
     if diversity:
-        metrics |= sample_measures(images, labels, data)
+        metrics |= sample_measures(images, labels, data, nearest_distances(images, data.train.images))
         metrics |= {f"real_{key}": value for key, value in real_measures(data, len(images), labels is not None).items()}
     return metrics
 

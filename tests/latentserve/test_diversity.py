@@ -84,10 +84,3 @@ def test_the_closest_pairs_grid_puts_the_copies_first_above_their_training_image
     for column, index in enumerate((42, 9)):  # both copies at distance 0, in either order
         np.testing.assert_array_equal(pairs[column, 0], pairs[4 + column, 0])
     assert {int(i) for i in nearest[1][-2:]} == {42, 9}
-
-
-def test_measures_from_precomputed_nearest_distances_are_those_computed_inside(mnist):
-    data = replace(mnist, train=Split(mnist.train.images[:300], mnist.train.labels[:300]), test=Split(mnist.test.images[:100], mnist.test.labels[:100]))
-    images = mnist.valid.images[:100]
-    given = diversity.sample_measures(images, None, data, diversity.nearest_distances(images, data.train.images))
-    assert given == diversity.sample_measures(images, None, data)
