@@ -9,9 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from latentserve.contract import ENCODE, IMAGE_SPEC, binary_code_spec, code_spec
 from latentserve.datasets import Mnist
-from training.base import ExportGraph, Graph, LossModel, Losses, TrainConfig
+from training.base import Graph, LossModel, Losses, TrainConfig, encoder_graph
 from training.evaluation import encoder_retrieval
 
 
@@ -94,12 +93,7 @@ class ConvAutoencoder(LossModel):
 
     def graphs(self) -> dict[str, Graph]:
         return {
-            "encoder": Graph(
-                module=ExportGraph(self, _codes),
-                inputs=(IMAGE_SPEC,),
-                outputs=(code_spec(self.config.code_dim), binary_code_spec(self.config.hash_bits)),
-                capability=ENCODE,
-            )
+            "encoder": encoder_graph(self, _codes, self.config.code_dim, self.config.hash_bits)
         }
 
     @torch.no_grad()

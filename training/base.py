@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from latentserve.contract import TensorSpec
+from latentserve.contract import ENCODE, IMAGE_SPEC, TensorSpec, binary_code_spec, code_spec
 
 
 class TrainConfig(BaseModel):
@@ -55,6 +55,14 @@ class ExportGraph(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.serve(self.model, *inputs)
+
+
+def encoder_graph(model: nn.Module, codes: Callable[..., tuple[torch.Tensor, torch.Tensor]], code_dim: int,
+                  bits: int | None = None) -> Graph:
+    """The graph an encoder exports: an image in; `codes(model, image)` out, the code (`code_dim` floats)
+    and its binary code as 0/1 (`bits`, by default one a code element)."""
+    return Graph(module=ExportGraph(model, codes), inputs=(IMAGE_SPEC,),
+                 outputs=(code_spec(code_dim), binary_code_spec(bits or code_dim)), capability=ENCODE)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:

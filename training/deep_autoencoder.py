@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from latentserve.contract import ENCODE, IMAGE_SPEC, PIXELS, binary_code_spec, code_spec
+from latentserve.contract import PIXELS
 from latentserve.datasets import Mnist
-from training.base import ExportGraph, Graph, optimizer_step
+from training.base import Graph, encoder_graph, optimizer_step
 from training.evaluation import encoder_retrieval
 from training.retrieval import pca_projection
 from training.rbm import DBN, SGDConfig
@@ -176,12 +176,7 @@ class DeepAutoencoder(nn.Module):
     def graphs(self) -> dict[str, Graph]:
         dim = self.config.hidden[-1]
         return {
-            "encoder": Graph(
-                module=ExportGraph(self, _codes),
-                inputs=(IMAGE_SPEC,),
-                outputs=(code_spec(dim), binary_code_spec(dim)),
-                capability=ENCODE,
-            )
+            "encoder": encoder_graph(self, _codes, dim)
         }
 
     @torch.no_grad()

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from latentserve.contract import ENCODE, GENERATE, IMAGE_SPEC, LABEL_SPEC, PIXELS, binary_code_spec, code_spec, latent_spec
+from latentserve.contract import GENERATE, IMAGE_SPEC, LABEL_SPEC, PIXELS, latent_spec
 from latentserve.datasets import CLASSES, Mnist
-from training.base import ExportGraph, Graph, LossModel, Losses
+from training.base import ExportGraph, Graph, LossModel, Losses, encoder_graph
 from training.evaluation import error_rate, evaluate_classifier, evaluate_generator_graph
 from training.semi_supervised import SemiSupervisedConfig, classifier_graph
 from training.vae import VAE, VAEConfig
@@ -194,12 +194,7 @@ class M2(LossModel):
                 capability=GENERATE,
                 classes=CLASSES,
             ),
-            "encoder": Graph(
-                module=ExportGraph(_without(self, "network.decoder"), _style_codes),
-                inputs=(IMAGE_SPEC,),
-                outputs=(code_spec(dim), binary_code_spec(dim)),
-                capability=ENCODE,
-            ),
+            "encoder": encoder_graph(_without(self, "network.decoder"), _style_codes, dim),
         }
 
     @torch.no_grad()

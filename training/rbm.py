@@ -32,10 +32,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from latentserve.contract import (
-    ENCODE, GENERATE, HEIGHT, IMAGE_SPEC, NEXT_PROBABILITIES_SPEC, PIXELS, WIDTH, binary_code_spec, code_spec, hidden_uniforms_spec,
+    GENERATE, HEIGHT, IMAGE_SPEC, NEXT_PROBABILITIES_SPEC, PIXELS, WIDTH, hidden_uniforms_spec,
 )
 from latentserve.datasets import Mnist
-from training.base import ExportGraph, Graph, TrainConfig
+from training.base import ExportGraph, Graph, TrainConfig, encoder_graph
 from training.evaluation import encoder_retrieval
 
 MNIST_TRAIN_IMAGES = 50_000  # an epoch's length until initialise() sees the training set
@@ -444,12 +444,7 @@ class DBN(nn.Module):
     def graphs(self) -> dict[str, Graph]:
         top = self.config.hidden[-1]
         return {
-            "encoder": Graph(
-                module=ExportGraph(self, _dbn_codes),
-                inputs=(IMAGE_SPEC,),
-                outputs=(code_spec(top), binary_code_spec(top)),
-                capability=ENCODE,
-            )
+            "encoder": encoder_graph(self, _dbn_codes, top)
         }
 
     @torch.no_grad()

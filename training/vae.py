@@ -7,9 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from latentserve.contract import ENCODE, IMAGE_SPEC, binary_code_spec, code_spec
 from latentserve.datasets import Mnist
-from training.base import ExportGraph, Graph, LossModel, Losses, TrainConfig
+from training.base import Graph, LossModel, Losses, TrainConfig, encoder_graph
 from training.evaluation import encoder_retrieval
 
 
@@ -60,12 +59,7 @@ class VAE(LossModel):
     def graphs(self) -> dict[str, Graph]:
         dim = self.config.latent_dim
         return {
-            "encoder": Graph(
-                module=ExportGraph(self, _codes),
-                inputs=(IMAGE_SPEC,),
-                outputs=(code_spec(dim), binary_code_spec(dim)),
-                capability=ENCODE,
-            )
+            "encoder": encoder_graph(self, _codes, dim)
         }
 
     @torch.no_grad()
