@@ -32,7 +32,7 @@ import numpy as np
 
 from benchmarks.gateway import _wait_serving, drive, gateway_session, tree_cpu_seconds, summary
 from latentserve import repository
-from latentserve.contract import ENCODE, IMAGE
+from latentserve.contract import IMAGE
 from latentserve.datasets import load_mnist
 from latentserve.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 from serving.server import Server, add_servicer

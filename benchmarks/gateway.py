@@ -225,7 +225,7 @@ def compare(gateways: dict[str, tuple[str, int]], method: str, entry: repository
     test_images = (load_mnist().test.images * 255).round().astype(np.uint8)
     first = next(iter(gateways))
     print(f"{method}, {entry.name} v{entry.versions[0]}, {duration:.0f} s per cell, {os.cpu_count()} cores\n")
-    print(f"| batch | concurrency | path | requests/s | images/s | p50 ms | p99 ms | CPU ms / request | throughput / direct |"
+    print("| batch | concurrency | path | requests/s | images/s | p50 ms | p99 ms | CPU ms / request | throughput / direct |"
           + (f" {first} / this row |" if len(gateways) > 1 else ""))
     print("|---|---|---|---|---|---|---|---|---|" + ("---|" if len(gateways) > 1 else ""))
     for batch in batches:

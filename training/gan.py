@@ -355,7 +355,6 @@ class DCGAN(GAN):
     Config = DCGANConfig
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, optimizers: dict) -> dict[str, float]:
-        cfg = self.config
         latent, _ = self.sample_inputs(len(images))
         fake = self.generator(latent)
         real_out, fake_out = self.discriminator(images), self.discriminator(fake.detach())

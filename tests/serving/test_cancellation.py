@@ -1,6 +1,5 @@
 """Work stops when nobody waits: label propagation past its deadline, or cancelled, stops within a step."""
 import asyncio
-import threading
 import time
 
 import grpc

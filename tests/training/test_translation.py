@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from export import exporter
 from latentserve import datasets, quality, repository
 from training.registry import build
-from training.train import load_checkpoint, load_model, train
+from training.train import train
 from training.translation import ImagePool, PatchGAN, ResNetGenerator, UNet, gan_loss
 
 
