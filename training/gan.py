@@ -55,7 +55,7 @@ class GANConfig(TrainConfig):
     # continuous latent a discrete part, so fewer samples fall between digits.
     categories: int = 0
     information_weight: float = 1.0
-    # The architecture tricks that helped in issue 30's ablation (docs/benchmarks.md), off by default:
+    # The architecture tricks that helped in issue 30's ablation (docs/benchmarks.md), off by default (on in DCGAN v6):
     # G's normalisation: batch norm, or pixel-wise feature normalisation (Karras et al. 2018)
     generator_norm: Literal["batch", "pixel"] = "batch"
     minibatch_discrimination: int = 0  # > 0: D's kernels of minibatch discrimination (Salimans et al. 2016)
@@ -69,9 +69,13 @@ class GANConfig(TrainConfig):
 
 
 class DCGANConfig(GANConfig):
-    # v5: v4's recipe for 36 epochs instead of 20 (FID 23.5 -> 12.4 by epoch 32; docs/benchmarks.md);
-    # one epoch timed alone on 2 threads took 93.7 s, so about 56 min (docs/training.md)
-    epochs: int = 36
+    # v6: v5's recipe with the three tricks that helped in issue 30's ablation, for 24 epochs instead of 36:
+    # FID 9.8 / 4.7 / 5.2 and score 8.91 / 9.41 / 9.53 at epochs 8 / 16 / 24, where v5 had 10.9 / 9.12 at
+    # 36 (docs/benchmarks.md). About 177 s an epoch alone on 2 threads, so about 71 min (docs/training.md).
+    epochs: int = 24
+    generator_norm: Literal["batch", "pixel"] = "pixel"
+    minibatch_discrimination: int = 100
+    minibatch_stddev: bool = True
     refine_channels: int = 32
     # Twice as many codes as digits, weighted 2 (v4): every digit got a code of its own; with 10 codes
     # weighted 1 (v3) two codes drew 6s and none drew 5s (docs/benchmarks.md).

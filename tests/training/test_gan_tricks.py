@@ -6,7 +6,9 @@ import torch
 from training.gan import MinibatchDiscrimination, MinibatchStddev, PixelNorm
 from training.registry import build
 
-DCGAN = {"channels": 8, "latent_dim": 12, "refine_channels": 4, "categories": 10}
+# A small DCGAN with every option off (dcgan's defaults turn three on since v6)
+DCGAN = {"channels": 8, "latent_dim": 12, "refine_channels": 4, "categories": 10,
+         "generator_norm": "batch", "minibatch_discrimination": 0, "minibatch_stddev": False}
 OPTIONS = {
     "minibatch_discrimination": {"minibatch_discrimination": 8},
     "minibatch_stddev": {"minibatch_stddev": True},
