@@ -14,7 +14,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from latentserve.files import write_atomically
+from latentserve.files import remove_partial_writes, write_atomically
 from serving.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from serving.index import Binding, CodeIndex, IndexOptions
 
@@ -42,8 +42,10 @@ class Collections:
 
     def open(self, default_binding: Binding) -> None:
         """Open the default collection (created for `default_binding` if new) and every other one; remove
-        the directories no name points to."""
+        the directories no name points to and the temporary files of alias writes a stop cut short."""
         self._root.mkdir(parents=True, exist_ok=True)
+        if removed := remove_partial_writes(self._root):
+            log.warning("removed %d temporary files of alias writes cut short by a stop", removed)
         aliases_file = self._root / "aliases.json"
         self._aliases = json.loads(aliases_file.read_text()) if aliases_file.is_file() else {}
         self._open[DEFAULT] = CodeIndex(self._directory(DEFAULT), default_binding)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pymilvus import MilvusClient
 
+from latentserve.files import PARTIAL
 from latentserve.v1 import common_pb2, search_pb2, search_pb2_grpc
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from serving.index import Binding, IndexLocked, IndexOptions, NewItem
@@ -255,9 +256,11 @@ def test_concurrent_writers_lose_nothing_and_reads_see_acknowledged_writes(stub,
 
 
 def leave_a_half_made_collection(settings: Settings) -> str:
-    """What a creation cut short by a stop leaves: a directory, or a Milvus collection, no name points to."""
+    """What a creation cut short by a stop leaves: a directory, or a Milvus collection, no name points to
+    (and for the embedded backend, the temporary file of an alias write cut short too)."""
     if settings.index_backend == "embedded":
         (settings.data_dir / "collections" / "half-made").mkdir()
+        (settings.data_dir / "collections" / f".aliases.json{PARTIAL}a1b2c3d4").write_text('{"half-made": "half-made"')
         return "half-made"
     with milvus_client(settings) as client:
         client.create_collection("ls_half_made_000000000000", dimension=2)
@@ -285,6 +288,7 @@ def test_collections_survive_a_restart(tmp_path, backend, mnist):
             got = stub.GetItems(search_pb2.GetItemsRequest(collection="kept", ids=["item-2"], with_images=True)).items[0]
             assert got.image == item(2, mnist).image
         assert half_made not in stored_collections(gateway.settings)
+        assert not list((tmp_path / "collections").glob(f".*{PARTIAL}*"))
     finally:
         gateway.stop()
 
