@@ -52,7 +52,9 @@ def test_every_latent_generator_card_holds_diversity_beside_real_data(name):
     metrics = ENTRIES[name].cards[ENTRIES[name].versions[0]]["metrics"]
     for measure in ("ms_ssim", "swd_28", "swd_14", "swd_7"):
         assert metrics[measure] > 0 and metrics[f"real_{measure}"] > 0, measure
-    assert metrics["nearer_than_real_1st_percentile"] < 0.01  # no shipped generator copies its training images
+    # No shipped generator copies its training images: a set that copies nothing has about 1% of its images
+    # nearer than real digits' 1st percentile (0.1% sampling spread at 10,000 samples; dcgan v6 1.07%)
+    assert metrics["nearer_than_real_1st_percentile"] < 0.02
 
 
 @pytest.fixture(scope="module")
