@@ -88,14 +88,19 @@ class Server:
         self.capabilities = capabilities(settings, self.inference)
         self.health = health.aio.HealthServicer()
         self.health_side = _health_side(settings)
-        limits = [
+        options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ]
+        if settings.port == 0:
+            # A port of its own: with grpc's default SO_REUSEPORT the kernel may hand an automatically chosen
+            # port to two servers at once, and clients reach the wrong one (grpc/grpc#10755). Workers sharing
+            # a fixed port keep the option.
+            options.append(("grpc.so_reuseport", 0))
         self.interceptor = ErrorsAndMetrics(Guard(settings), settings.max_concurrent_calls)
         # the span outermost: it is current while our interceptor and the servicers run, and sees their statuses
         interceptors = [tracing.server_interceptor(settings), self.interceptor] if settings.tracing else [self.interceptor]
-        self.grpc = grpc.aio.server(interceptors=interceptors, options=limits)
+        self.grpc = grpc.aio.server(interceptors=interceptors, options=options)
         self.services = {add_servicer(capability.servicer(), self.grpc): capability for capability in self.capabilities}
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         if settings.reflection:

@@ -2,6 +2,7 @@
 import io
 import json
 import logging
+import socket
 import time
 
 import grpc
@@ -33,6 +34,15 @@ def gateway(tmp_path_factory):
 def channel(gateway):
     with gateway.channel() as channel:
         yield channel
+
+
+def test_a_gateway_on_an_automatically_chosen_port_keeps_it_to_itself(gateway):
+    # grpc's SO_REUSEPORT would let a second socket (another server's) bind the same port and take some
+    # of its connections (grpc/grpc#10755); the option is off on port 0, so such a bind fails
+    intruder = socket.socket()
+    intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    with intruder, pytest.raises(OSError, match="in use"):
+        intruder.bind(("127.0.0.1", gateway.server.port))
 
 
 def png(pixels: np.ndarray) -> common_pb2.Image:
